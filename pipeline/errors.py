@@ -1,0 +1,24 @@
+"""User-facing errors: one clear message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or options. The CLI prints ``str(error)`` and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 column: str | None = None):
+        self.path = path
+        self.line = line
+        self.column = column
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f", line {line}"
+            if column is not None:
+                where += f", column {column!r}"
+            where += ": "
+        super().__init__(where + message)
