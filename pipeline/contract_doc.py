@@ -1,0 +1,114 @@
+"""Render ``docs/data-contract.md`` from the schema module, so the document can never drift from
+the validators (a test fails when the committed file is stale)."""
+
+from __future__ import annotations
+
+from pipeline import schema
+
+HEADER = """\
+# Data contract, v{version}
+
+<!-- Generated from pipeline/schema.py by `cramp docs`. Do not edit by hand. -->
+
+A dataset is a directory of tables. Each table is `NAME.csv`, `NAME.csv.gz`, `NAME.jsonl` (or
+`.ndjson`) or `NAME.parquet`, or a directory `NAME/` of such files (one file per export). Columns may
+come in any order; unknown columns are listed in `summary.json` and not stored.
+
+Parsing is forgiving where meaning is clear: booleans as {true} (true) and {false} (false) in any case; enum values in any
+case with surrounding spaces; CSV in UTF-8 with or without a byte-order mark, LF or CRLF line endings,
+quoted fields. `started_at` is an ISO 8601 local date-time; a UTC offset, if present, is dropped and
+the local wall-clock time kept.
+
+Every input row ends as exactly one of: **accepted**, **quarantined** (with table, source file, line,
+column, value, reason and message in `quarantine.csv`), or an **exact duplicate** of an accepted row
+(counted in `summary.json`).
+"""
+
+
+def _kind_text(column: schema.Column) -> str:
+    if column.kind == "enum":
+        return "one of " + ", ".join(f"`{v}`" for v in column.values)
+    if column.kind == "token":
+        return f"token (1–{column.max_chars} of A–Z a–z 0–9 _ -)"
+    return {
+        "int": "integer",
+        "float": "number",
+        "bool": "boolean",
+        "date": "date (YYYY-MM-DD)",
+        "datetime": "local date-time (ISO 8601)",
+        "string": "text",
+    }[column.kind]
+
+
+def _table_section(table: schema.Table) -> str:
+    lines = [
+        f"## `{table.name}` ({'required' if table.required else 'optional'})",
+        "",
+        table.description,
+        "",
+        "Key: " + " + ".join(f"`{k}`" for k in table.key)
+        + (
+            f" (or " + " + ".join(f"`{k}`" for k in table.fallback_key) + " when it is empty)"
+            if table.fallback_key
+            else ""
+        )
+        + ". Two rows with the same key and different content are both quarantined as `conflict`.",
+        "",
+        "| column | presence | type | range | unit | factor | description |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in table.columns:
+        presence = "required" if c.required else "optional"
+        presence += ", non-empty" if not c.nullable else ", may be empty"
+        factor = schema.FACTORS[c.factor] if c.factor else ""
+        description = c.description + (f" *Caveat: {c.caveat}*" if c.caveat else "")
+        lines.append(
+            f"| `{c.name}` | {presence} | {_kind_text(c)} | {c.range_text()} | {c.unit or ''} "
+            f"| {factor} | {description} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _reasons_section() -> str:
+    lines = ["## Quarantine reason codes", "", "| reason | meaning |", "| --- | --- |"]
+    lines += [f"| `{code}` | {text} |" for code, text in schema.REASONS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _identifier_section() -> str:
+    names = ", ".join(f"`{n}`" for n in schema.IDENTIFIER_COLUMN_NAMES)
+    return (
+        "## Direct identifiers\n\n"
+        "A file with a column named like a direct identifier is refused as a whole and nothing of it "
+        "is stored. Names are compared after lower-casing and removing everything but letters and "
+        f"digits: {names}.\n\n"
+        "A value anywhere that looks like an e-mail address, phone number or national id number "
+        "quarantines its row with reason `identifier`; the quarantine stores the value masked.\n"
+    )
+
+
+def _custom_factor_section() -> str:
+    doc = schema.CustomFactor.__doc__ or ""
+    example = doc.split("Example (``dataset.toml``)::", 1)[-1]
+    example_lines = [line[4:] if line.startswith("    ") else line for line in example.splitlines()]
+    return (
+        "## Custom factors (`dataset.toml`)\n\n"
+        "A dataset may declare extra daily exposure columns (a medication, an air-quality index) in "
+        "`DATA/dataset.toml`. They are validated and stored in `daily` and modelled like the core "
+        "factors, with the IRR reported per `scale` units.\n\n"
+        "```toml" + "\n".join(example_lines).rstrip() + "\n```\n"
+    )
+
+
+def render_data_contract() -> str:
+    """The full data-contract document, as Markdown."""
+    parts = [
+        HEADER.format(
+            version=schema.CONTRACT_VERSION,
+            true="/".join(schema.TRUE_SPELLINGS),
+            false="/".join(schema.FALSE_SPELLINGS),
+        )
+    ]
+    parts += [_table_section(t) for t in schema.TABLES.values()]
+    parts += [_custom_factor_section(), _reasons_section(), _identifier_section()]
+    return "\n".join(parts)
