@@ -1,0 +1,189 @@
+"""The ``cramp`` command line. Every command maps a ``UserError`` to one clear message on stderr and
+exit code 2; nothing here holds analysis logic, it only calls the package."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Cramp toolkit: validated ingest, factor models, red-flag rules and reports for "
+    "anonymised muscle-cramp diaries.",
+)
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data", help="Dataset directory (one file or folder per table).")]
+
+
+def _progress() -> bool:
+    return sys.stdout.isatty()
+
+
+def _print_ingest_summary(summary: dict, title: str) -> None:
+    table = RichTable(title=title, title_justify="left")
+    for name in ("table", "read", "accepted", "quarantined", "duplicates", "top reasons",
+                 "unknown columns"):
+        table.add_column(name, justify="right" if name in {"read", "accepted", "quarantined",
+                                                           "duplicates"} else "left")
+    for name, t in summary["tables"].items():
+        reasons = sorted(t["quarantined_by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
+        table.add_row(
+            name,
+            f"{t['read']:,}",
+            f"{t['accepted']:,}",
+            f"{t['quarantined']:,}",
+            f"{t['duplicates']:,}",
+            ", ".join(f"{r} {n:,}" for r, n in reasons[:3]),
+            ", ".join(t["unknown_columns"]),
+        )
+    out.print(table)
+    skipped = [f for f in summary.get("files", []) if f.get("status") != "ingested"]
+    if skipped:
+        out.print(f"{len(skipped)} file(s) already in the store were skipped (same sha256).")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write summary.json and "
+                                                    "quarantine.csv here.")] = None,
+) -> None:
+    """Validate a dataset and report what would be accepted and quarantined; stores nothing."""
+    from pipeline.ingest import validate_dataset, write_ingest_outputs
+
+    result = validate_dataset(data, progress=_progress())
+    _print_ingest_summary(result.summary, f"Validation of {data}")
+    if out_dir is not None:
+        write_ingest_outputs(result, out_dir)
+        out.print(f"Wrote {out_dir / 'summary.json'} and {out_dir / 'quarantine.csv'}")
+
+
+@app.command()
+def ingest(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    store: Annotated[Path, typer.Option("--store", help="Parquet store directory.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write summary.json "
+                                                    "and quarantine.csv (default: the store).")] = None,
+) -> None:
+    """Validate a dataset and append its accepted rows to a Parquet store (idempotent by file hash)."""
+    from pipeline.ingest import ingest_dataset, write_ingest_outputs
+
+    result = ingest_dataset(data, store, progress=_progress())
+    write_ingest_outputs(result, out_dir or store)
+    _print_ingest_summary(result.summary, f"Ingest of {data} into {store}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the dataset into.")],
+    subjects: Annotated[int, typer.Option("--subjects", min=2, help="Number of subjects.")] = 200,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days of follow-up.")] = 90,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 20261128,
+    confounded: Annotated[bool, typer.Option("--confounded", help="People with higher habitual "
+                                             "stress and sitting cramp more for other reasons.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
+) -> None:
+    """Write a synthetic contract dataset with planted effects; the truth goes to OUT.truth.json."""
+    from pipeline import synth as synth_module
+
+    if fmt not in {"csv", "jsonl", "parquet"}:
+        raise UserError(f"--format must be csv, jsonl or parquet, not {fmt!r}")
+    dataset = synth_module.generate(subjects, days, seed, confounded=confounded)
+    synth_module.write_dataset(dataset, out_dir, fmt=fmt)
+    out.print(f"Wrote {out_dir} ({subjects} subjects × {days} days); planted truth beside it.")
+
+
+@app.command()
+def run(
+    data: DataDir,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory for outputs.")],
+    store: Annotated[Optional[Path], typer.Option("--store", help="Parquet store "
+                                                  "(default: OUT/store).")] = None,
+    rules: Annotated[Optional[Path], typer.Option("--rules", help="Red-flag rule file (TOML) to "
+                                                  "use instead of the shipped rules.")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Render report.html.")] = True,
+    identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers", help="Include the "
+                                              "red-flag follow-up list of pseudonymous ids.")] = True,
+) -> None:
+    """Ingest, validate, build the panel, fit the models, apply the red-flag rules and report."""
+    from pipeline.run import run_job
+
+    result = run_job(data, out_dir, store_dir=store, rules_path=rules, report=report,
+                     identifiers=identifiers, progress=_progress())
+    _print_ingest_summary(result["summary"], f"Ingest of {data}")
+    for line in result["messages"]:
+        out.print(line)
+    out.print(f"Outputs in {out_dir}")
+
+
+@app.command("report")
+def scheduled_report(
+    data: DataDir,
+    reports: Annotated[Path, typer.Option("--reports", help="Directory of dated reports.")],
+    identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers")] = True,
+) -> None:
+    """The scheduled job: ingest what is new, refit, write REPORTS/<YYYY-MM-DD>/ and the index."""
+    from pipeline.report import scheduled_report as run_scheduled
+
+    path = run_scheduled(data, reports, identifiers=identifiers)
+    out.print(f"Report written to {path}")
+
+
+@app.command()
+def docs(
+    check: Annotated[bool, typer.Option("--check", help="Fail if docs/ is stale instead of "
+                                        "writing it.")] = False,
+    root: Annotated[Path, typer.Option("--root", help="Project root.")] = Path("."),
+) -> None:
+    """Regenerate docs/data-contract.md and docs/feature-dictionary.md from the code."""
+    from pipeline.generated_docs import GENERATED_DOCS
+
+    stale = []
+    for relative, render in GENERATED_DOCS.items():
+        path = root / relative
+        text = render()
+        if check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(relative))
+        else:
+            from pipeline.atomic import write_text
+
+            write_text(path, text)
+            out.print(f"Wrote {path}")
+    if stale:
+        raise UserError("stale generated documents (run `make docs`): " + ", ".join(stale))
+
+
+def main() -> None:
+    """Console-script entry point: usage errors are typer's (exit 2); ours are ``UserError``."""
+    try:
+        app()
+    except UserError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get("CRAMP_DEBUG"):
+            raise
+        err.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}\n"
+                  "This is a bug in cramp, not a problem with your data. Re-run with CRAMP_DEBUG=1 "
+                  "for the traceback and report it.", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The ``cramp run`` job: ingest → red flags → panel → models → report, into one run directory.
+
+Red flags are evaluated before the models so that a dataset too small to model still gets every
+flagged episode written: no statistics ever stand between a clinician and a red flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import atomic
+from pipeline.errors import UserError
+
+
+def run_job(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    store_dir: Path | None = None,
+    rules_path: Path | None = None,
+    report: bool = True,
+    identifiers: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Run the whole job on ``data_dir`` and write every output into ``out_dir``.
+
+    Returns ``{"summary": <summary.json content>, "messages": [lines for the user]}``. Raises
+    ``UserError`` for problems with the input or options (the CLI exits 2).
+    """
+    from pipeline.dataset_config import load_dataset_config
+    from pipeline.features import build_panel
+    from pipeline.ingest import ingest_dataset, write_ingest_outputs
+    from pipeline.models import fit_models, write_model_outputs
+    from pipeline.redflags import evaluate, load_rules, write_flag_outputs
+    from pipeline.store import Store
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise UserError("dataset directory not found (expected a directory of tables)",
+                        path=str(data_dir))
+    store_dir = Path(store_dir) if store_dir is not None else out_dir / "store"
+    # Fail fast on bad options before touching the store.
+    rules = load_rules(rules_path)
+    config = load_dataset_config(data_dir)
+
+    result = ingest_dataset(data_dir, store_dir, progress=progress)
+    write_ingest_outputs(result, out_dir)
+    summary = dict(result.summary)
+    messages: list[str] = []
+
+    store = Store(store_dir)
+    flags = evaluate(store.read("episodes"), rules)
+    write_flag_outputs(flags, out_dir)
+    n_flagged = flags.flags.height
+    messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")
+
+    panel = build_panel(
+        store.read("daily"),
+        store.read("episodes"),
+        store.read("injuries"),
+        custom_factors=config.custom_factors,
+    )
+    summary["panel"] = panel.summary
+    atomic.write_json(out_dir / "summary.json", summary)
+    if panel.summary.get("episodes_outside_logged_days"):
+        messages.append(
+            f"{panel.summary['episodes_outside_logged_days']:,} episode(s) fell on days with no "
+            "daily row: counted in summary.json and left out of the models."
+        )
+
+    models = fit_models(panel, custom_factors=config.custom_factors)
+    write_model_outputs(models, out_dir)
+    messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
+
+    if report:
+        from pipeline.report import render_report
+
+        path = render_report(out_dir, identifiers=identifiers)
+        messages.append(f"Report: {path}")
+    return {"summary": summary, "messages": messages}
