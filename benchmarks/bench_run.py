@@ -1,0 +1,95 @@
+"""End-to-end benchmark of `cramp run --no-report` (issue 4, item 7).
+
+1. 10,000 subjects x 365 days as CSV: wall time and peak RSS of `cramp run --no-report` in a fresh
+   process (target on 2 cores: < 5 s, < 2 GiB), against the pandas + statsmodels baseline a user
+   would write (benchmarks/baseline_pandas_statsmodels.py): prints the speed ratio (aim >= 8x).
+2. With --large: 100,000 subjects x 365 days (36.5M subject-days) as Parquet: time and peak RSS.
+
+Data are generated once into benchmarks/.cache/ (gitignored) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def dataset(n_subjects: int, n_days: int, fmt: str) -> Path:
+    from pipeline import synth
+
+    path = CACHE / f"synth-{n_subjects}x{n_days}-{fmt}"
+    if not (path / f"subjects.{fmt}").exists():
+        started = time.perf_counter()
+        ds = synth.generate(n_subjects, n_days, seed=7)
+        synth.write_dataset(ds, path, fmt=fmt)
+        print(f"  generated {path.name} in {time.perf_counter() - started:.1f} s")
+    return path
+
+
+# Runs a command in a child Python that reports its own peak RSS when it exits, so each process's
+# high-water mark is measured separately (RUSAGE_CHILDREN would keep the maximum over all children).
+_PEAK_WRAPPER = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: sys.stderr.write(
+    "\\nPEAK_RSS_KIB=%d\\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target.endswith(".py"):
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__")
+"""
+
+
+def timed_subprocess(target: str, args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of ``python -m target args`` (or a script path)."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, target, *args],
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{target} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    peak_kib = int(result.stderr.rsplit("PEAK_RSS_KIB=", 1)[1].split()[0])
+    return wall, peak_kib / 1024**2
+
+
+def run_once(data: Path, label: str) -> float:
+    out = CACHE / f"out-{label}"
+    shutil.rmtree(out, ignore_errors=True)
+    wall, peak = timed_subprocess(
+        "pipeline", ["run", "--data", str(data), "--out", str(out), "--no-report"]
+    )
+    effects = out / "effects.csv"
+    print(f"  cramp run --no-report [{label}]: {wall:.2f} s wall, peak RSS {peak:.2f} GiB"
+          f" ({effects.stat().st_size if effects.exists() else 0} bytes of effects)")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--large", action="store_true", help="also 100,000 x 365 Parquet")
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args(argv if argv is not None else [])
+    CACHE.mkdir(exist_ok=True)
+    csv_data = dataset(10_000, 365, "csv")
+    ours = run_once(csv_data, "10k-csv")
+    if not args.no_baseline:
+        wall, peak = timed_subprocess(
+            str(Path(__file__).with_name("baseline_pandas_statsmodels.py")), [str(csv_data)]
+        )
+        print(f"  pandas + statsmodels baseline: {wall:.2f} s wall, peak RSS {peak:.2f} GiB")
+        print(f"  speed-up: {wall / ours:.1f}x")
+    if args.large:
+        big = dataset(100_000, 365, "parquet")
+        run_once(big, "100k-parquet")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,57 @@
+"""The command line: user errors are one clear message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cramp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=600,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_python_dash_m_pipeline_shows_help():
+    result = cramp("--help")
+    assert result.returncode == 0
+    for command in ("validate", "ingest", "synth", "run", "report", "docs"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--data", "no/such/dir", "--out", "OUT", "--no-report"),
+        ("validate", "no/such/dir"),
+        ("ingest", "no/such/dir", "--store", "STORE"),
+    ],
+    ids=["run", "validate", "ingest"],
+)
+def test_missing_dataset_directory_is_a_user_error(args, tmp_path):
+    result = cramp(*args, cwd=tmp_path)
+    assert_user_error(result, "no/such/dir")
+    assert not (tmp_path / "STORE").exists()
+
+
+def test_unknown_option_is_a_usage_error(tmp_path):
+    result = cramp("run", "--bogus", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--bogus" in result.stderr
+
+
+def test_bad_synth_format_is_a_user_error(tmp_path):
+    result = cramp("synth", "--out", str(tmp_path / "d"), "--format", "xlsx")
+    assert_user_error(result, "--format")
