@@ -1,0 +1,217 @@
+"""The subject-day panel: one row per accepted ``daily`` row, with the outcome and every feature.
+
+A logged day is a day at risk. The outcome ``episodes`` counts accepted episodes whose local
+``started_at`` falls on that calendar date; episodes on days without a daily row are counted in the
+summary (``episodes_outside_logged_days``) and left out of the models rather than lost silently.
+Features are in model units (see ``dictionary.py``). Factor columns a dataset lacks are recorded in
+``Panel.absent`` with a reason, never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from pipeline.errors import UserError
+from pipeline.features import dictionary as fd
+
+#: Panel columns that are not features.
+KEY_COLUMNS = ("subject_id", "date")
+OUTCOME = "episodes"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The subject-day panel and what went into it."""
+
+    #: subject_id, date, episodes (Int64), then one Float64 column per available feature,
+    #: sorted by subject_id and date.
+    frame: pl.DataFrame
+    summary: dict[str, Any]
+    #: Available features by name, in dictionary order (core, custom, secondary).
+    features: dict[str, fd.Feature] = field(default_factory=dict)
+    #: Features that could not be built, with the reason (e.g. the column is not in the dataset).
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFrame | None = None,
+                *, custom_factors=()) -> Panel:
+    """Build the subject-day panel from stored (typed) tables.
+
+    ``injuries=None`` means the dataset has no injuries table: ``recent_injury`` is then absent
+    (unknown), not "no injury". ``custom_factors`` are ``schema.CustomFactor`` declarations.
+    """
+    custom_factors = tuple(custom_factors)
+    daily_cols = set(daily.collect_schema().names())
+    for required in KEY_COLUMNS:
+        if required not in daily_cols:
+            raise UserError(f"the daily table has no {required!r} column", column=required)
+    _check_custom_names(custom_factors)
+
+    absent: dict[str, str] = {}
+    available: list[fd.Feature] = []
+    for f in fd.CORE_FEATURES:
+        if f.name == "recent_injury":
+            if injuries is None:
+                absent[f.name] = "no injuries table in this dataset"
+                continue
+        elif f.name not in daily_cols:
+            absent[f.name] = f"daily has no {f.name!r} column"
+            continue
+        available.append(f)
+    for c in custom_factors:
+        f = fd.custom_feature(c)
+        if c.column not in daily_cols:
+            absent[f.name] = f"daily has no {c.column!r} column (declared in dataset.toml)"
+            continue
+        available.append(f)
+    for f in fd.SECONDARY_FEATURES:
+        missing = [c for c in f.source_columns if c not in daily_cols]
+        if missing:
+            absent[f.name] = "daily has no " + ", ".join(repr(c) for c in missing) + " column"
+            continue
+        available.append(f)
+
+    raw_cols = sorted({c for f in available for c in f.source_columns if c in daily_cols})
+    base = (
+        daily.select(*KEY_COLUMNS, *raw_cols)
+        .sort(KEY_COLUMNS)
+    )
+    counts = (
+        episodes.select("subject_id", pl.col("started_at").dt.date().alias("date"))
+        .group_by(KEY_COLUMNS)
+        .agg(pl.len().cast(pl.Int64).alias(OUTCOME))
+    )
+    frame = base.join(counts, on=list(KEY_COLUMNS), how="left").with_columns(
+        pl.col(OUTCOME).fill_null(0)
+    )
+    if any(f.name == "recent_injury" for f in available):
+        frame = frame.join(_recent_injury_days(injuries), on=list(KEY_COLUMNS), how="left")
+    frame = frame.sort(KEY_COLUMNS).with_columns(_raw_exprs(daily_cols))
+    frame = frame.with_columns(_secondary_exprs([f for f in available if f.role == "secondary"]))
+    frame = frame.select(
+        *KEY_COLUMNS, OUTCOME, *[_model_units(f) for f in available]
+    )
+
+    totals = [
+        frame,
+        episodes.select(pl.len().alias("n")),
+        (injuries.select(pl.len().alias("n")) if injuries is not None
+         else pl.LazyFrame({"n": [0]}, schema={"n": pl.UInt32})),
+    ]
+    panel_df, n_episodes_df, n_injuries_df = pl.collect_all(totals)
+    summary = _summarise(panel_df, int(n_episodes_df["n"][0]), int(n_injuries_df["n"][0]),
+                         available, absent, injuries is not None)
+    return Panel(frame=panel_df, summary=summary,
+                 features={f.name: f for f in available}, absent=absent)
+
+
+def _check_custom_names(custom_factors) -> None:
+    reserved = set(KEY_COLUMNS) | {OUTCOME} | set(fd.FEATURES)
+    seen: set[str] = set()
+    for c in custom_factors:
+        if c.column in reserved:
+            raise UserError(
+                f"custom factor column {c.column!r} clashes with a built-in column or feature; "
+                "rename it", path="dataset.toml", column=c.column)
+        if c.column in seen:
+            raise UserError(f"custom factor column {c.column!r} is declared twice",
+                            path="dataset.toml", column=c.column)
+        seen.add(c.column)
+
+
+def _recent_injury_days(injuries: pl.LazyFrame) -> pl.LazyFrame:
+    # Each injury marks the 30 following days (d+1 … d+30); an injury on day d itself does not count
+    # for d, so the window for a diary day is d−30 … d−1.
+    window = fd.RECENT_INJURY_WINDOW_DAYS
+    return (
+        injuries.select(
+            "subject_id",
+            pl.date_ranges(pl.col("date") + pl.duration(days=1),
+                           pl.col("date") + pl.duration(days=window)).alias("date"),
+        )
+        .explode("date")
+        .unique()
+        .with_columns(pl.lit(True).alias("recent_injury"))
+    )
+
+
+def _raw_exprs(daily_cols: set[str]) -> list[pl.Expr]:
+    exprs = []
+    if "exercise_rpe" in daily_cols and "exercise_min" in daily_cols:
+        # RPE describes the day's exercise; on a rest day with no RPE recorded it is 0, not missing.
+        exprs.append(
+            pl.when(pl.col("exercise_rpe").is_null() & (pl.col("exercise_min") == 0))
+            .then(0.0)
+            .otherwise(pl.col("exercise_rpe"))
+            .alias("exercise_rpe")
+        )
+    return exprs
+
+
+def _secondary_exprs(features: list[fd.Feature]) -> list[pl.Expr]:
+    names = {f.name for f in features}
+    exprs: list[pl.Expr] = []
+    load = pl.col("exercise_min") * pl.col("exercise_rpe")
+    one_day = pl.duration(days=1)
+    if "training_load_prev_day" in names:
+        exprs.append(
+            pl.when((pl.col("date").diff() == one_day).over("subject_id"))
+            .then(load.shift(1).over("subject_id"))
+            .alias("training_load_prev_day")
+        )
+    if "acute_chronic_load_ratio" in names:
+        def mean_over(days: int, min_days: int) -> pl.Expr:
+            total = load.rolling_sum_by("date", window_size=f"{days}d").over("subject_id")
+            n = (load.is_not_null().cast(pl.Float64)
+                 .rolling_sum_by("date", window_size=f"{days}d").over("subject_id"))
+            return pl.when(n >= min_days).then(total / n)
+
+        acute = mean_over(fd.ACUTE_WINDOW_DAYS, fd.ACUTE_MIN_LOGGED_DAYS)
+        chronic = mean_over(fd.CHRONIC_WINDOW_DAYS, fd.CHRONIC_MIN_LOGGED_DAYS)
+        exprs.append(pl.when(chronic > 0).then(acute / chronic).alias("acute_chronic_load_ratio"))
+    if "fluid_below_usual" in names:
+        usual = pl.col("fluid_l").median().over("subject_id")
+        n = pl.col("fluid_l").count().over("subject_id")
+        exprs.append(
+            pl.when(n >= fd.FLUID_USUAL_MIN_DAYS)
+            .then(pl.col("fluid_l") <= usual - fd.FLUID_BELOW_USUAL_BY_L)
+            .alias("fluid_below_usual")
+        )
+    if "short_sleep" in names:
+        exprs.append((pl.col("sleep_h") < fd.SHORT_SLEEP_BELOW_H).alias("short_sleep"))
+    return exprs
+
+
+def _model_units(f: fd.Feature) -> pl.Expr:
+    col = pl.col(f.name)
+    if f.name == "recent_injury":
+        return col.fill_null(False).cast(pl.Float64)
+    if f.kind == "binary":
+        return col.cast(pl.Float64)
+    return (col.cast(pl.Float64) / f.scale).alias(f.name)
+
+
+def _summarise(df: pl.DataFrame, n_episodes: int, n_injuries: int, available, absent,
+               has_injuries: bool) -> dict[str, Any]:
+    on_logged = int(df[OUTCOME].sum()) if df.height else 0
+    feature_names = [f.name for f in available]
+    nulls = df.select(pl.col(feature_names).null_count()).row(0, named=True) if feature_names \
+        else {}
+    return {
+        "n_subjects": int(df["subject_id"].n_unique()) if df.height else 0,
+        "n_subject_days": df.height,
+        "n_subjects_with_episodes": int(
+            df.filter(pl.col(OUTCOME) > 0)["subject_id"].n_unique()) if df.height else 0,
+        "n_episodes": n_episodes,
+        "n_episodes_on_logged_days": on_logged,
+        "episodes_outside_logged_days": n_episodes - on_logged,
+        "n_injuries": n_injuries if has_injuries else None,
+        "first_date": str(df["date"].min()) if df.height else None,
+        "last_date": str(df["date"].max()) if df.height else None,
+        "features": feature_names,
+        "features_absent": dict(absent),
+        "missing_values": {k: int(v) for k, v in nulls.items()},
+    }
