@@ -13,7 +13,7 @@ from pipeline.disclosure import DisclosurePolicy, disclose_count, disclose_count
 
 def table(text: str) -> pl.DataFrame:
     """A small ASCII table: a header row and integer rows; an empty cell is null."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if not set(ln.strip()) <= set("-+| ")]
+    lines = [ln.strip() for ln in text.strip().splitlines() if "-" not in ln]
     rows = [[cell.strip() for cell in ln.strip("|").split("|")] for ln in lines]
     header, body = rows[0], rows[1:]
     return pl.DataFrame(
