@@ -1,0 +1,342 @@
+"""Within-subject Poisson regression: subject fixed effects concentrated out (conditional Poisson).
+
+The `within_subject` model of ``effects.csv``. Each subject gets its own baseline rate, so a
+feature's rate ratio compares a person's days with that same person's other days and cannot be
+driven by people who, say, sit more also cramping more for other reasons.
+
+For fixed beta the subject effects have the closed form alpha_g = log(Y_g / sum_{i in g}
+exp(x_i'beta)) (Y_g = the subject's total count), so the profile likelihood in beta alone is the
+conditional multinomial likelihood: the fixed-effects Poisson MLE equals the conditional Poisson
+estimator (Hausman, Hall & Griliches 1984; statsmodels ``ConditionalPoisson``). We run Newton on
+beta with gradient sum_i x_i (y_i - mu_i) and Hessian sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)',
+xbar_g the mu-weighted subject means (within-subject weighted demeaning). No dummy column is ever
+formed: rows are processed in blocks of whole subjects with ``np.add.reduceat``, so the cost is a
+few passes over X per iteration whatever the number of subjects.
+
+Subjects with no events carry no information (their alpha is -inf, fitted rates 0): they are
+dropped from the counts and reported (``n_groups_dropped_all_zero``).
+
+Small-sample correction of the clustered sandwich: G/(G-1) * (N-1)/(N-K), CRV1 as statsmodels,
+with N the rows of subjects used and K the number of slope coefficients only when the subjects are
+nested in the clusters (the default: clusters = subjects) - fixed effects nested in clusters are
+not counted (fixest's ``fixef.K = "nested"``), because their cluster-score sums are identically
+zero. When subjects are not nested in clusters, K also counts the used subject effects. A
+statsmodels GLM with explicit subject dummies counts them, K = p + G; its covariance is therefore
+ours times (N-p-G)/(N-p) (tests/test_models_reference.py checks this). Inference: normal
+reference, as for the population model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special
+
+from pipeline.models.poisson import (
+    CHUNK_ROWS,
+    FREEZE_HESSIAN_ETA_STEP,
+    SEPARATION_LOG_RANGE,
+    EstimationError,
+    as_design,
+    cluster_correction,
+    cluster_score_sums,
+    encode_labels,
+    inference,
+    newton_step,
+    raise_if_rank_deficient,
+    sandwich,
+)
+
+
+@dataclass(frozen=True)
+class ConditionalPoissonFit:
+    """A fitted within-subject Poisson model; arrays aligned with ``names`` (features only).
+    ``fitted`` (in the caller's row order) includes the concentrated subject effects, so it sums
+    to the observed count within every subject (0 for subjects without events)."""
+
+    names: tuple[str, ...]
+    coef: np.ndarray
+    cov_cluster: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    p_value: np.ndarray
+    irr: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    fitted: np.ndarray = field(repr=False)
+    group_labels: np.ndarray = field(repr=False)
+    fixed_effects: np.ndarray = field(repr=False)
+    n_obs: int
+    n_obs_dropped: int
+    n_groups_used: int
+    n_groups_dropped_all_zero: int
+    n_clusters: int
+    converged: bool
+    n_iter: int
+    deviance: float
+    pearson_chi2: float
+    df_resid: int
+    loglik: float
+    small_sample_factor: float
+    groups_nested_in_clusters: bool
+
+    @property
+    def dispersion(self) -> float:
+        return self.pearson_chi2 / self.df_resid if self.df_resid > 0 else float("nan")
+
+
+class _Groups:
+    """Rows arranged in contiguous groups: ``order`` (None when the input already is), group
+    ``starts``/``counts`` and row blocks made of whole groups."""
+
+    def __init__(self, groups: np.ndarray, n: int):
+        codes, n_groups = encode_labels(groups, n, "groups")
+        self.order = None
+        if n > 1 and np.any(codes[1:] < codes[:-1]):
+            self.order = np.argsort(codes, kind="stable")
+            codes = codes[self.order]
+        self.codes = codes
+        self.n_groups = n_groups
+        self.starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.zeros(
+            0, dtype=np.intp)
+        self.counts = np.diff(np.r_[self.starts, n])
+        # Blocks of whole groups of about CHUNK_ROWS rows each.
+        targets = np.arange(0, n, CHUNK_ROWS)
+        first = np.unique(np.searchsorted(self.starts, targets, side="left"))
+        first = first[first < n_groups]
+        bounds = np.r_[first, n_groups]
+        self.blocks = [(int(g0), int(g1)) for g0, g1 in zip(bounds[:-1], bounds[1:]) if g1 > g0]
+
+    def rows(self, g0: int, g1: int) -> slice:
+        start = int(self.starts[g0])
+        stop = int(self.starts[g1]) if g1 < self.n_groups else int(self.starts[-1] +
+                                                                     self.counts[-1])
+        return slice(start, stop)
+
+    def arrange(self, a: np.ndarray) -> np.ndarray:
+        return a if self.order is None else a[self.order]
+
+
+def _group_ranges(X: np.ndarray, y: np.ndarray, G: _Groups):
+    """Per group and column: min, max, and min/max over rows with a positive outcome."""
+    p = X.shape[1]
+    out = {k: np.empty((G.n_groups, p)) for k in ("lo", "hi", "plo", "phi")}
+    for g0, g1 in G.blocks:
+        rs = G.rows(g0, g1)
+        Xc = X[rs]
+        loc = G.starts[g0:g1] - rs.start
+        out["lo"][g0:g1] = np.minimum.reduceat(Xc, loc, axis=0)
+        out["hi"][g0:g1] = np.maximum.reduceat(Xc, loc, axis=0)
+        pos = (y[rs] > 0)[:, None]
+        out["plo"][g0:g1] = np.minimum.reduceat(np.where(pos, Xc, np.inf), loc, axis=0)
+        out["phi"][g0:g1] = np.maximum.reduceat(np.where(pos, Xc, -np.inf), loc, axis=0)
+    return out
+
+
+def within_group_variation(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """For each column of ``X``: does it vary within at least one group? A column that is
+    constant within every group has no within-subject information (its effect is absorbed by the
+    subject effects)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    G = _Groups(groups, X.shape[0])
+    X = G.arrange(X)
+    varies = np.zeros(X.shape[1], dtype=bool)
+    for g0, g1 in G.blocks:
+        rs = G.rows(g0, g1)
+        loc = G.starts[g0:g1] - rs.start
+        Xc = X[rs]
+        varies |= np.any(np.maximum.reduceat(Xc, loc, axis=0) >
+                         np.minimum.reduceat(Xc, loc, axis=0), axis=0)
+    return varies
+
+
+def fit_conditional_poisson(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    groups: np.ndarray,
+    clusters: np.ndarray,
+    feature_names: Sequence[str],
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> ConditionalPoissonFit:
+    """Poisson regression with a fixed effect per group, concentrated out; clustered sandwich.
+
+    Rows need not be sorted by group; when they are not, one group-sorted copy of X is made
+    (sorted input, as a subject-day panel is, is used in place). Convergence: relative deviance
+    change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``.
+
+    Raises ``EstimationError`` for features with no within-group variation (among groups with
+    events), within-group separation (every day with events at the subject's lowest, or highest,
+    value of a feature), collinearity after removing the group means, no events, fewer than two
+    clusters, or non-convergence.
+
+    >>> rng = np.random.default_rng(1)
+    >>> subj = np.repeat(np.arange(40), 20); x = rng.normal(size=(800, 1)) + subj[:, None] % 3
+    >>> y = rng.poisson(np.exp(rng.normal(size=40)[subj] + 0.4 * x[:, 0]))
+    >>> fit = fit_conditional_poisson(x, y, groups=subj, clusters=subj, feature_names=["x"])
+    >>> bool(abs(fit.coef[0] - 0.4) < 0.15)
+    True
+    >>> per_subject = np.bincount(subj, weights=fit.fitted)
+    >>> bool(np.allclose(per_subject, np.bincount(subj, weights=y)))
+    True
+    """
+    X, y, names = as_design(X, y, feature_names)
+    n, p = X.shape
+    G = _Groups(groups, n)
+    cl_codes, _ = encode_labels(clusters, n, "clusters")
+    X, y, cl_codes = G.arrange(X), G.arrange(y), G.arrange(cl_codes)
+    starts, counts = G.starts, G.counts
+    Yg = np.add.reduceat(y, starts) if n else np.zeros(0)
+    used = Yg > 0
+    n_used_groups = int(used.sum())
+    if n_used_groups == 0:
+        raise EstimationError("no events: every subject has zero episodes, so no within-subject "
+                              "rate ratio can be estimated", reason="no_events")
+    used_rows = np.repeat(used, counts)
+    n_obs = int(counts[used].sum())
+    n_clusters = int(np.count_nonzero(np.bincount(cl_codes[used_rows])))
+    if n_clusters < 2:
+        raise EstimationError(f"cluster-robust errors need at least 2 clusters with events, got "
+                              f"{n_clusters}", reason="too_few_clusters")
+
+    R = _group_ranges(X, y, G)
+    lo, hi, plo, phi = (R[k][used] for k in ("lo", "hi", "plo", "phi"))
+    varies = np.any(hi > lo, axis=0)
+    flat = [names[j] for j in np.flatnonzero(~varies)]
+    if flat:
+        raise EstimationError(
+            f"features without within-subject variation (constant within every subject with "
+            f"episodes, so absorbed by the subject effects): {', '.join(flat)}",
+            reason="no_variation", features=flat)
+    sep = [names[j] for j in range(p)
+           if np.all(phi[:, j] <= lo[:, j]) or np.all(plo[:, j] >= hi[:, j])]
+    if sep:
+        raise EstimationError(
+            "within-subject separation: within every subject, all days with episodes have that "
+            f"subject's lowest (or highest) value of {', '.join(sep)}, so its rate ratio is 0 or "
+            "infinite and cannot be estimated", reason="separation", features=sep)
+    if n_obs <= p + n_used_groups:
+        raise EstimationError(f"{n_obs} rows for {p} coefficients and {n_used_groups} subject "
+                              "effects", reason="invalid_input")
+    within_range = np.max(hi - lo, axis=0)
+
+    fitted = np.zeros(n)
+    log_scale = np.zeros(G.n_groups)
+    log_scale[used] = np.log(Yg[used] / counts[used])
+    xbar = np.zeros((G.n_groups, p))
+    sum_ylogy = float(special.xlogy(y, y).sum())
+    y_sum = float(Yg.sum())
+
+    def evaluate(beta: np.ndarray, a: np.ndarray, hessian: bool):
+        """One pass over blocks of whole groups: profile log-likelihood kernel, gradient,
+        optionally Hessian (and the weighted group means in ``xbar``); fills ``fitted``. ``a`` is
+        the current log group scale, used only to keep exp() in range; the result is exact
+        whatever its value."""
+        grad = np.zeros(p)
+        H = np.zeros((p, p)) if hessian else None
+        a_new = np.zeros_like(a)
+        ll = 0.0
+        for g0, g1 in G.blocks:
+            rs = G.rows(g0, g1)
+            Xc, yc = X[rs], y[rs]
+            cnt = counts[g0:g1]
+            loc = starts[g0:g1] - rs.start
+            eta = Xc @ beta
+            e = np.exp(eta + np.repeat(a[g0:g1], cnt))
+            S = np.add.reduceat(e, loc)
+            ok = used[g0:g1]
+            scale = np.zeros(g1 - g0)
+            scale[ok] = Yg[g0:g1][ok] / S[ok]
+            mu = np.multiply(e, np.repeat(scale, cnt), out=fitted[rs])
+            a_new[g0:g1][ok] = a[g0:g1][ok] + np.log(scale[ok])
+            ll += float(yc @ eta) + float(Yg[g0:g1][ok] @ a_new[g0:g1][ok])
+            grad += Xc.T @ (yc - mu)
+            if hessian:
+                Ysafe = np.where(ok, Yg[g0:g1], 1.0)
+                xb = np.add.reduceat(Xc * mu[:, None], loc, axis=0) / Ysafe[:, None]
+                xbar[g0:g1] = xb
+                xt = Xc - np.repeat(xb, cnt, axis=0)
+                H += (xt * mu[:, None]).T @ xt
+        return ll - y_sum, grad, H, a_new
+
+    beta = np.zeros(p)
+    ll, grad, H, log_scale = evaluate(beta, log_scale, True)
+    raise_if_rank_deficient(H, names)
+    H_fresh, converged, dev_change, n_iter = True, False, np.inf, 0
+    for n_iter in range(1, max_iter + 1):
+        step = newton_step(H, grad)
+        decrement = float(grad @ step)
+        if H_fresh and decrement < tol and dev_change < tol:
+            converged = True
+            break
+        t = 1.0
+        refresh = float(np.abs(step) @ within_range) > FREEZE_HESSIAN_ETA_STEP
+        while True:
+            cand = beta + t * step
+            ll_new, grad_new, H_new, a_new = evaluate(cand, log_scale, refresh)
+            if ll_new >= ll - 1e-12 * abs(ll) or t < 1e-8:
+                break
+            t /= 2
+        dev_change = abs(2 * (ll_new - ll)) / (abs(2 * (sum_ylogy - y_sum - ll_new)) + 0.1)
+        beta, ll, grad, log_scale = cand, ll_new, grad_new, a_new
+        if refresh:
+            H, H_fresh = H_new, True
+        elif decrement < tol and dev_change < tol:
+            ll, grad, H, log_scale = evaluate(beta, log_scale, True)
+            H_fresh = True
+        else:
+            H_fresh = False
+    if not converged:
+        raise EstimationError(
+            f"within-subject Poisson fit did not converge in {max_iter} iterations (check for "
+            "separation)", reason="not_converged", features=list(names))
+    diverging = [names[j] for j in np.flatnonzero(np.abs(beta) * within_range >
+                                                  SEPARATION_LOG_RANGE)]
+    if diverging:
+        raise EstimationError(
+            f"quasi-separation: the within-subject rate ratio across the observed range of "
+            f"{', '.join(diverging)} exceeds e^{SEPARATION_LOG_RANGE:.0f}; the estimate is "
+            "running to infinity rather than converging", reason="separation",
+            features=diverging)
+
+    mu = fitted
+    r = y - mu
+
+    def scores(sl):
+        # Blocks here are plain row slices; demean with the stored group means.
+        xt = X[sl] - xbar[G.codes[sl]]
+        return xt * r[sl, None]
+
+    row_slices = [G.rows(g0, g1) for g0, g1 in G.blocks]
+    S = cluster_score_sums(scores, row_slices, cl_codes, int(cl_codes.max()) + 1, p)
+    group_cluster = cl_codes[starts]
+    nested = bool(np.all(cl_codes == np.repeat(group_cluster, counts)))
+    k = p if nested else p + n_used_groups
+    factor = cluster_correction(n_clusters, n_obs, k)
+    cov = sandwich(H, S, factor)
+
+    pos = used_rows & (mu > 0)
+    pearson = float(np.sum(r[pos] ** 2 / mu[pos]))
+    deviance = 2 * (sum_ylogy - y_sum - ll)
+    loglik = ll - float(special.gammaln(y[used_rows] + 1).sum())
+    fe = np.full(G.n_groups, -np.inf)
+    with np.errstate(divide="ignore"):
+        # alpha_g = log(Y_g / sum exp(x'beta)) = log_scale_g (exp(eta + a) * scale = mu).
+        fe[used] = log_scale[used]
+    labels = G.arrange(np.asarray(groups).ravel())[starts]
+    if G.order is not None:
+        out = np.empty(n)
+        out[G.order] = mu
+        mu = out
+    return ConditionalPoissonFit(
+        names=names, coef=beta, cov_cluster=cov, **inference(beta, cov), fitted=mu,
+        group_labels=labels, fixed_effects=fe, n_obs=n_obs, n_obs_dropped=n - n_obs,
+        n_groups_used=n_used_groups, n_groups_dropped_all_zero=G.n_groups - n_used_groups,
+        n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
+        pearson_chi2=pearson, df_resid=n_obs - p - n_used_groups, loglik=float(loglik),
+        small_sample_factor=factor, groups_nested_in_clusters=nested)

@@ -1,0 +1,442 @@
+"""Population Poisson regression (log link) with subject-clustered sandwich covariance.
+
+The `population` model of ``effects.csv``: one row per subject-day, ``episodes`` on the features,
+rate ratios (IRR) per documented unit with 95% intervals from a cluster-robust (sandwich)
+covariance clustered by subject.
+
+Fitting is Newton's method on the Poisson log-likelihood (identical to IRLS for the canonical log
+link), streamed over row blocks of the design so that X is never copied and never scaled in full:
+each pass reads a block, forms its linear predictor, rates, gradient and Hessian contribution, and
+moves on. The intercept is handled implicitly, without a column of ones.
+
+Small-sample correction (identical to statsmodels' default for ``GLM(...).fit(cov_type="cluster")``,
+``use_correction=True``, see ``statsmodels.stats.sandwich_covariance.cov_cluster``)::
+
+    V = G/(G-1) * (N-1)/(N-K) * H^-1 (sum_g s_g s_g') H^-1
+
+with G clusters, N rows, K estimated coefficients (intercept included), H = X' diag(mu) X and
+s_g = sum over cluster g of x_i (y_i - mu_i). Inference uses the normal reference distribution,
+as statsmodels GLM does by default (``use_t=False``): z = coef/se, two-sided p from N(0, 1),
+95% CI = exp(coef -/+ 1.959964 se).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg, special, stats
+
+from pipeline.errors import UserError
+
+INTERCEPT_NAME = "Intercept"
+CI_LEVEL = 0.95
+Z_CRIT = float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
+# Rows per streamed block: large enough for BLAS to be efficient, small enough to stay in cache.
+CHUNK_ROWS = 32_768
+# Relative eigenvalue (of the correlation-scaled information matrix) below which the design is
+# treated as rank deficient.
+RANK_TOL = 1e-10
+# A fitted rate ratio across a feature's observed range beyond exp(30) (~1e13) is not an
+# estimate but a coefficient running off to infinity: (quasi-)separation.
+SEPARATION_LOG_RANGE = 30.0
+# Once a Newton step moves every linear predictor by less than this, the Hessian is frozen until
+# convergence (it changes by about this fraction) and recomputed exactly at the solution.
+FREEZE_HESSIAN_ETA_STEP = 0.05
+
+
+class EstimationError(UserError):
+    """A model cannot be estimated as specified (non-identifiable, separated, no information).
+
+    ``reason`` is a short machine-readable code (``"no_variation"``, ``"collinear"``,
+    ``"separation"``, ``"no_events"``, ``"too_few_clusters"``, ``"not_converged"``,
+    ``"invalid_input"``) and ``features`` names the features concerned, so that a caller can drop
+    them and say why.
+    """
+
+    def __init__(self, message: str, *, reason: str, features: Sequence[str] = ()):
+        self.reason = reason
+        self.features = tuple(features)
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class PoissonFit:
+    """A fitted population Poisson model. Arrays are aligned with ``names`` (intercept first when
+    fitted); ``irr``, ``ci_low`` and ``ci_high`` are on the rate-ratio scale (for the intercept: the
+    baseline rate)."""
+
+    names: tuple[str, ...]
+    coef: np.ndarray
+    cov_cluster: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    p_value: np.ndarray
+    irr: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    fitted: np.ndarray = field(repr=False)
+    n_obs: int
+    n_clusters: int
+    converged: bool
+    n_iter: int
+    deviance: float
+    pearson_chi2: float
+    df_resid: int
+    loglik: float
+    has_intercept: bool
+    small_sample_factor: float
+
+    @property
+    def feature_index(self) -> slice:
+        """Slice selecting the features (everything but the intercept)."""
+        return slice(1 if self.has_intercept else 0, len(self.names))
+
+    @property
+    def dispersion(self) -> float:
+        """Pearson dispersion: chi2 / residual df (1 under the Poisson model)."""
+        return self.pearson_chi2 / self.df_resid if self.df_resid > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and small helpers shared with the conditional model
+
+
+def as_design(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str]) -> tuple[np.ndarray,
+                                                                                   np.ndarray,
+                                                                                   tuple[str, ...]]:
+    """Validate and return (X, y, names) as float64 without copying X when it already is one."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise EstimationError(f"design must be 2-D, got shape {X.shape}", reason="invalid_input")
+    if not (X.flags.c_contiguous or X.flags.f_contiguous):
+        X = np.ascontiguousarray(X)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    names = tuple(str(n) for n in feature_names)
+    n, p = X.shape
+    if len(names) != p:
+        raise EstimationError(f"{len(names)} feature names for {p} design columns",
+                              reason="invalid_input")
+    if len(set(names)) != p:
+        raise EstimationError("feature names must be unique", reason="invalid_input")
+    if y.shape[0] != n:
+        raise EstimationError(f"outcome has {y.shape[0]} rows, design has {n}",
+                              reason="invalid_input")
+    if not np.all(np.isfinite(y)) or np.any(y < 0):
+        raise EstimationError("outcome must be finite and non-negative", reason="invalid_input")
+    bad = [names[j] for j in range(p) if not np.all(np.isfinite(X[:, j]))]
+    if bad:
+        raise EstimationError(f"features with missing or infinite values: {', '.join(bad)}",
+                              reason="invalid_input", features=bad)
+    return X, y, names
+
+
+def encode_labels(labels: np.ndarray, n: int, what: str) -> tuple[np.ndarray, int]:
+    """Integer codes 0..G-1 for arbitrary labels (fast path for already sorted labels)."""
+    labels = np.asarray(labels).ravel()
+    if labels.shape[0] != n:
+        raise EstimationError(f"{what} has {labels.shape[0]} rows, design has {n}",
+                              reason="invalid_input")
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), 0
+    if labels.dtype.kind in "iub" and np.all(labels[1:] >= labels[:-1]):
+        change = np.empty(n, dtype=bool)
+        change[0] = False
+        np.not_equal(labels[1:], labels[:-1], out=change[1:])
+        codes = np.cumsum(change, dtype=np.intp)
+        return codes, int(codes[-1]) + 1
+    _, codes = np.unique(labels, return_inverse=True)
+    codes = codes.astype(np.intp, copy=False).ravel()
+    return codes, int(codes.max()) + 1
+
+
+def row_chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def cluster_score_sums(scores_fn, row_slices, codes: np.ndarray, n_clusters: int,
+                       k: int) -> np.ndarray:
+    """Sum per-row score vectors (k columns, produced block-wise by ``scores_fn(slice)``) within
+    clusters, with one bincount per block over a combined (cluster, column) index."""
+    out = np.zeros(n_clusters * k)
+    cols = np.arange(k)
+    for sl in row_slices:
+        block = scores_fn(sl)
+        idx = (codes[sl][:, None] * k + cols).ravel()
+        out += np.bincount(idx, weights=block.ravel(), minlength=n_clusters * k)
+    return out.reshape(n_clusters, k)
+
+
+def collinear_sets(H: np.ndarray, names: Sequence[str]) -> list[list[str]]:
+    """Groups of columns that are (numerically) linear combinations of each other, read from the
+    null space of the correlation-scaled information matrix ``H``."""
+    d = np.sqrt(np.diag(H))
+    zero = d <= 0
+    d[zero] = 1.0
+    C = H / np.outer(d, d)
+    w, V = np.linalg.eigh(C)
+    null = w <= RANK_TOL * max(w.max(), 1.0)
+    sets = []
+    for j in np.flatnonzero(zero):
+        sets.append([names[j]])
+    for v in V[:, null].T:
+        involved = [names[j] for j in np.flatnonzero(np.abs(v) > 1e-3) if not zero[j]]
+        if involved:
+            sets.append(involved)
+    return sets
+
+
+def raise_if_rank_deficient(H: np.ndarray, names: Sequence[str]) -> None:
+    sets = collinear_sets(H, names)
+    if sets:
+        desc = "; ".join("{" + ", ".join(s) + "}" for s in sets)
+        flat = sorted({f for s in sets for f in s if f != INTERCEPT_NAME})
+        raise EstimationError(
+            f"design is rank deficient: these features are collinear (one is a linear "
+            f"combination of the others, or of the intercept): {desc}",
+            reason="collinear", features=flat)
+
+
+def sandwich(H: np.ndarray, score_sums: np.ndarray, factor: float) -> np.ndarray:
+    """factor * H^-1 M H^-1 with M = sum_g s_g s_g' (H symmetric positive definite)."""
+    cho = linalg.cho_factor(H)
+    bread = linalg.cho_solve(cho, np.eye(H.shape[0]))
+    meat = score_sums.T @ score_sums
+    V = factor * bread @ meat @ bread
+    return (V + V.T) / 2
+
+
+def inference(coef: np.ndarray, cov: np.ndarray) -> dict[str, np.ndarray]:
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = coef / se
+    p = 2 * stats.norm.sf(np.abs(z))
+    return {"se": se, "z": z, "p_value": p, "irr": np.exp(coef),
+            "ci_low": np.exp(coef - Z_CRIT * se), "ci_high": np.exp(coef + Z_CRIT * se)}
+
+
+def cluster_correction(n_clusters: int, n_obs: int, k: int) -> float:
+    """statsmodels' default CRV1 small-sample factor G/(G-1) * (N-1)/(N-K)."""
+    return n_clusters / (n_clusters - 1.0) * (n_obs - 1.0) / (n_obs - k)
+
+
+def newton_step(H: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    try:
+        return linalg.cho_solve(linalg.cho_factor(H), grad)
+    except linalg.LinAlgError:
+        return np.linalg.lstsq(H, grad, rcond=None)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Population model
+
+
+def _column_ranges(X: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Column min/max over all rows and over rows with a positive outcome (block-wise)."""
+    p = X.shape[1]
+    lo, hi = np.full(p, np.inf), np.full(p, -np.inf)
+    plo, phi = np.full(p, np.inf), np.full(p, -np.inf)
+    for sl in row_chunks(X.shape[0], 4 * CHUNK_ROWS):
+        Xc = X[sl]
+        lo = np.minimum(lo, Xc.min(axis=0))
+        hi = np.maximum(hi, Xc.max(axis=0))
+        pos = positive[sl]
+        if pos.any():
+            Xp = Xc[pos]
+            plo = np.minimum(plo, Xp.min(axis=0))
+            phi = np.maximum(phi, Xp.max(axis=0))
+    return lo, hi, plo, phi
+
+
+def _check_identifiable(names, lo, hi, plo, phi, add_intercept: bool) -> None:
+    if add_intercept:
+        const = [names[j] for j in range(len(names)) if lo[j] == hi[j]]
+        if const:
+            raise EstimationError(
+                f"features without variation (constant, so not identifiable beside the "
+                f"intercept): {', '.join(const)}", reason="no_variation", features=const)
+        # Single-feature separation: if every row with episodes sits at the feature's minimum
+        # (or maximum), the likelihood keeps rising as its coefficient goes to -inf (+inf).
+        # Covers a binary feature one of whose levels has no episodes at all.
+        sep = [names[j] for j in range(len(names)) if phi[j] <= lo[j] or plo[j] >= hi[j]]
+        if sep:
+            raise EstimationError(
+                "separation: every subject-day with episodes has the same (extreme) value of "
+                f"{', '.join(sep)} (e.g. one level of a yes/no feature has no episodes), so its "
+                "rate ratio is 0 or infinite and cannot be estimated", reason="separation",
+                features=sep)
+    else:
+        zero = [names[j] for j in range(len(names)) if lo[j] == 0 and hi[j] == 0]
+        if zero:
+            raise EstimationError(f"features that are zero everywhere: {', '.join(zero)}",
+                                  reason="no_variation", features=zero)
+
+
+def fit_poisson(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    clusters: np.ndarray,
+    offset: np.ndarray | None = None,
+    feature_names: Sequence[str],
+    add_intercept: bool = True,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> PoissonFit:
+    """Poisson regression of ``y`` on ``X`` (log link) with a cluster-robust covariance.
+
+    Convergence requires both a relative deviance change ``|D_old - D|/(|D| + 0.1) < tol`` and a
+    Newton decrement ``g' H^-1 g < tol`` (the log-likelihood is within ~tol/2 of its maximum, so
+    each coefficient is within ~sqrt(tol) standard errors... of model-based scale ~1e-5 SE at the
+    default) — the deviance criterion alone can stop early on flat likelihoods.
+
+    Raises ``EstimationError`` for constant or all-zero features, single-feature separation (e.g.
+    a yes/no level without episodes), a rank-deficient design (naming the collinear features),
+    divergence, no episodes at all, or fewer than two clusters.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 1)); subj = np.repeat(np.arange(50), 10)
+    >>> y = rng.poisson(np.exp(0.2 + 0.5 * x[:, 0]))
+    >>> fit = fit_poisson(x, y, clusters=subj, feature_names=["x"])
+    >>> fit.names, bool(abs(fit.coef[1] - 0.5) < 0.15), bool(np.isclose(fit.fitted.sum(), y.sum()))
+    (('Intercept', 'x'), True, True)
+    """
+    X, y, fnames = as_design(X, y, feature_names)
+    n, p = X.shape
+    codes, n_clusters = encode_labels(clusters, n, "clusters")
+    if offset is not None:
+        offset = np.asarray(offset, dtype=np.float64).ravel()
+        if offset.shape[0] != n or not np.all(np.isfinite(offset)):
+            raise EstimationError("offset must be finite with one value per row",
+                                  reason="invalid_input")
+    names = ((INTERCEPT_NAME,) if add_intercept else ()) + fnames
+    k = len(names)
+    y_sum = float(y.sum())
+    if y_sum <= 0:
+        raise EstimationError("no events: the outcome is zero on every row, so no rate ratio "
+                              "can be estimated", reason="no_events")
+    if n_clusters < 2:
+        raise EstimationError(f"cluster-robust errors need at least 2 clusters, got {n_clusters}",
+                              reason="too_few_clusters")
+    if n <= k:
+        raise EstimationError(f"{n} rows for {k} coefficients", reason="invalid_input")
+    lo, hi, plo, phi = _column_ranges(X, y > 0)
+    _check_identifiable(fnames, lo, hi, plo, phi, add_intercept)
+    absmax = np.maximum(np.abs(lo), np.abs(hi))
+    if add_intercept:
+        absmax = np.concatenate([[1.0], absmax])
+
+    fitted = np.empty(n)
+    sum_ylogy = float(special.xlogy(y, y).sum())
+    sum_lgamma = float(special.gammaln(y + 1).sum())
+    ic = 1 if add_intercept else 0
+
+    def evaluate(beta: np.ndarray, hessian: bool):
+        """One streamed pass: log-likelihood kernel, gradient, optionally the Hessian; fills
+        ``fitted``."""
+        b = beta[ic:]
+        b0 = beta[0] if add_intercept else 0.0
+        grad = np.zeros(k)
+        H = np.zeros((k, k)) if hessian else None
+        sum_yeta = 0.0
+        sum_mu = 0.0
+        for sl in row_chunks(n):
+            Xc = X[sl]
+            eta = Xc @ b
+            if b0:
+                eta += b0
+            if offset is not None:
+                eta += offset[sl]
+            mu = np.exp(eta, out=fitted[sl])
+            yc = y[sl]
+            r = yc - mu
+            sum_yeta += float(yc @ eta)
+            sum_mu += float(mu.sum())
+            grad[ic:] += Xc.T @ r
+            if add_intercept:
+                grad[0] += r.sum()
+            if hessian:
+                H[ic:, ic:] += (Xc * mu[:, None]).T @ Xc
+                if add_intercept:
+                    xmu = Xc.T @ mu
+                    H[0, 0] += mu.sum()
+                    H[0, 1:] += xmu
+                    H[1:, 0] += xmu
+        ll_kernel = sum_yeta - sum_mu
+        return ll_kernel, grad, H
+
+    beta = np.zeros(k)
+    if add_intercept:
+        base = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
+        beta[0] = base
+    if not np.all(np.isfinite(beta)):
+        raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
+    ll, grad, H = evaluate(beta, True)
+    raise_if_rank_deficient(H, names)
+    H_fresh = True
+    converged = False
+    dev_change = np.inf
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        step = newton_step(H, grad)
+        decrement = float(grad @ step)
+        if H_fresh and decrement < tol and dev_change < tol:
+            converged = True
+            break
+        # Backtracking: never accept a step that lowers the likelihood (guards the first steps
+        # from far-off starts and the frozen-Hessian phase).
+        t = 1.0
+        refresh = float(np.abs(step) @ absmax) > FREEZE_HESSIAN_ETA_STEP
+        while True:
+            cand = beta + t * step
+            ll_new, grad_new, H_new = evaluate(cand, refresh)
+            if ll_new >= ll - 1e-12 * abs(ll) or t < 1e-8:
+                break
+            t /= 2
+        dev_change = abs(2 * (ll_new - ll)) / (abs(2 * (sum_ylogy - y_sum - ll_new)) + 0.1)
+        beta, ll, grad = cand, ll_new, grad_new
+        if refresh:
+            H, H_fresh = H_new, True
+        elif decrement < tol and dev_change < tol:
+            # Converged on a frozen Hessian: one exact pass for the covariance and final check.
+            ll, grad, H = evaluate(beta, True)
+            H_fresh = True
+        else:
+            H_fresh = False
+    if not converged:
+        raise EstimationError(
+            f"Poisson fit did not converge in {max_iter} iterations (the likelihood may have no "
+            "finite maximum: check for separation)", reason="not_converged",
+            features=list(fnames))
+    spread = np.abs(beta[ic:]) * (hi - lo)
+    diverging = [fnames[j] for j in np.flatnonzero(spread > SEPARATION_LOG_RANGE)]
+    if diverging:
+        raise EstimationError(
+            f"quasi-separation: the fitted rate ratio across the observed range of "
+            f"{', '.join(diverging)} exceeds e^{SEPARATION_LOG_RANGE:.0f}; the estimate is running "
+            "to infinity rather than converging", reason="separation", features=diverging)
+
+    mu = fitted
+    r = y - mu
+
+    def scores(sl):
+        block = np.empty((sl.stop - sl.start, k))
+        if add_intercept:
+            block[:, 0] = r[sl]
+        np.multiply(X[sl], r[sl, None], out=block[:, ic:])
+        return block
+
+    S = cluster_score_sums(scores, row_chunks(n, 4 * CHUNK_ROWS), codes, n_clusters, k)
+    factor = cluster_correction(n_clusters, n, k)
+    cov = sandwich(H, S, factor)
+    deviance = 2 * (sum_ylogy - y_sum - ll)
+    pearson = float(np.sum(r * r / mu))
+    return PoissonFit(
+        names=names, coef=beta, cov_cluster=cov, **inference(beta, cov), fitted=mu, n_obs=n,
+        n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
+        pearson_chi2=pearson, df_resid=n - k, loglik=float(ll - sum_lgamma),
+        has_intercept=add_intercept, small_sample_factor=factor)
