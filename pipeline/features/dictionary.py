@@ -66,8 +66,11 @@ class Feature:
         """The IRR's unit as effects.csv states it: ``per 30 min`` or ``yes vs no``."""
         if self.kind == "binary":
             return "yes vs no"
+        unit = self.source_unit
+        if unit == "units" and self.scale == 1:
+            unit = "unit"
         scale = f"{self.scale:g}"
-        return f"per {scale} {self.source_unit}" if self.source_unit else f"per {scale}"
+        return f"per {scale} {unit}" if unit else f"per {scale}"
 
 
 def _core(name: str, scale: float = 1.0, definition: str | None = None,
@@ -239,7 +242,9 @@ def render_feature_dictionary() -> str:
         "in, and the columns it is computed from. The panel has one row per accepted `daily` row "
         "(a logged day is a day at risk); the outcome `episodes` is the number of accepted episodes "
         "whose `started_at` falls on that calendar date. Episodes on unlogged days are counted in "
-        "the panel summary (`episodes_outside_logged_days`) and left out of the models.",
+        "the panel summary (`episodes_outside_logged_days`) and left out of the models. In the "
+        "panel a numeric feature holds its source value divided by its scale (model units: "
+        "`exercise_min` = 2 means 60 minutes); a binary feature holds 1 (yes) or 0 (no).",
         "",
         "A feature whose source column a dataset lacks is left out of every model with a note in "
         "`effects.csv`. Rows with a missing value in a model's feature are dropped from that model "
