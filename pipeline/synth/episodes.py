@@ -1,0 +1,73 @@
+"""Attributes of simulated cramp episodes: time of day, muscle group, duration, pain, red flags.
+
+None of these feed back into the daily rate; in particular a cramp that cost sleep does not shorten
+the next ``sleep_h`` (that would plant reverse causation the models are not meant to untangle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import schema
+from pipeline.synth import truth
+
+SECONDS_PER_DAY = 86_400
+#: Times are drawn below this so that nudging same-second episodes apart never crosses midnight.
+_LATEST_DRAWN_SECOND = SECONDS_PER_DAY - 120
+
+
+def _logistic(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Draw ``n`` episodes' attributes (without subject or date); nullable ones come with a mask.
+
+    Returns arrays keyed by column name; ``<column>__null`` holds the blanking mask.
+    """
+    e = truth.EPISODES
+    groups = list(truth.MUSCLE_GROUP_P)
+    assert set(groups) == set(schema.MUSCLE_GROUPS)
+    group = rng.choice(len(groups), size=n, p=list(truth.MUSCLE_GROUP_P.values()))
+    is_calf, is_foot = group == groups.index("calf"), group == groups.index("foot")
+    p_night = np.where(is_calf, e["p_night"]["calf"],
+                       np.where(is_foot, e["p_night"]["foot"], e["p_night"]["other_groups"]))
+    night = rng.random(n) < p_night
+    night_s = np.mod(rng.normal(e["night_centre_h"], e["night_sd_h"], n) * 3600, SECONDS_PER_DAY)
+    day_s = rng.normal(e["day_centre_h"], e["day_sd_h"], n).clip(6.0, 23.5) * 3600
+    second = np.minimum(np.where(night, night_s, day_s), _LATEST_DRAWN_SECOND).astype(np.int64)
+
+    severity = rng.normal(size=n)
+    log_dur = np.log(e["duration_median_min"]) + e["duration_log_sd"] * (
+        0.5 * severity + np.sqrt(0.75) * rng.normal(size=n))
+    duration = np.clip(np.round(np.exp(log_dur) * 10) / 10, 0.1, 240.0)
+    pain = np.clip(np.round(4.5 + 1.6 * severity + rng.normal(0, 1.0, n)), 0, 10).astype(np.int64)
+
+    lg = e["red_flag_logit"]
+    flag = lambda key: rng.random(n) < _logistic(lg[key][0] + lg[key][1] * severity)  # noqa: E731
+    pain_uncontrolled = flag("pain_uncontrolled")
+    swelling = flag("swelling")
+    # Skin changes travel with swelling (as in a clot or a muscle tear).
+    skin_changes = flag("skin_changes") | (swelling & (rng.random(n) < 0.15))
+    sleep_loss = np.where(night, flag("sleep_loss_night"), flag("sleep_loss_day"))
+    er_visit = flag("er_visit") | (pain_uncontrolled & (rng.random(n) < 0.05))
+    u = rng.random(n)
+    p1, p2 = e["numbness_p"]["one_leg"], e["numbness_p"]["both_legs"]
+    numbness = np.where(u < p2, 2, np.where(u < p2 + p1, 1, 0))
+
+    out = {
+        "muscle_group": np.array(groups)[group],
+        "second": second,
+        "night": night,
+        "duration_min": duration,
+        "pain": pain,
+        "pain_uncontrolled": pain_uncontrolled,
+        "swelling": swelling,
+        "skin_changes": skin_changes,
+        "sleep_loss": sleep_loss,
+        "er_visit": er_visit,
+        "numbness": np.array(schema.NUMBNESS_LEVELS)[numbness],
+    }
+    for column, rate in e["missing_rate"].items():
+        out[f"{column}__null"] = rng.random(n) < rate
+    return out

@@ -1,0 +1,242 @@
+"""``generate()``: a synthetic contract dataset whose episode rate follows the planted truth.
+
+Subjects are simulated in fixed-size blocks, each with its own random streams (keyed by seed, block
+and component), so memory stays bounded and the output depends only on the arguments. The intercept
+is then calibrated so that the expected mean over logged subject-days is ``TARGET_MEAN_RATE``, and
+episodes are drawn on the logged days (plus a few on skipped days, which a reader must count but
+not model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from pipeline import schema
+from pipeline.errors import UserError
+from pipeline.synth import episodes as ep
+from pipeline.synth import truth
+from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
+from pipeline.synth.truth_doc import truth_document
+
+DEFAULT_START = date(2026, 1, 5)
+#: Subjects per simulation block. Part of the output's definition: changing it changes the data.
+BLOCK_SUBJECTS = 4096
+_STREAMS = {"subjects": 0, "daily": 1, "window": 2, "injury": 3, "custom": 4}
+_GLOBAL_STREAMS = {"counts": 100, "missing": 101, "episodes": 102}
+_BOOL_FEATURES = ("electrolytes", "poor_posture")
+
+
+@dataclass(frozen=True)
+class SynthDataset:
+    """A generated dataset: the contract tables (as stored: schema dtypes) and the planted truth."""
+
+    subjects: pl.DataFrame
+    daily: pl.DataFrame
+    injuries: pl.DataFrame
+    episodes: pl.DataFrame
+    truth: dict
+    custom_factors: tuple[schema.CustomFactor, ...] = field(default=())
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {"subjects": self.subjects, "daily": self.daily, "injuries": self.injuries,
+                "episodes": self.episodes}
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
+    for name, value, low in (("n_subjects", n_subjects, 1), ("n_days", n_days, 1), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise UserError(f"synth: {name} must be an integer ≥ {low}, not {value!r}")
+
+
+def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
+             start_date: date = DEFAULT_START, custom_factor: bool = True) -> SynthDataset:
+    """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
+
+    >>> ds = generate(20, 14, seed=1)
+    >>> ds.subjects.columns
+    ['subject_id', 'age_band', 'sex']
+    >>> ds.truth["planted"]["fluid_l"]["irr"]
+    0.85
+    """
+    _check_args(n_subjects, n_days, seed)
+    effects = truth.effects(custom_factor)
+    doy, weekday = calendar(start_date, n_days)
+
+    logged_parts, skipped_parts, injury_parts, subject_parts = [], [], [], []
+    for b, lo in enumerate(range(0, n_subjects, BLOCK_SUBJECTS)):
+        n = min(BLOCK_SUBJECTS, n_subjects - lo)
+        rngs = {name: _rng(seed, b, k) for name, k in _STREAMS.items()}
+        blk = simulate_block(rngs, n, doy, weekday, confounded=confounded,
+                             custom_factor=custom_factor)
+        subj_lp = np.log(blk.frailty * blk.age_mult)
+        lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
+        si, di = np.nonzero(blk.logged)
+        logged_parts.append({"subject": si + lo, "day": di, "lp": lp[si, di],
+                             **{k: v[si, di] for k, v in blk.x.items()}})
+        skipped = blk.in_window & ~blk.logged
+        ki, kd = np.nonzero(skipped)
+        skipped_parts.append({"subject": ki + lo, "day": kd, "lp": lp[ki, kd]})
+        ii, idd = np.nonzero(blk.injury)
+        injury_parts.append({"subject": ii + lo, "day": idd, "group": blk.injury_group[ii, idd]})
+        subject_parts.append({"age_band": blk.age_band, "sex": blk.sex, "frailty": blk.frailty,
+                              "habitual_stress": blk.habitual_stress,
+                              "habitual_sitting": blk.habitual_sitting,
+                              "logged_days": blk.logged.sum(axis=1)})
+        del blk, lp
+
+    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
+    logged, skipped, injuries, subj = (cat(logged_parts), cat(skipped_parts), cat(injury_parts),
+                                       cat(subject_parts))
+    del logged_parts, skipped_parts, injury_parts, subject_parts
+
+    intercept = math.log(truth.TARGET_MEAN_RATE / float(np.mean(np.exp(logged["lp"]))))
+    rc = _rng(seed, _GLOBAL_STREAMS["counts"])
+    rate = np.exp(intercept + logged["lp"])
+    counts = rc.poisson(rate)
+    skipped_counts = rc.binomial(rc.poisson(np.exp(intercept + skipped["lp"])),
+                                 truth.LOGGING["p_episode_logged_on_skipped_day"])
+
+    width = max(5, len(str(n_subjects)))
+    sid = np.array([f"S{i + 1:0{width}d}" for i in range(n_subjects)])
+    start = np.datetime64(start_date, "D")
+
+    subjects = pl.DataFrame({
+        "subject_id": sid,
+        "age_band": np.array(schema.AGE_BANDS)[subj["age_band"]],
+        "sex": np.array(schema.SEXES)[subj["sex"]],
+    })
+
+    daily, missing = _daily_frame(logged, sid, start, custom_factor, _rng(seed, _GLOBAL_STREAMS["missing"]))
+    injuries_df = pl.DataFrame({
+        "subject_id": sid[injuries["subject"]],
+        "date": start + injuries["day"],
+        "muscle_group": np.array(list(truth.INJURY_GROUP_P))[injuries["group"]],
+    }).sort("subject_id", "date", "muscle_group")
+
+    ep_subject = np.concatenate([np.repeat(logged["subject"], counts),
+                                 np.repeat(skipped["subject"], skipped_counts)])
+    ep_day = np.concatenate([np.repeat(logged["day"], counts), np.repeat(skipped["day"], skipped_counts)])
+    episodes_df, attrs = _episodes_frame(_rng(seed, _GLOBAL_STREAMS["episodes"]), ep_subject, ep_day,
+                                         sid, start)
+
+    custom = (schema.CustomFactor(**truth.CUSTOM_FACTOR),) if custom_factor else ()
+    args = {"n_subjects": n_subjects, "n_days": n_days, "seed": seed, "confounded": confounded,
+            "start_date": start_date.isoformat(), "custom_factor": custom_factor,
+            "block_subjects": BLOCK_SUBJECTS}
+    doc = truth_document(
+        args=args, effects=effects, intercept=intercept, confounded=confounded,
+        realized={
+            "n_subjects": n_subjects,
+            "n_subject_days": int(counts.size),
+            "n_episodes": int(episodes_df.height),
+            "n_episodes_on_logged_days": int(counts.sum()),
+            "episodes_outside_logged_days": int(skipped_counts.sum()),
+            "mean_episodes_per_subject_day": float(counts.mean()) if counts.size else 0.0,
+            "expected_mean_episodes_per_subject_day": float(rate.mean()) if rate.size else 0.0,
+            "n_injuries": int(injuries_df.height),
+            "subject_days_with_recent_injury": int(logged["recent_injury"].sum()),
+            "subjects_logging_whole_period": int((subj["logged_days"] == n_days).sum()),
+            "logged_days_per_subject": {"min": int(subj["logged_days"].min()),
+                                        "median": float(np.median(subj["logged_days"])),
+                                        "max": int(subj["logged_days"].max())},
+            "subjects_with_planted_rate_3_per_week": _frequent_subjects(logged, rate, n_subjects),
+            "missing_fraction": missing,
+            "episodes": attrs,
+        },
+        subject_level={"habitual_stress": subj["habitual_stress"],
+                       "habitual_sitting": subj["habitual_sitting"], "frailty": subj["frailty"]},
+    )
+    return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
+                        truth=doc, custom_factors=custom)
+
+
+def _frequent_subjects(logged: dict, rate: np.ndarray, n_subjects: int) -> int:
+    """Subjects whose planted mean rate is ≥ 3 a week over at least 28 logged days."""
+    days = np.bincount(logged["subject"], minlength=n_subjects)
+    total = np.bincount(logged["subject"], weights=rate, minlength=n_subjects)
+    mean = np.divide(total, days, out=np.zeros(n_subjects), where=days > 0)
+    return int(((mean >= 3 / 7) & (days >= 28)).sum())
+
+
+def _daily_frame(logged: dict, sid: np.ndarray, start: np.datetime64, custom_factor: bool,
+                 rng: np.random.Generator) -> tuple[pl.DataFrame, dict[str, float]]:
+    """The ``daily`` table: logged days, factor columns in schema order, a few % blanked (MCAR)."""
+    columns = list(schema.FACTOR_COLUMNS) + (["magnesium_mg"] if custom_factor else [])
+    n = logged["day"].size
+    data: dict[str, object] = {"subject_id": sid[logged["subject"]], "date": start + logged["day"]}
+    missing: dict[str, float] = {}
+    for c in columns:
+        values = logged[c]
+        blank = rng.random(n) < truth.MISSING_RATE[c]
+        missing[c] = float(blank.mean()) if n else 0.0
+        dtype = pl.Boolean if c in _BOOL_FEATURES else pl.Float64
+        s = pl.Series(c, values, dtype=dtype)
+        data[c] = s.scatter(np.nonzero(blank)[0], None) if blank.any() else s
+    return pl.DataFrame(data), missing
+
+
+def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: np.ndarray,
+                    start: np.datetime64) -> tuple[pl.DataFrame, dict]:
+    n = subject.size
+    a = ep.simulate_attributes(rng, n)
+    frame = pl.DataFrame({"subject": subject, "day": day, "second": a["second"]})
+    # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank)), so
+    # the fallback key (subject_id, started_at, muscle_group) is unique even without episode_id.
+    order = frame.with_row_index("row").sort("subject", "day", "second", "row")
+    rank = pl.int_range(pl.len()).over("subject", "day")
+    order = order.with_columns(
+        second=(pl.col("second") - rank).cum_max().over("subject", "day") + rank)
+    row = order["row"].to_numpy()
+    second = order["second"].to_numpy()
+    assert n == 0 or second.max() < ep.SECONDS_PER_DAY
+    started = ((start + day[row]).astype("datetime64[us]")
+               + second.astype("timedelta64[s]").astype("timedelta64[us]"))
+
+    ids = np.char.add("E", np.char.zfill(np.arange(1, n + 1).astype(str), 9)) if n else np.array([], str)
+    data = {
+        "episode_id": pl.Series("episode_id", ids, dtype=pl.String).scatter(
+            np.nonzero(a["episode_id__null"][row])[0], None),
+        "subject_id": sid[subject[row]],
+        "started_at": pl.Series("started_at", started, dtype=pl.Datetime("us")),
+    }
+    for c in ("duration_min", "muscle_group", "pain", "pain_uncontrolled", "swelling",
+              "skin_changes", "sleep_loss", "er_visit", "numbness"):
+        s = pl.Series(c, a[c][row], dtype=schema.EPISODES.column(c).dtype)
+        null = a.get(f"{c}__null")
+        data[c] = s.scatter(np.nonzero(null[row])[0], None) if null is not None and null.any() else s
+    df = pl.DataFrame(data).select(schema.EPISODES.column_names)
+
+    def rate(c: str) -> float | None:
+        v = df[c].drop_nulls()
+        return round(float(v.mean()), 6) if v.len() else None
+
+    attrs = {
+        "median_duration_min": float(df["duration_min"].median() or 0.0),
+        "fraction_duration_over_15_min": rate_of(df["duration_min"] > 15),
+        "muscle_group_share": {g: round(float((df["muscle_group"] == g).mean() or 0.0), 6)
+                               for g in schema.MUSCLE_GROUPS},
+        "night_share_calf": round(float(a["night"][a["muscle_group"] == "calf"].mean()), 6)
+        if (a["muscle_group"] == "calf").any() else None,
+        "red_flag_rate_among_recorded": {
+            c: rate(c) for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss",
+                                 "er_visit")},
+        "numbness_share_among_recorded": {
+            lvl: rate_of(df["numbness"].drop_nulls() == lvl) for lvl in schema.NUMBNESS_LEVELS},
+        "null_fraction": {c: round(float(df[c].is_null().mean()), 6) if n else 0.0
+                          for c in truth.EPISODES["missing_rate"]},
+    }
+    return df, attrs
+
+
+def rate_of(mask: pl.Series) -> float | None:
+    v = mask.drop_nulls()
+    return round(float(v.mean()), 6) if v.len() else None
