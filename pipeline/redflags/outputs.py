@@ -7,12 +7,11 @@ suppressed, sampled or capped here (unlike aggregate research outputs, see ``dis
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
 
+from pipeline.atomic import atomic_path
 from pipeline.redflags.evaluate import RedFlagResult
 
 RED_FLAGS_CSV = "red_flags.csv"
@@ -26,8 +25,8 @@ DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f"
 def write_flag_outputs(result: RedFlagResult, out_dir: Path) -> dict[str, Path]:
     """Write the three CSV files into ``out_dir`` (created if needed); returns name -> path.
 
-    Each file is written to a temporary file in ``out_dir`` and renamed over the target, so a
-    reader never sees a half-written file.
+    Each file is written to a temporary file in ``out_dir`` and renamed over the target
+    (``pipeline.atomic``), so a reader never sees a half-written file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,12 +39,6 @@ def write_flag_outputs(result: RedFlagResult, out_dir: Path) -> dict[str, Path]:
 
 
 def _write_csv_atomic(df: pl.DataFrame, target: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         df.write_csv(tmp, datetime_format=DATETIME_FORMAT, date_format="%Y-%m-%d")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
