@@ -188,15 +188,16 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
                     start: np.datetime64) -> tuple[pl.DataFrame, dict]:
     n = subject.size
     a = ep.simulate_attributes(rng, n)
-    frame = pl.DataFrame({"subject": subject, "day": day, "second": a["second"]})
-    # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank)), so
-    # the fallback key (subject_id, started_at, muscle_group) is unique even without episode_id.
-    order = frame.with_row_index("row").sort("subject", "day", "second", "row")
-    rank = pl.int_range(pl.len()).over("subject", "day")
-    order = order.with_columns(
-        second=(pl.col("second") - rank).cum_max().over("subject", "day") + rank)
-    row = order["row"].to_numpy()
-    second = order["second"].to_numpy()
+    # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank) within
+    # the subject-day), so the fallback key (subject_id, started_at, muscle_group) is unique even
+    # without episode_id. Offsetting each subject-day by a large constant lets one running maximum
+    # over the whole sorted array act as a per-group one.
+    row = np.lexsort((a["second"], day, subject))
+    group = subject[row].astype(np.int64) * (int(day.max(initial=0)) + 1) + day[row]
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1] if n else np.array([], np.int64)
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    big = 2 * ep.SECONDS_PER_DAY
+    second = np.maximum.accumulate(a["second"][row] - rank + group * big) - group * big + rank
     assert n == 0 or second.max() < ep.SECONDS_PER_DAY
     started = ((start + day[row]).astype("datetime64[us]")
                + second.astype("timedelta64[s]").astype("timedelta64[us]"))
