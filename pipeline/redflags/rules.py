@@ -9,7 +9,9 @@ refused before any work with one ``UserError`` naming the file, the rule and the
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import random
 import re
 import tomllib
 from dataclasses import dataclass
@@ -376,19 +378,58 @@ def _check_clause(text: str, written: str, rfail) -> set[str]:
                     f"columns are {', '.join(RULE_COLUMNS)}")
     if not roots:
         raise rfail(f"condition {written!r} reads no episode column")
-    # Evaluate on an empty and an all-null row to catch type errors before any data is read.
-    probe = pl.LazyFrame(
-        {c: [None] for c in RULE_COLUMNS}, schema=RULE_COLUMNS
-    )
+    # Evaluate on varied probe episodes to catch type errors before any data is read, and check
+    # that each episode's answer depends on that episode alone (no avg(), count(), lag() ...):
+    # the same expression evaluated one row at a time (over a row index) must agree.
     try:
-        out = probe.select(expr.alias("fires")).collect()
+        together = _PROBE.lazy().select(expr.alias("fires")).collect()
     except Exception as e:
         raise rfail(f"bad expression {written!r}: {_first_line(e)}") from None
-    if out.schema["fires"] != pl.Boolean():
-        raise rfail(f"condition {written!r} must be true/false, but gives {out.schema['fires']}")
+    if together.schema["fires"] != pl.Boolean():
+        raise rfail(f"condition {written!r} must be true/false, but gives "
+                    f"{together.schema['fires']}")
+    try:
+        alone = (
+            _PROBE.lazy().with_row_index("__episode")
+            .select(expr.over("__episode").alias("fires"))
+            .collect()
+        )
+        row_wise = together.height == _PROBE.height and together.equals(alone)
+    except Exception:
+        row_wise = False
+    if not row_wise:
+        raise rfail(f"condition {written!r} must be checked on each episode alone (no "
+                    "aggregates or window functions over other episodes)")
     return roots
 
 
-def _first_line(e: Exception) -> str:
+def _probe_frame(n: int = 256, seed: int = 20240101) -> pl.DataFrame:
+    """Varied episodes (about 1 value in 5 null) drawn from each column's declared domain."""
+    rng = random.Random(seed)
+    data: dict[str, list[object]] = {}
+    for col in schema.EPISODES.columns:
+        if col.values:
+            draw = lambda col=col: rng.choice(col.values)  # noqa: E731
+        elif col.kind == "bool":
+            draw = lambda: rng.random() < 0.5  # noqa: E731
+        elif col.kind == "datetime":
+            draw = lambda: dt.datetime(2024, 1, 1) + dt.timedelta(minutes=rng.randrange(525600))  # noqa: E731
+        elif col.kind == "int":
+            lo, hi = int(col.minimum or 0), int(col.maximum or 100)
+            draw = lambda lo=lo, hi=hi: rng.randint(lo, hi)  # noqa: E731
+        elif col.kind == "float":
+            lo, hi = float(col.minimum or 0), float(col.maximum or 100)
+            draw = lambda lo=lo, hi=hi: round(rng.uniform(lo, hi), 1) or hi  # noqa: E731
+        else:
+            draw = lambda: rng.choice("abcxyz") * rng.randint(1, 3)  # noqa: E731
+        data[col.name] = [None if rng.random() < 0.2 else draw() for _ in range(n)]
+    return pl.DataFrame(data, schema=RULE_COLUMNS)
+
+
+_PROBE = _probe_frame()
+
+
+def _first_line(e: Exception, limit: int = 160) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
