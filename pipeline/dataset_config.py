@@ -1,0 +1,131 @@
+"""Read ``DATA/dataset.toml``: the dataset's declared custom factors (``schema.CustomFactor``).
+
+The file is optional. When present it is validated strictly, in the spirit of frozen parameter
+models that reject unknown keys: a typo must fail loudly rather than silently drop a factor.
+
+Example::
+
+    [[custom_factors]]
+    column = "airq"
+    factor = "air_quality"
+    label = "Air-quality index"
+    kind = "numeric"
+    unit = "index points"
+    scale = 10
+    minimum = 0
+    maximum = 500
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.schema import FACTORS, PROVENANCE_SCHEMA, TABLES, CustomFactor
+
+DATASET_CONFIG_FILE = "dataset.toml"
+
+_TOP_LEVEL_KEYS = frozenset({"custom_factors"})
+_FACTOR_KEYS = {f.name for f in fields(CustomFactor)}
+_REQUIRED_FACTOR_KEYS = ("column", "factor", "label", "kind")
+_KINDS = ("numeric", "boolean")
+#: Custom column and factor names: lower-case snake case, so they are safe in every output.
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What ``dataset.toml`` declares (an empty config when the file is absent)."""
+
+    custom_factors: tuple[CustomFactor, ...] = ()
+    #: The file it came from, or None when the dataset has no ``dataset.toml``.
+    path: Path | None = None
+
+    @property
+    def custom_columns(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.custom_factors)
+
+
+def load_dataset_config(data_dir: Path) -> DatasetConfig:
+    """Parse and validate ``data_dir/dataset.toml``; an absent file gives an empty config."""
+    path = Path(data_dir) / DATASET_CONFIG_FILE
+    if not path.is_file():
+        return DatasetConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"is not valid TOML: {error}", path=str(path)) from None
+    return DatasetConfig(custom_factors=parse_custom_factors(raw, str(path)), path=path)
+
+
+def parse_custom_factors(raw: dict, where: str) -> tuple[CustomFactor, ...]:
+    """Validate the parsed TOML document and build its ``CustomFactor``s (``where`` names the file)."""
+    unknown = sorted(set(raw) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(unknown)}; expected only [[custom_factors]]",
+                        path=where)
+    tables = raw.get("custom_factors", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UserError("custom_factors must be an array of tables ([[custom_factors]])",
+                        path=where)
+    reserved = set(TABLES["daily"].column_names) | set(PROVENANCE_SCHEMA)
+    for table in TABLES.values():
+        reserved |= set(table.column_names)
+    factors: list[CustomFactor] = []
+    seen_columns: set[str] = set()
+    seen_factors: set[str] = set()
+    for number, table in enumerate(tables, start=1):
+        factor = _parse_one(table, f"{where}: custom factor #{number}")
+        entry = f"custom factor #{number} ({factor.column!r})"
+        if factor.column in reserved:
+            raise UserError(f"{entry}: column {factor.column!r} clashes with a contract column",
+                            path=where)
+        if factor.factor in FACTORS:
+            raise UserError(f"{entry}: factor {factor.factor!r} is a documented core factor; "
+                            "pick a new name", path=where)
+        if factor.column in seen_columns:
+            raise UserError(f"{entry}: column {factor.column!r} is declared twice", path=where)
+        if factor.factor in seen_factors:
+            raise UserError(f"{entry}: factor {factor.factor!r} is declared twice", path=where)
+        seen_columns.add(factor.column)
+        seen_factors.add(factor.factor)
+        factors.append(factor)
+    return tuple(factors)
+
+
+def _parse_one(table: dict, where: str) -> CustomFactor:
+    unknown = sorted(set(table) - _FACTOR_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed keys are "
+                        f"{', '.join(sorted(_FACTOR_KEYS))}")
+    missing = [k for k in _REQUIRED_FACTOR_KEYS if k not in table]
+    if missing:
+        raise UserError(f"{where}: missing required key(s) {', '.join(missing)}")
+    for key in ("column", "factor", "label", "kind", "unit", "description"):
+        if key in table and not isinstance(table[key], str):
+            raise UserError(f"{where}: {key} must be a string")
+    for key in ("column", "factor"):
+        if not _NAME_PATTERN.match(table[key]):
+            raise UserError(f"{where}: {key} {table[key]!r} must be lower-case letters, digits "
+                            "and _, starting with a letter (at most 64 characters)")
+    if table["kind"] not in _KINDS:
+        raise UserError(f"{where}: kind {table['kind']!r} must be one of {', '.join(_KINDS)}")
+    numbers = {}
+    for key in ("scale", "minimum", "maximum"):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise UserError(f"{where}: {key} must be a finite number")
+            numbers[key] = float(value)
+    if table["kind"] == "boolean" and set(numbers) & {"scale", "minimum", "maximum"}:
+        raise UserError(f"{where}: a boolean factor takes no scale, minimum or maximum")
+    if numbers.get("scale", 1.0) <= 0:
+        raise UserError(f"{where}: scale must be positive")
+    if "minimum" in numbers and "maximum" in numbers and numbers["minimum"] > numbers["maximum"]:
+        raise UserError(f"{where}: minimum is greater than maximum")
+    return CustomFactor(**{**table, **numbers})

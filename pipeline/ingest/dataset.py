@@ -1,0 +1,211 @@
+"""Validate a whole dataset directory and, for ``ingest``, append the accepted rows to a store.
+
+Order matters: ``subjects`` first (the other tables' ``unknown_subject`` check needs the accepted
+subjects), then ``daily``, ``injuries`` and ``episodes``. Each table is read file by file,
+validated row by row (``validate``), then checked across rows and against the store (``dedupe``).
+Nothing is written until every file has been read and accepted as a whole, so a refused file
+(identifier column, missing required column) leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.dataset_config import DatasetConfig, load_dataset_config
+from pipeline.ingest.dedupe import resolve, unknown_subjects
+from pipeline.ingest.discover import TableFile, discover_tables
+from pipeline.ingest.identifiers import find_identifier, mask_text
+from pipeline.ingest.read import read_bytes, read_table_file
+from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
+from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
+from pipeline.store import ManifestFile, Store, now_utc
+
+#: Processing order: subjects first, so the others can be checked against them.
+TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
+#: Files above this size get their own progress line.
+_PROGRESS_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class IngestResult:
+    """What a validate or ingest run found. ``summary`` is what ``summary.json`` holds."""
+
+    summary: dict
+    #: ``table, source_file, line, column, value, reason, message``; values already masked.
+    quarantine: pl.DataFrame
+    #: New accepted rows per table, as stored (or as they would be, for ``validate``).
+    accepted: dict[str, pl.DataFrame] = field(default_factory=dict)
+    config: DatasetConfig = field(default_factory=DatasetConfig)
+    #: Whether the rows were written to a store (False for ``validate_dataset``).
+    stored: bool = False
+
+
+def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
+    """The contract columns of ``table``, plus the dataset's custom factors for ``daily``."""
+    columns = TABLES[table].columns
+    if table == "daily":
+        columns = columns + tuple(f.as_column() for f in config.custom_factors)
+    return columns
+
+
+def validate_dataset(data_dir: Path, *, progress: bool = False) -> IngestResult:
+    """Read and validate every table of ``data_dir``; store nothing."""
+    return _run(Path(data_dir), store=None, progress=progress)
+
+
+def ingest_dataset(data_dir: Path, store_dir: Path, *, progress: bool = False) -> IngestResult:
+    """Validate ``data_dir`` and append its accepted rows to the store at ``store_dir``.
+
+    A file whose sha256 is already in the store's manifest is skipped (reported with status
+    ``skipped_already_ingested``); a new file's rows are checked for duplicates and conflicts
+    against the stored rows as well as against each other.
+    """
+    store = Store(store_dir)
+    with store.lock():
+        result = _run(Path(data_dir), store=store, progress=progress)
+        files = [
+            ManifestFile(path=f["path"], table=f["table"], format=f["format"],
+                         sha256=f["sha256"], rows=f["rows"], accepted=f["accepted"],
+                         ingested_at=now_utc())
+            for f in result.summary["files"] if f["status"] == "ingested"
+        ]
+        if files:
+            custom = {f.column: f.kind for f in result.config.custom_factors}
+            store.append(result.accepted, files, custom)
+        result.stored = True
+    return result
+
+
+def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
+    config = load_dataset_config(data_dir)
+    found = discover_tables(data_dir)
+    manifest = store.manifest if store is not None else None
+    known_hashes = manifest.sha256s if manifest is not None else frozenset()
+
+    file_reports: list[dict] = []
+    table_reports: dict[str, dict] = {}
+    quarantines: list[pl.DataFrame] = []
+    accepted: dict[str, pl.DataFrame] = {}
+    known_subjects: pl.Series | None = None
+    with _progress(progress, found) as advance:
+        for name in TABLE_ORDER:
+            table = TABLES[name]
+            columns = table_columns(name, config)
+            valid_parts: list[pl.DataFrame] = []
+            table_quarantine: list[pl.DataFrame] = []
+            unknown: set[str] = set()
+            per_file: list[dict] = []
+            for file in found.get(name, []):
+                data = read_bytes(file)
+                sha256 = hashlib.sha256(data).hexdigest()
+                entry = {"path": file.relative_path, "table": name, "format": file.format,
+                         "sha256": sha256}
+                if sha256 in known_hashes:
+                    previous = manifest.file_for(sha256)
+                    per_file.append({**entry, "rows": previous.rows if previous else 0,
+                                     "status": "skipped_already_ingested"})
+                    advance(file)
+                    continue
+                raw = read_table_file(file, data)
+                del data
+                checked = validate_file(raw, table, columns)
+                valid_parts.append(checked.valid)
+                table_quarantine.append(checked.quarantine)
+                unknown.update(checked.unknown_columns)
+                per_file.append({**entry, "rows": checked.rows, "status": "ingested"})
+                advance(file)
+                del raw
+            stored = (store.read(name).collect() if store is not None and valid_parts else None)
+            new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
+                   else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
+                                             **PROVENANCE_SCHEMA}))
+            if name != "subjects" and known_subjects is not None:
+                new, missing = unknown_subjects(table, new, known_subjects)
+                table_quarantine.append(missing)
+            content = [c.name for c in columns]
+            resolved = resolve(table, new, stored, content)
+            table_quarantine.append(resolved.quarantine)
+            accepted[name] = resolved.accepted
+            if name == "subjects":
+                parts = [resolved.accepted.get_column("subject_id")]
+                if store is not None:
+                    parts.insert(0, store.read("subjects").select("subject_id").collect()
+                                 .get_column("subject_id"))
+                known_subjects = pl.concat(parts).unique()
+            quarantine = pl.concat([empty_quarantine(), *table_quarantine],
+                                   how="vertical_relaxed")
+            quarantines.append(quarantine)
+            table_reports[name] = _table_report(per_file, quarantine, resolved.accepted,
+                                                resolved.duplicates, unknown)
+            _add_file_counts(per_file, quarantine, resolved.accepted, resolved.duplicates)
+            file_reports.extend(per_file)
+
+    quarantine = (pl.concat(quarantines, how="vertical_relaxed")
+                  .select(QUARANTINE_COLUMNS)
+                  .sort(["table", "source_file", "line", "column", "reason"], nulls_last=True))
+    summary = {
+        "contract_version": CONTRACT_VERSION,
+        "tables": table_reports,
+        "files": file_reports,
+        "custom_factors": [f.column for f in config.custom_factors],
+        "reasons": dict(REASONS),
+    }
+    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)
+
+
+def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.DataFrame,
+                  duplicates: pl.DataFrame, unknown: set[str]) -> dict:
+    read = sum(f["rows"] for f in per_file if f["status"] == "ingested")
+    by_reason = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+    # A column name is output too: never let an identifier-shaped header through.
+    unknown_names = sorted(mask_text(u) if find_identifier(u) else u for u in unknown)
+    return {
+        "read": read,
+        "accepted": accepted.height,
+        "quarantined": quarantine.height,
+        "duplicates": int(duplicates.get_column("duplicates").sum() or 0),
+        "quarantined_by_reason": {k: int(v) for k, v in by_reason.items()},
+        "unknown_columns": unknown_names,
+        "files": len(per_file),
+        "files_skipped": sum(f["status"] != "ingested" for f in per_file),
+    }
+
+
+def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.DataFrame,
+                     duplicates: pl.DataFrame) -> None:
+    acc = dict(accepted.group_by(SOURCE_FILE).len().iter_rows())
+    qua = dict(quarantine.group_by("source_file").len().iter_rows())
+    dup = dict(duplicates.iter_rows())
+    for entry in per_file:
+        ingested = entry["status"] == "ingested"
+        entry["accepted"] = int(acc.get(entry["path"], 0)) if ingested else 0
+        entry["quarantined"] = int(qua.get(entry["path"], 0)) if ingested else 0
+        entry["duplicates"] = int(dup.get(entry["path"], 0)) if ingested else 0
+
+
+@contextmanager
+def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
+    """A rich progress bar over the bytes to read; a no-op unless enabled and the read is long."""
+    files = [f for fs in found.values() for f in fs]
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    total = sum(sizes.values())
+    if not enabled or total < _PROGRESS_MIN_BYTES:
+        with nullcontext():
+            yield lambda file: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("dataset", total=total)
+
+        def advance(file: TableFile) -> None:
+            bar.update(task, advance=sizes[file.path], description=file.relative_path)
+
+        yield advance

@@ -1,0 +1,127 @@
+"""Cross-row checks: unknown subjects, exact duplicates and key conflicts.
+
+Rows that passed row-level validation are compared with each other and with the rows already
+in the store (which come first: stored rows are never changed by a later ingest).
+
+* ``unknown_subject``: the row's ``subject_id`` is not an accepted subject (stored or new).
+* ``conflict``: rows sharing the table's key (``schema.Table.key``; ``fallback_key`` for rows
+  whose key is null) with different content. Every new row in such a group is quarantined; a
+  stored row stays stored, so a new file cannot silently change what earlier files said.
+* duplicates: a new row identical in every contract column to an earlier row (stored, or earlier
+  in file order) with no conflict in its group is counted once as a duplicate and not stored again.
+
+Content is compared on typed values (``yes`` and ``1`` are the same boolean), never on provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
+from pipeline.schema import SOURCE_FILE, SOURCE_LINE, Table
+
+_NEW = "__new"
+_HASH = "__content_hash"
+_KEY = "__key"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    accepted: pl.DataFrame
+    quarantine: pl.DataFrame
+    #: New rows that were exact duplicates, as (source_file, count) pairs.
+    duplicates: pl.DataFrame
+
+
+def unknown_subjects(table: Table, valid: pl.DataFrame,
+                     known: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split rows into (known subject, quarantine rows for unknown subjects)."""
+    if table.name == "subjects" or "subject_id" not in valid.columns:
+        return valid, empty_quarantine()
+    is_known = pl.col("subject_id").is_in(known.implode())
+    bad = valid.filter(~is_known)
+    quarantine = bad.select(
+        pl.lit(table.name).alias("table"),
+        pl.col(SOURCE_FILE).alias("source_file"),
+        pl.col(SOURCE_LINE).alias("line"),
+        pl.lit("subject_id").alias("column"),
+        pl.col("subject_id").alias("value"),
+        pl.lit("unknown_subject").alias("reason"),
+        pl.lit("this subject_id does not appear in the subjects table").alias("message"),
+    )
+    return valid.filter(is_known), quarantine
+
+
+def key_columns(table: Table, frame: pl.DataFrame) -> list[pl.Expr]:
+    """Expressions giving each row's key; rows with a null primary key use the fallback key."""
+    if not table.fallback_key:
+        return [pl.col(c) for c in table.key]
+    primary_null = pl.any_horizontal([pl.col(c).is_null() for c in table.key])
+    exprs = [pl.when(~primary_null).then(pl.col(c)).alias(f"__k_{c}") for c in table.key]
+    exprs += [pl.when(primary_null).then(pl.col(c)).alias(f"__kf_{c}")
+              for c in table.fallback_key]
+    return exprs
+
+
+def resolve(table: Table, new: pl.DataFrame, stored: pl.DataFrame | None,
+            content: list[str]) -> Resolved:
+    """Find duplicates and conflicts among ``new`` rows, given the ``stored`` rows."""
+    if new.height == 0:
+        return Resolved(new, empty_quarantine(), _no_duplicates())
+    parts = [new.with_columns(pl.lit(True).alias(_NEW))]
+    if stored is not None and stored.height:
+        parts.insert(0, stored.select(new.columns).with_columns(pl.lit(False).alias(_NEW)))
+    rows = pl.concat(parts, how="vertical_relaxed")
+    keys = key_columns(table, rows)
+    key_names = [k.meta.output_name() for k in keys]
+    rows = rows.with_columns(*keys, pl.struct(content).hash(seed=0).alias(_HASH))
+    rows = rows.with_columns(
+        (pl.col(_HASH).n_unique().over(key_names) > 1).alias("__conflict"),
+        pl.struct([*key_names, _HASH]).is_first_distinct().alias("__first"),
+    )
+    new_rows = rows.filter(pl.col(_NEW))
+    accepted = new_rows.filter(~pl.col("__conflict") & pl.col("__first")).select(new.columns)
+    duplicates = (new_rows.filter(~pl.col("__conflict") & ~pl.col("__first"))
+                  .group_by(SOURCE_FILE).len("duplicates"))
+    conflicts = rows.filter(pl.col("__conflict"))
+    return Resolved(accepted, _conflict_quarantine(table, conflicts, key_names), duplicates)
+
+
+def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
+                         key_names: list[str]) -> pl.DataFrame:
+    if conflicts.height == 0:
+        return empty_quarantine()
+    location = pl.format("{} line {}", pl.col(SOURCE_FILE), pl.col(SOURCE_LINE))
+    conflicts = conflicts.with_columns(location.alias("__loc")).with_columns(
+        pl.col("__loc").min().over(key_names).alias("__lo"),
+        pl.col("__loc").max().over(key_names).alias("__hi"),
+        pl.len().over(key_names).alias("__n"),
+    )
+    other = pl.when(pl.col("__loc") == pl.col("__lo")).then(pl.col("__hi")).otherwise(
+        pl.col("__lo"))
+    uses_fallback = (pl.col(key_names[0]).is_null() if table.fallback_key
+                     else pl.lit(False))
+    primary = "+".join(table.key)
+    fallback = "+".join(table.fallback_key)
+    key_text = pl.concat_str([pl.col(k).cast(pl.String) for k in key_names], separator=", ",
+                             ignore_nulls=True)
+    stored_note = pl.when(pl.col("__stored_in_group")).then(
+        pl.lit(" (the stored row is kept)")).otherwise(pl.lit(""))
+    conflicts = conflicts.with_columns((~pl.col(_NEW)).any().over(key_names)
+                                       .alias("__stored_in_group"))
+    return conflicts.filter(pl.col(_NEW)).select(
+        pl.lit(table.name).alias("table"),
+        pl.col(SOURCE_FILE).alias("source_file"),
+        pl.col(SOURCE_LINE).alias("line"),
+        pl.when(uses_fallback).then(pl.lit(fallback)).otherwise(pl.lit(primary)).alias("column"),
+        key_text.alias("value"),
+        pl.lit("conflict").alias("reason"),
+        pl.format("{} rows share this key with different content; see also {}{}",
+                  pl.col("__n"), other, stored_note).alias("message"),
+    ).select(QUARANTINE_COLUMNS)
+
+
+def _no_duplicates() -> pl.DataFrame:
+    return pl.DataFrame(schema={SOURCE_FILE: pl.String, "duplicates": pl.UInt32})

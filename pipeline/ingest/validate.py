@@ -1,0 +1,273 @@
+"""Validate one file's rows against the contract, all derived from ``schema.Column`` declarations.
+
+Every value arrives as text. Each column is cleaned (surrounding spaces trimmed, empty -> null),
+parsed with ``strict=False`` (a failed parse gives null), and the parsed value is compared with
+the text to find what failed. Each row gets the *first* problem it has, by reason priority and
+then column order, so every row is counted once: accepted, or quarantined with one reason.
+
+Reason priority: ``identifier`` (a direct identifier must be masked, whatever else is wrong),
+``malformed_row``, ``missing_required``, ``invalid_token``, ``type``, ``invalid_value``,
+``out_of_range``. Cross-row reasons (``unknown_subject``, ``conflict``) live in ``dedupe``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.errors import UserError
+from pipeline.ingest.identifiers import (
+    ANY_IDENTIFIER_PATTERN,
+    identifier_label,
+    is_identifier_column_name,
+    looks_like_identifier,
+    mask_identifiers,
+)
+from pipeline.ingest.read import LINE, MALFORMED, RECORD, RawTable
+from pipeline.schema import (
+    FALSE_SPELLINGS,
+    SOURCE_FILE,
+    SOURCE_LINE,
+    TOKEN_PATTERN,
+    TRUE_SPELLINGS,
+    Column,
+    Table,
+)
+
+#: Columns of the quarantine, in order (part of the output contract).
+QUARANTINE_COLUMNS = ("table", "source_file", "line", "column", "value", "reason", "message")
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "table": pl.String(), "source_file": pl.String(), "line": pl.Int64(), "column": pl.String(),
+    "value": pl.String(), "reason": pl.String(), "message": pl.String(),
+}
+
+_CHECK = "__check"
+_DATE_SHAPE = r"^\d{4}-\d{1,2}-\d{1,2}$"
+# ISO 8601 local date-time: 'T' or space, optional seconds and fraction, optional UTC offset
+# (dropped: the contract keeps the local wall-clock time).
+_DATETIME_SHAPE = (r"^(\d{4}-\d{1,2}-\d{1,2})[Tt ](\d{1,2}:\d{2})(:\d{2}(?:[.,]\d{1,9})?)?"
+                   r"\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?$")
+
+_TYPE_MESSAGES = {
+    "float": "expected a number",
+    "int": "expected a whole number",
+    "bool": "expected a yes/no value (true/false, yes/no, 1/0)",
+    "date": "expected a date as YYYY-MM-DD",
+    "datetime": "expected an ISO 8601 date-time such as 2025-03-01T14:30",
+}
+
+
+@dataclass(frozen=True)
+class ValidatedFile:
+    """One file after row-level validation."""
+
+    #: Rows that passed, typed as stored, with ``source_file`` and ``source_line``.
+    valid: pl.DataFrame
+    #: One row per quarantined input row (``QUARANTINE_COLUMNS``), values already masked.
+    quarantine: pl.DataFrame
+    rows: int
+    unknown_columns: tuple[str, ...]
+
+
+def check_header(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> tuple[str, ...]:
+    """Refuse the file (``UserError``) for identifier-named or missing required columns.
+
+    Returns the unknown columns (present in the file, not in the contract).
+    """
+    where = raw.file.relative_path
+    for original in raw.header:
+        if is_identifier_column_name(original):
+            raise UserError(
+                f"column {original!r} is named like a direct identifier; the file is refused and "
+                "nothing from it is stored. Remove the column (the data must be pseudonymised) "
+                "and try again", path=where)
+    known = {c.name for c in columns}
+    missing = [c.name for c in columns if c.required and c.name not in raw.columns]
+    if missing:
+        found = ", ".join(raw.header) if raw.header else "none"
+        raise UserError(f"required column(s) missing from the {table.name} table: "
+                        f"{', '.join(missing)} (columns found: {found})", path=where)
+    return tuple(c for c in raw.columns if c not in known)
+
+
+def clean(expr: pl.Expr) -> pl.Expr:
+    """Trim surrounding spaces; an empty or blank value is null."""
+    trimmed = expr.str.strip_chars()
+    return pl.when(trimmed == "").then(None).otherwise(trimmed)
+
+
+def _enum_key(expr: pl.Expr) -> pl.Expr:
+    return expr.str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
+
+
+def _enum_key_py(value: str) -> str:
+    return re.sub(r"[\s\-]+", "_", value.strip().lower())
+
+
+def parse(column: Column, text: pl.Expr) -> pl.Expr:
+    """Parse cleaned text into the column's dtype; null where it cannot be read."""
+    kind = column.kind
+    if kind in ("token", "string"):
+        return text
+    if kind == "enum":
+        mapping = {_enum_key_py(v): v for v in column.values}
+        assert len(mapping) == len(column.values), f"{column.name}: ambiguous enum spellings"
+        return _enum_key(text).replace_strict(mapping, default=None, return_dtype=pl.String)
+    if kind in ("float", "int"):
+        number = text.cast(pl.Float64, strict=False)
+        number = pl.when(number.is_finite()).then(number + 0.0).otherwise(None)  # -0.0 -> 0.0
+        if kind == "float":
+            return number
+        return pl.when(number == number.floor()).then(number).otherwise(None).cast(pl.Int64)
+    if kind == "bool":
+        mapping = {**{s: True for s in TRUE_SPELLINGS}, **{s: False for s in FALSE_SPELLINGS}}
+        return text.str.to_lowercase().replace_strict(mapping, default=None,
+                                                      return_dtype=pl.Boolean)
+    if kind == "date":
+        return (pl.when(text.str.contains(_DATE_SHAPE))
+                .then(text.str.to_date("%Y-%m-%d", strict=False)).otherwise(None))
+    if kind == "datetime":
+        date = text.str.extract(_DATETIME_SHAPE, 1)
+        hm = text.str.extract(_DATETIME_SHAPE, 2)
+        sec = text.str.extract(_DATETIME_SHAPE, 3).fill_null(":00").str.replace(",", ".")
+        joined = pl.concat_str([date, pl.lit(" "), hm, sec])
+        return joined.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S%.f", strict=False)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _out_of_range(column: Column, value: pl.Expr) -> pl.Expr | None:
+    conditions = []
+    if column.minimum is not None:
+        conditions.append(value < column.minimum if column.minimum_inclusive
+                          else value <= column.minimum)
+    if column.maximum is not None:
+        conditions.append(value > column.maximum)
+    if not conditions:
+        return None
+    return pl.any_horizontal(conditions)
+
+
+def _range_message(column: Column) -> str:
+    unit = f" ({column.unit})" if column.unit else ""
+    return f"expected {column.range_text()}{unit}"
+
+
+@dataclass(frozen=True)
+class _Check:
+    reason: str
+    column: str
+    message: str
+    condition: pl.Expr
+
+
+_PRIORITY = ("identifier", "malformed_row", "missing_required", "invalid_token", "type",
+             "invalid_value", "out_of_range")
+
+
+def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> ValidatedFile:
+    """Row-level validation of one file (the header has already passed :func:`check_header`)."""
+    unknown = check_header(raw, table, columns)
+    frame = raw.frame
+    present = [c for c in columns if c.name in raw.columns]
+    cleaned = {c.name: clean(pl.col(c.name)) for c in present}
+    parsed = {c.name: parse(c, cleaned[c.name]) for c in present}
+
+    checks: list[_Check] = []
+    # Text columns can hold an identifier even when they parse: test them on every row (once per
+    # distinct value). Other columns are tested below, only on rows that fail anyway.
+    text_columns = [c.name for c in present if c.kind in ("token", "string")] + list(unknown)
+    for name in text_columns:
+        distinct = frame.get_column(name).drop_nulls().unique()
+        hits = distinct.filter(distinct.str.contains(ANY_IDENTIFIER_PATTERN))
+        if hits.len():
+            checks.append(_Check("identifier", name, "", pl.col(name).is_in(hits.implode())))
+    checks.append(_Check("malformed_row", "", "", pl.col(MALFORMED).is_not_null()))
+    for c in present:
+        text, value = cleaned[c.name], parsed[c.name]
+        if c.required or not c.nullable:
+            checks.append(_Check("missing_required", c.name, "a value is required here",
+                                 text.is_null()))
+        if c.kind == "token":
+            bad = text.is_not_null() & ~text.str.contains(TOKEN_PATTERN)
+            checks.append(_Check("invalid_token", c.name, "expected a pseudonymous id: 1 to "
+                                 f"{c.max_chars or 64} characters from A-Z a-z 0-9 _ -", bad))
+        elif c.kind == "enum":
+            checks.append(_Check("invalid_value", c.name,
+                                 f"expected one of: {', '.join(c.values)}",
+                                 text.is_not_null() & value.is_null()))
+        elif c.kind != "string":
+            checks.append(_Check("type", c.name, _TYPE_MESSAGES[c.kind],
+                                 text.is_not_null() & value.is_null()))
+        out_of_range = _out_of_range(c, value)
+        if out_of_range is not None:
+            checks.append(_Check("out_of_range", c.name, _range_message(c),
+                                 value.is_not_null() & out_of_range))
+    checks.sort(key=lambda k: _PRIORITY.index(k.reason))  # stable: column order kept
+
+    first_failure = pl.min_horizontal(
+        [pl.when(k.condition).then(pl.lit(i, dtype=pl.Int32)) for i, k in enumerate(checks)])
+    frame = frame.with_columns(first_failure.alias(_CHECK))
+    source = raw.file.relative_path
+    valid = frame.filter(pl.col(_CHECK).is_null()).select(
+        *[(parsed[c.name] if c.name in parsed else pl.lit(None)).cast(c.dtype).alias(c.name)
+          for c in columns],
+        pl.lit(source, dtype=pl.String).alias(SOURCE_FILE),
+        pl.col(LINE).alias(SOURCE_LINE),
+    )
+    failed = frame.filter(pl.col(_CHECK).is_not_null())
+    quarantine = _quarantine_rows(failed, checks, raw, table.name, unknown)
+    return ValidatedFile(valid=valid, quarantine=quarantine, rows=frame.height,
+                         unknown_columns=unknown)
+
+
+def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, table: str,
+                     unknown: tuple[str, ...]) -> pl.DataFrame:
+    """Reason, column, value and message of each failed row (a small frame, usually)."""
+    if failed.height == 0:
+        return empty_quarantine()
+    lookup = pl.DataFrame({
+        _CHECK: pl.Series(range(len(checks)), dtype=pl.Int32),
+        "reason": [k.reason for k in checks],
+        "column": [k.column for k in checks],
+        "message": [k.message for k in checks],
+    })
+    failed = failed.join(lookup, on=_CHECK, how="left")
+    value_columns = list(raw.columns)
+    value = pl.coalesce(
+        [pl.when(pl.col("column") == name).then(pl.col(name)) for name in value_columns]
+        + [pl.when(pl.col("reason") == "malformed_row").then(pl.col(RECORD))]
+    )
+    # A row that fails for any reason is checked for identifiers in *every* value (and in the
+    # raw text of a malformed row): the identifier reason wins and the value is masked.
+    candidates = [*value_columns, RECORD]
+    ident_column = pl.coalesce(
+        [pl.when(looks_like_identifier(pl.col(n)).fill_null(False)).then(
+            pl.lit("" if n == RECORD else n)) for n in candidates])
+    ident_value = pl.coalesce(
+        [pl.when(looks_like_identifier(pl.col(n)).fill_null(False)).then(pl.col(n))
+         for n in candidates])
+    failed = failed.with_columns(value.alias("value"), ident_column.alias("__ident_column"),
+                                 ident_value.alias("__ident_value"))
+    is_ident = pl.col("__ident_column").is_not_null()
+    malformed_message = pl.col(MALFORMED)
+    out = failed.select(
+        pl.lit(table, dtype=pl.String).alias("table"),
+        pl.lit(raw.file.relative_path, dtype=pl.String).alias("source_file"),
+        pl.col(LINE).alias("line"),
+        pl.when(is_ident).then(pl.col("__ident_column")).otherwise(pl.col("column"))
+        .alias("column"),
+        pl.when(is_ident).then(pl.col("__ident_value")).otherwise(pl.col("value")).alias("value"),
+        pl.when(is_ident).then(pl.lit("identifier")).otherwise(pl.col("reason")).alias("reason"),
+        pl.when(is_ident)
+        .then(pl.format("looks like {}; the value is masked here and the row is not stored",
+                        identifier_label(pl.col("__ident_value"))))
+        .when(pl.col("reason") == "malformed_row").then(malformed_message)
+        .otherwise(pl.col("message")).alias("message"),
+    )
+    return out.with_columns(mask_identifiers(pl.col("value")).alias("value"))
+
+
+def empty_quarantine() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)

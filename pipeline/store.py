@@ -1,0 +1,223 @@
+"""The Parquet store of accepted rows, with a manifest of every input file ingested.
+
+Layout::
+
+    STORE/manifest.json              the truth: files ingested (sha256), table parts, custom columns
+    STORE/tables/<table>/part-*.parquet   one part per table per ingest
+
+Crash safety: every file is written to a temporary name in its final directory, flushed to disk,
+then renamed over (``os.replace`` is atomic on POSIX). Parts are written first and the manifest
+last, and readers only look at parts the manifest lists; so a run killed at any moment leaves the
+previous manifest and everything it lists intact, and at worst an orphan part that the next
+ingest deletes. Ingests take a file lock, so two ingests into one store never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+from filelock import FileLock
+
+from pipeline.errors import UserError
+from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, TABLES
+
+MANIFEST = "manifest.json"
+TABLES_DIR = "tables"
+LOCK = ".lock"
+_STORE_FORMAT = 1
+_CUSTOM_DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean()}
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One input file that was ingested."""
+
+    path: str
+    table: str
+    format: str
+    sha256: str
+    rows: int
+    accepted: int
+    ingested_at: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: tuple[ManifestFile, ...] = ()
+    #: Table -> part file names (relative to ``tables/<table>/``), in write order.
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Custom daily columns ever stored: name -> ``numeric`` | ``boolean``.
+    custom_columns: dict[str, str] = field(default_factory=dict)
+    contract_version: str = CONTRACT_VERSION
+
+    @property
+    def sha256s(self) -> frozenset[str]:
+        return frozenset(f.sha256 for f in self.files)
+
+    def file_for(self, sha256: str) -> ManifestFile | None:
+        for f in self.files:
+            if f.sha256 == sha256:
+                return f
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "store_format": _STORE_FORMAT,
+            "contract_version": self.contract_version,
+            "files": [asdict(f) for f in self.files],
+            "parts": {t: list(p) for t, p in sorted(self.parts.items())},
+            "custom_columns": dict(self.custom_columns),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        return cls(
+            files=tuple(ManifestFile(**f) for f in data.get("files", [])),
+            parts={t: tuple(p) for t, p in data.get("parts", {}).items()},
+            custom_columns=dict(data.get("custom_columns", {})),
+            contract_version=data.get("contract_version", CONTRACT_VERSION),
+        )
+
+
+class Store:
+    """A directory of Parquet tables plus ``manifest.json``. ``Store(path)`` never writes."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        path = self.path / MANIFEST
+        if not path.is_file():
+            return Manifest()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"the store manifest cannot be read ({error})",
+                            path=str(path)) from None
+        if data.get("contract_version") != CONTRACT_VERSION:
+            raise UserError(f"the store was written for contract version "
+                            f"{data.get('contract_version')!r}, not {CONTRACT_VERSION!r}",
+                            path=str(path))
+        return Manifest.from_json(data)
+
+    def schema(self, table: str, manifest: Manifest | None = None) -> dict[str, pl.DataType]:
+        """Stored columns and dtypes of ``table``, provenance columns last."""
+        if table not in TABLES:
+            raise UserError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
+        manifest = manifest or self.manifest
+        columns = dict(TABLES[table].polars_schema())
+        if table == "daily":
+            columns.update({c: _CUSTOM_DTYPES[k] for c, k in manifest.custom_columns.items()})
+        return {**columns, **PROVENANCE_SCHEMA}
+
+    def read(self, table: str) -> pl.LazyFrame:
+        """All stored rows of ``table`` with exactly the stored schema (empty if none)."""
+        manifest = self.manifest
+        schema = self.schema(table, manifest)
+        parts = [self._table_dir(table) / p for p in manifest.parts.get(table, ())]
+        if not parts:
+            return pl.LazyFrame(schema=schema)
+        frames = [pl.scan_parquet(p) for p in parts]
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        present = frame.collect_schema().names()
+        return frame.select(
+            (pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
+            for c, dtype in schema.items())
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def lock(self) -> FileLock:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path / LOCK))
+
+    def append(self, rows: dict[str, pl.DataFrame], files: list[ManifestFile],
+               custom_columns: dict[str, str]) -> Manifest:
+        """Add one ingest: a part per non-empty table, then the manifest. Call under :meth:`lock`."""
+        manifest = self.manifest
+        self._remove_orphans(manifest)
+        parts = {t: list(p) for t, p in manifest.parts.items()}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for table, frame in rows.items():
+            if frame.height == 0:
+                continue
+            name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+            directory = self._table_dir(table)
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_atomic(directory / name, lambda tmp, f=frame: f.write_parquet(tmp))
+            parts.setdefault(table, []).append(name)
+        custom = dict(manifest.custom_columns)
+        for column, kind in custom_columns.items():
+            custom.setdefault(column, kind)
+        new = Manifest(files=manifest.files + tuple(files),
+                       parts={t: tuple(p) for t, p in parts.items()},
+                       custom_columns=custom)
+        text = json.dumps(new.to_json(), indent=2, sort_keys=True) + "\n"
+        _write_atomic(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text, "utf-8"))
+        return new
+
+    def _table_dir(self, table: str) -> Path:
+        return self.path / TABLES_DIR / table
+
+    def _remove_orphans(self, manifest: Manifest) -> None:
+        """Delete leftovers of a killed ingest: temp files and parts no manifest lists."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        root = self.path / TABLES_DIR
+        if not root.is_dir():
+            return
+        for directory in root.iterdir():
+            listed = set(manifest.parts.get(directory.name, ()))
+            for part in directory.iterdir():
+                if part.name not in listed:
+                    part.unlink(missing_ok=True)
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not supported on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` (UTF-8). Shared with the ingest outputs."""
+    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_atomic(path: Path, write) -> None:
+    """Atomically replace ``path`` with what ``write(temp_path)`` writes."""
+    _write_atomic(Path(path), write)
