@@ -17,8 +17,9 @@ import polars as pl
 
 from pipeline import schema
 
-#: ISO 8601 basic format; ``%.f`` adds ``.ffffff`` only when the time has a fraction of a second.
-DERIVED_ID_TIME_FORMAT = "%Y%m%dT%H%M%S%.f"
+#: ISO 8601 basic format, plus ``.ffffff`` (always six digits) when there is a fraction of a second.
+DERIVED_ID_TIME_FORMAT = "%Y%m%dT%H%M%S"
+DERIVED_ID_FRACTION_FORMAT = "%Y%m%dT%H%M%S%.6f"
 
 
 def derived_episode_id() -> pl.Expr:
@@ -27,7 +28,9 @@ def derived_episode_id() -> pl.Expr:
     return pl.concat_str(
         [
             pl.col(subject),
-            pl.col(started).dt.strftime(DERIVED_ID_TIME_FORMAT),
+            pl.when(pl.col(started).dt.microsecond() == 0)
+            .then(pl.col(started).dt.strftime(DERIVED_ID_TIME_FORMAT))
+            .otherwise(pl.col(started).dt.strftime(DERIVED_ID_FRACTION_FORMAT)),
             pl.col(muscle),
         ],
         separator="_",
