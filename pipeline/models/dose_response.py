@@ -1,14 +1,18 @@
 """dose_response.csv: a spline curve per continuous core feature, within subject.
 
 For each continuous feature estimated in the ``within_subject`` model, the linear term is replaced by
-a cubic B-spline basis (``sklearn.preprocessing.SplineTransformer``, knots at the 5th, 35th, 65th and
-95th percentiles as Harrell recommends for four knots, linear beyond the boundary knots) while every
-other feature stays linear, and the model is refitted by conditional Poisson with subject-clustered
-errors. The curve is the IRR at x relative to the reference value (the median), with pointwise 95%
-bands from the cluster-robust covariance, over the 1st–99th percentile range of the feature.
+a natural cubic spline while every other feature stays linear, and the model is refitted by
+conditional Poisson with subject-clustered errors. The curve is the IRR at x relative to the
+reference value (the median), with pointwise 95% bands from the cluster-robust covariance, over the
+1st–99th percentile range of the feature.
 
-The basis drops one spline (``include_bias=False``): the splines sum to one, so the full basis
-would be collinear with the subject fixed effects. Curves are in the source unit (minutes, °C, ...),
+The basis: cubic B-splines from ``sklearn.preprocessing.SplineTransformer`` with knots at the 5th,
+35th, 65th and 95th percentiles (Harrell's placement for four knots) and linear extrapolation,
+constrained to a *natural* spline (second derivative zero at the boundary knots, so linear beyond
+them) and with the constant removed (the splines sum to one, which the subject fixed effects
+already absorb): ``Z = B(x) @ N``, where the columns of N span the B-spline coefficients that
+satisfy both constraints. Four knots give three columns, the same flexibility as a restricted cubic
+spline, at a cost close to the linear model's. Curves are in the source unit (minutes, °C, ...),
 not in the per-scale model unit.
 """
 
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import linalg, stats
 from sklearn.preprocessing import SplineTransformer
 
 KNOT_QUANTILES = (0.05, 0.35, 0.65, 0.95)
@@ -61,19 +65,46 @@ def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
     return pl.concat(frames).select(DOSE_COLUMNS), notes
 
 
+def place_knots(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Knots at ``KNOT_QUANTILES`` of x. When many days share the lowest value (no alcohol, no
+    exercise) those quantiles coincide; the inner knots then go to the quantiles of the values
+    above the lowest knot, so the curve can still bend where the data are."""
+    knots = np.unique(np.quantile(x, KNOT_QUANTILES))
+    if knots.size == len(KNOT_QUANTILES):
+        return knots, "quantiles " + ", ".join(f"{q:.0%}" for q in KNOT_QUANTILES)
+    above = x[x > knots[0]]
+    if above.size:
+        inner = np.quantile(above, KNOT_QUANTILES[1:])
+        knots = np.unique(np.concatenate([knots[:1], inner]))
+    return knots, ("lowest knot at the 5th percentile, which many days share; the others at the "
+                   + ", ".join(f"{q:.0%}" for q in KNOT_QUANTILES[1:])
+                   + " quantiles of the values above it")
+
+
+def natural_spline(knots: np.ndarray) -> tuple[SplineTransformer, np.ndarray]:
+    """A fitted cubic B-spline transformer on ``knots`` and the matrix N mapping its basis to a
+    natural spline without the constant (``len(knots) - 1`` columns)."""
+    spline = SplineTransformer(knots=np.asarray(knots, dtype=float)[:, None], degree=DEGREE,
+                               extrapolation="linear", include_bias=True)
+    spline.fit(np.asarray(knots, dtype=float)[:, None])
+    second = spline.bsplines_[0].derivative(2)
+    constraints = np.vstack([second(knots[0]), second(knots[-1]),
+                             np.ones(spline.n_features_out_)])
+    return spline, linalg.null_space(constraints)
+
+
 def _curve(design, j: int):
     from pipeline.models.conditional import fit_conditional_poisson
 
     feature = design.kept[j]
     x = design.X[:, j]
-    knots = np.unique(np.quantile(x, KNOT_QUANTILES))
+    knots, placement = place_knots(x)
     if knots.size < 3:
         return None, {"status": "not_estimated",
                       "reason": f"only {knots.size} distinct knot value(s) at the "
                       f"{', '.join(f'{q:.0%}' for q in KNOT_QUANTILES)} percentiles"}
-    spline = SplineTransformer(knots=knots[:, None], degree=DEGREE, extrapolation="linear",
-                               include_bias=False)
-    basis = spline.fit_transform(x[:, None])
+    spline, natural = natural_spline(knots)
+    basis = spline.transform(x[:, None]) @ natural
     others = [i for i in range(design.X.shape[1]) if i != j]
     X = np.empty((x.shape[0], basis.shape[1] + len(others)), order="F")
     X[:, : basis.shape[1]] = basis
@@ -91,7 +122,7 @@ def _curve(design, j: int):
     low, high = np.quantile(x, RANGE_QUANTILES)
     reference = float(np.quantile(x, REFERENCE_QUANTILE))
     grid = np.unique(np.concatenate([np.linspace(low, high, N_GRID), [reference]]))
-    contrast = spline.transform(grid[:, None]) - spline.transform(np.array([[reference]]))
+    contrast = (spline.transform(grid[:, None]) - spline.transform(np.array([[reference]]))) @ natural
     log_irr = contrast @ beta
     se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", contrast, cov, contrast), 0.0, None))
     scale = feature.scale
@@ -108,5 +139,5 @@ def _curve(design, j: int):
     note = {"status": "estimated", "knots": [float(v * scale) for v in knots],
             "reference": "median", "reference_x": reference * scale,
             "range": [float(low * scale), float(high * scale)],
-            "n_spline_terms": int(k)}
+            "knot_placement": placement, "n_spline_terms": int(k)}
     return curve, note

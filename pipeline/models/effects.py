@@ -76,6 +76,16 @@ class Design:
     n_subjects_without_episodes: int = 0
     n_days_without_episodes_subject: int = 0
 
+    def drop(self, features, reason: str) -> None:
+        """Remove features from the design (a rare path: copies X once)."""
+        names = {f.name for f in features}
+        keep = [j for j, f in enumerate(self.kept) if f.name not in names]
+        self.X = np.asfortranarray(self.X[:, keep])
+        self.kept = [self.kept[j] for j in keep]
+        for name in names:
+            self.excluded[name] = reason
+            self.sufficiency.setdefault(name, {}).update(status="not_estimated", reason=reason)
+
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.kept]
@@ -325,29 +335,49 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
+#: EstimationError reasons that concern particular features: drop them and refit the rest.
+_FEATURE_REASONS = {
+    "no_variation": "no variation left to estimate from (constant, or constant within every "
+                    "subject with episodes)",
+    "separation": "separation: every subject-day with episodes sits at one extreme of this "
+                  "feature, so its rate ratio is 0 or infinite",
+    "collinear": "collinear with other features of the model (adds no information)",
+}
+
+
 def _fit(design: Design):
-    """Fit one design; returns ``(fit, None)`` or ``(None, reason)``."""
+    """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
+
+    When the estimator rejects particular features (no variation, separation, collinearity) they
+    are dropped from the design with the reason, and the rest is refitted."""
     from pipeline.models.conditional import fit_conditional_poisson
     from pipeline.models.poisson import EstimationError, fit_poisson
 
-    if not design.kept:
-        return None, "no feature has enough data for this model"
-    if design.n_subjects < 2:
-        return None, f"only {design.n_subjects} subject(s) with usable subject-days"
-    if design.n_episodes == 0:
-        return None, "no episodes on the model's complete subject-days"
-    try:
-        if design.conditional:
-            fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
-                                          clusters=design.groups, feature_names=design.names)
-        else:
-            fit = fit_poisson(design.X, design.y, clusters=design.groups,
-                              feature_names=design.names)
-    except EstimationError as exc:
-        return None, f"the solver failed ({exc})"
-    if not fit.converged:
-        return None, "the solver did not converge"
-    return fit, None
+    while True:
+        if not design.kept:
+            return None, "no feature has enough data for this model"
+        if design.n_subjects < 2:
+            return None, f"only {design.n_subjects} subject(s) with usable subject-days"
+        if design.n_episodes == 0:
+            return None, "no episodes on the model's complete subject-days"
+        try:
+            if design.conditional:
+                fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
+                                              clusters=design.groups, feature_names=design.names)
+            else:
+                fit = fit_poisson(design.X, design.y, clusters=design.groups,
+                                  feature_names=design.names)
+        except EstimationError as exc:
+            involved = [f for f in design.kept if f.name in exc.features]
+            if exc.reason not in _FEATURE_REASONS or not involved:
+                return None, f"the solver failed ({exc})"
+            if exc.reason == "collinear":
+                involved = involved[-1:]  # keep the earlier features of a collinear set
+            design.drop(involved, _FEATURE_REASONS[exc.reason])
+            continue
+        if not fit.converged:
+            return None, "the solver did not converge"
+        return fit, None
 
 
 def _effect_rows(design: Design, fit, failure: str | None) -> list[dict[str, Any]]:
