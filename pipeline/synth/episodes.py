@@ -23,7 +23,9 @@ def _logistic(z: np.ndarray) -> np.ndarray:
 def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Draw ``n`` episodes' attributes (without subject or date); nullable ones come with a mask.
 
-    Returns arrays keyed by column name; ``<column>__null`` holds the blanking mask.
+    Returns arrays keyed by column name (enums as integer codes: ``muscle_group`` into
+    ``truth.MUSCLE_GROUP_P``, ``numbness`` into ``schema.NUMBNESS_LEVELS``); ``<column>__null``
+    holds the blanking mask.
     """
     e = truth.EPISODES
     groups = list(truth.MUSCLE_GROUP_P)
@@ -56,7 +58,7 @@ def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
     numbness = np.where(u < p2, 2, np.where(u < p2 + p1, 1, 0))
 
     out = {
-        "muscle_group": np.array(groups)[group],
+        "muscle_group": group,  # codes into MUSCLE_GROUP_P
         "second": second,
         "night": night,
         "duration_min": duration,
@@ -66,7 +68,7 @@ def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
         "skin_changes": skin_changes,
         "sleep_loss": sleep_loss,
         "er_visit": er_visit,
-        "numbness": np.array(schema.NUMBNESS_LEVELS)[numbness],
+        "numbness": numbness,  # codes into schema.NUMBNESS_LEVELS
     }
     for column, rate in e["missing_rate"].items():
         out[f"{column}__null"] = rng.random(n) < rate

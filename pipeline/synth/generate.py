@@ -26,8 +26,8 @@ from pipeline.synth.truth_doc import truth_document
 DEFAULT_START = date(2026, 1, 5)
 #: Subjects per simulation block. Part of the output's definition: changing it changes the data.
 BLOCK_SUBJECTS = 4096
-_STREAMS = {"subjects": 0, "daily": 1, "window": 2, "injury": 3, "custom": 4}
-_GLOBAL_STREAMS = {"counts": 100, "missing": 101, "episodes": 102}
+_STREAMS = {"subjects": 0, "daily": 1, "window": 2, "injury": 3, "custom": 4, "missing": 5}
+_GLOBAL_STREAMS = {"counts": 100, "episodes": 102}
 _BOOL_FEATURES = ("electrolytes", "poor_posture")
 
 
@@ -71,7 +71,15 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     effects = truth.effects(custom_factor)
     doy, weekday = calendar(start_date, n_days)
 
-    logged_parts, skipped_parts, injury_parts, subject_parts = [], [], [], []
+    width = max(5, len(str(n_subjects)))
+    sid = pl.select(pl.concat_str(pl.lit("S"), pl.int_range(1, n_subjects + 1).cast(pl.String)
+                                  .str.zfill(width))).to_series()
+    start = np.datetime64(start_date, "D")
+
+    # Per block, the daily table is built at once (so the big float arrays are freed); only what the
+    # episode draw needs (subject, day, linear predictor) is kept for the logged and skipped days.
+    daily_parts, logged_parts, skipped_parts, injury_parts, subject_parts = [], [], [], [], []
+    recent_injury_days = 0
     for b, lo in enumerate(range(0, n_subjects, BLOCK_SUBJECTS)):
         n = min(BLOCK_SUBJECTS, n_subjects - lo)
         rngs = {name: _rng(seed, b, k) for name, k in _STREAMS.items()}
@@ -79,24 +87,31 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
                              custom_factor=custom_factor)
         subj_lp = np.log(blk.frailty * blk.age_mult)
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
-        si, di = np.nonzero(blk.logged)
-        logged_parts.append({"subject": si + lo, "day": di, "lp": lp[si, di],
-                             **{k: v[si, di] for k, v in blk.x.items()}})
-        skipped = blk.in_window & ~blk.logged
-        ki, kd = np.nonzero(skipped)
-        skipped_parts.append({"subject": ki + lo, "day": kd, "lp": lp[ki, kd]})
-        ii, idd = np.nonzero(blk.injury)
-        injury_parts.append({"subject": ii + lo, "day": idd, "group": blk.injury_group[ii, idd]})
+        cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
+        subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
+        daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
+                                        day, sid, start, custom_factor, rngs["missing"]))
+        recent_injury_days += int(blk.x["recent_injury"].ravel()[cells].sum())
+        logged_parts.append({"subject": subject, "day": day, "lp": lp.ravel()[cells]})
+        cells = np.flatnonzero(blk.in_window & ~blk.logged)
+        skipped_parts.append({"subject": (cells // n_days + lo).astype(np.int32),
+                              "day": (cells % n_days).astype(np.int32), "lp": lp.ravel()[cells]})
+        cells = np.flatnonzero(blk.injury)
+        injury_parts.append({"subject": cells // n_days + lo, "day": cells % n_days,
+                             "group": blk.injury_group.ravel()[cells]})
         subject_parts.append({"age_band": blk.age_band, "sex": blk.sex, "frailty": blk.frailty,
                               "habitual_stress": blk.habitual_stress,
                               "habitual_sitting": blk.habitual_sitting,
-                              "logged_days": blk.logged.sum(axis=1)})
-        del blk, lp
+                              "logged_days": blk.logged.sum(axis=1),
+                              "window_days": blk.in_window.sum(axis=1)})
+        del blk, lp, cells
 
     cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
     logged, skipped, injuries, subj = (cat(logged_parts), cat(skipped_parts), cat(injury_parts),
                                        cat(subject_parts))
     del logged_parts, skipped_parts, injury_parts, subject_parts
+    daily = pl.concat(daily_parts, rechunk=False)
+    del daily_parts
 
     intercept = math.log(truth.TARGET_MEAN_RATE / float(np.mean(np.exp(logged["lp"]))))
     rc = _rng(seed, _GLOBAL_STREAMS["counts"])
@@ -105,21 +120,16 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     skipped_counts = rc.binomial(rc.poisson(np.exp(intercept + skipped["lp"])),
                                  truth.LOGGING["p_episode_logged_on_skipped_day"])
 
-    width = max(5, len(str(n_subjects)))
-    sid = np.array([f"S{i + 1:0{width}d}" for i in range(n_subjects)])
-    start = np.datetime64(start_date, "D")
-
     subjects = pl.DataFrame({
         "subject_id": sid,
-        "age_band": np.array(schema.AGE_BANDS)[subj["age_band"]],
-        "sex": np.array(schema.SEXES)[subj["sex"]],
+        "age_band": _labels(schema.AGE_BANDS, subj["age_band"]),
+        "sex": _labels(schema.SEXES, subj["sex"]),
     })
 
-    daily, missing = _daily_frame(logged, sid, start, custom_factor, _rng(seed, _GLOBAL_STREAMS["missing"]))
     injuries_df = pl.DataFrame({
-        "subject_id": sid[injuries["subject"]],
+        "subject_id": sid.gather(injuries["subject"]),
         "date": start + injuries["day"],
-        "muscle_group": np.array(list(truth.INJURY_GROUP_P))[injuries["group"]],
+        "muscle_group": _labels(list(truth.INJURY_GROUP_P), injuries["group"]),
     }).sort("subject_id", "date", "muscle_group")
 
     ep_subject = np.concatenate([np.repeat(logged["subject"], counts),
@@ -143,13 +153,14 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
             "mean_episodes_per_subject_day": float(counts.mean()) if counts.size else 0.0,
             "expected_mean_episodes_per_subject_day": float(rate.mean()) if rate.size else 0.0,
             "n_injuries": int(injuries_df.height),
-            "subject_days_with_recent_injury": int(logged["recent_injury"].sum()),
-            "subjects_logging_whole_period": int((subj["logged_days"] == n_days).sum()),
+            "subject_days_with_recent_injury": recent_injury_days,
+            "subjects_whose_window_spans_the_period": int((subj["window_days"] == n_days).sum()),
             "logged_days_per_subject": {"min": int(subj["logged_days"].min()),
                                         "median": float(np.median(subj["logged_days"])),
                                         "max": int(subj["logged_days"].max())},
             "subjects_with_planted_rate_3_per_week": _frequent_subjects(logged, rate, n_subjects),
-            "missing_fraction": missing,
+            "missing_fraction": {c: daily[c].null_count() / max(daily.height, 1)
+                                 for c in daily.columns[2:]},
             "episodes": attrs,
         },
         subject_level={"habitual_stress": subj["habitual_stress"],
@@ -157,6 +168,11 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     )
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
+
+
+def _labels(values, codes: np.ndarray) -> pl.Series:
+    """Enum labels from integer codes (a gather, not a Python loop)."""
+    return pl.Series(list(values), dtype=pl.String).gather(codes)
 
 
 def _frequent_subjects(logged: dict, rate: np.ndarray, n_subjects: int) -> int:
@@ -167,21 +183,16 @@ def _frequent_subjects(logged: dict, rate: np.ndarray, n_subjects: int) -> int:
     return int(((mean >= 3 / 7) & (days >= 28)).sum())
 
 
-def _daily_frame(logged: dict, sid: np.ndarray, start: np.datetime64, custom_factor: bool,
-                 rng: np.random.Generator) -> tuple[pl.DataFrame, dict[str, float]]:
-    """The ``daily`` table: logged days, factor columns in schema order, a few % blanked (MCAR)."""
+def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray, sid: pl.Series,
+                 start: np.datetime64, custom_factor: bool, rng: np.random.Generator) -> pl.DataFrame:
+    """``daily`` rows of logged days: factor columns in schema order, a few % blanked (MCAR)."""
     columns = list(schema.FACTOR_COLUMNS) + (["magnesium_mg"] if custom_factor else [])
-    n = logged["day"].size
-    data: dict[str, object] = {"subject_id": sid[logged["subject"]], "date": start + logged["day"]}
-    missing: dict[str, float] = {}
+    data: dict[str, object] = {"subject_id": sid.gather(subject), "date": start + day}
     for c in columns:
-        values = logged[c]
-        blank = rng.random(n) < truth.MISSING_RATE[c]
-        missing[c] = float(blank.mean()) if n else 0.0
-        dtype = pl.Boolean if c in _BOOL_FEATURES else pl.Float64
-        s = pl.Series(c, values, dtype=dtype)
-        data[c] = s.scatter(np.nonzero(blank)[0], None) if blank.any() else s
-    return pl.DataFrame(data), missing
+        blank = rng.random(day.size) < truth.MISSING_RATE[c]
+        s = pl.Series(c, x[c], dtype=pl.Boolean if c in _BOOL_FEATURES else pl.Float64)
+        data[c] = s.scatter(np.flatnonzero(blank), None) if blank.any() else s
+    return pl.DataFrame(data)
 
 
 def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: np.ndarray,
@@ -202,16 +213,21 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
     started = ((start + day[row]).astype("datetime64[us]")
                + second.astype("timedelta64[s]").astype("timedelta64[us]"))
 
-    ids = np.char.add("E", np.char.zfill(np.arange(1, n + 1).astype(str), 9)) if n else np.array([], str)
+    ids = pl.select(pl.concat_str(pl.lit("E"), pl.int_range(1, n + 1).cast(pl.String).str.zfill(9))
+                    ).to_series()
     data = {
         "episode_id": pl.Series("episode_id", ids, dtype=pl.String).scatter(
             np.nonzero(a["episode_id__null"][row])[0], None),
-        "subject_id": sid[subject[row]],
+        "subject_id": sid.gather(subject[row]),
         "started_at": pl.Series("started_at", started, dtype=pl.Datetime("us")),
     }
+    a["muscle_group"] = _labels(list(truth.MUSCLE_GROUP_P), a["muscle_group"])
+    a["numbness"] = _labels(schema.NUMBNESS_LEVELS, a["numbness"])
     for c in ("duration_min", "muscle_group", "pain", "pain_uncontrolled", "swelling",
               "skin_changes", "sleep_loss", "er_visit", "numbness"):
-        s = pl.Series(c, a[c][row], dtype=schema.EPISODES.column(c).dtype)
+        v = a[c]
+        v = v.gather(row) if isinstance(v, pl.Series) else v[row]
+        s = pl.Series(c, v, dtype=schema.EPISODES.column(c).dtype)
         null = a.get(f"{c}__null")
         data[c] = s.scatter(np.nonzero(null[row])[0], None) if null is not None and null.any() else s
     df = pl.DataFrame(data).select(schema.EPISODES.column_names)
@@ -225,8 +241,7 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
         "fraction_duration_over_15_min": rate_of(df["duration_min"] > 15),
         "muscle_group_share": {g: round(float((df["muscle_group"] == g).mean() or 0.0), 6)
                                for g in schema.MUSCLE_GROUPS},
-        "night_share_calf": round(float(a["night"][a["muscle_group"] == "calf"].mean()), 6)
-        if (a["muscle_group"] == "calf").any() else None,
+        "night_share_calf": rate_of(pl.Series(a["night"]).filter(a["muscle_group"] == "calf")),
         "red_flag_rate_among_recorded": {
             c: rate(c) for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss",
                                  "er_visit")},
