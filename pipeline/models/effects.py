@@ -304,7 +304,9 @@ def fit_models(panel: Panel, *, custom_factors=()) -> ModelResults:
         designs[model] = design
         fit, failure = _fit(design)
         if model in PRIMARY_MODELS and fit is None:
-            raise UserError(f"cannot fit the {model} model: {failure}")
+            reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items())
+            raise UserError(f"cannot fit the {model} model: {failure}"
+                            + (f" ({reasons})" if reasons else ""))
         fits[model] = fit
         rows.extend(_effect_rows(design, fit, failure))
         diagnostics["models"][model] = dg.model_diagnostics(design, fit, failure)
