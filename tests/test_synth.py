@@ -321,3 +321,23 @@ def test_truth_documents_every_core_feature_in_its_documented_unit(sample):
     assert sample.truth["null_features"] == ["poor_posture", "caffeine_mg", "alcohol_units"]
     assert sample.truth["frailty"]["distribution"] == "gamma"
     assert sample.truth["confounding"] is None
+
+
+@pytest.mark.parametrize(("decimals", "values", "text"), [
+    (0, [0.0, 95.0, 1500.0, None], ["0", "95", "1500", None]),
+    (1, [2.3, -0.5, 0.0, -2.1, 23.9, None], ["2.3", "-0.5", "0.0", "-2.1", "23.9", None]),
+    (2, [7.25, 6.0, 0.75, 12.0], ["7.25", "6.00", "0.75", "12.00"]),
+])
+def test_csv_numbers_have_a_fixed_number_of_decimals(decimals, values, text):
+    from pipeline.synth.write import _fixed
+
+    out = pl.DataFrame({"x": values}, schema={"x": pl.Float64}).select(_fixed("x", decimals))
+    assert out["x"].to_list() == text
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import pipeline.synth.generate as module
+
+    assert doctest.testmod(module).failed == 0

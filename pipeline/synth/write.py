@@ -35,17 +35,13 @@ def truth_path(out_dir: Path) -> Path:
 
 
 def _fixed(column: str, decimals: int) -> pl.Expr:
-    """Fixed-point text of a float column, e.g. 2.3 -> "2.3", -0.5 -> "-0.5", 7.25 -> "7.25"."""
-    scaled = (pl.col(column) * 10**decimals).round(0).cast(pl.Int64)
+    """Fixed-point text of a float column, e.g. 2.3 -> "2.3", -0.5 -> "-0.5", 7.25 -> "7.25".
+
+    Values are already on their column's grid (``exposures.STEP``), so the decimal cast is exact.
+    """
     if decimals == 0:
-        return scaled.cast(pl.String).alias(column)
-    magnitude = scaled.abs()
-    return pl.concat_str(
-        pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit("")),
-        (magnitude // 10**decimals).cast(pl.String),
-        pl.lit("."),
-        (magnitude % 10**decimals).cast(pl.String).str.zfill(decimals),
-    ).alias(column)
+        return pl.col(column).round(0).cast(pl.Int64).cast(pl.String).alias(column)
+    return pl.col(column).cast(pl.Decimal(18, decimals)).cast(pl.String).alias(column)
 
 
 def _as_text(df: pl.DataFrame) -> pl.DataFrame:
