@@ -283,8 +283,11 @@ class ModelResults:
     diagnostics: dict[str, Any]
 
 
-def fit_models(panel: Panel, *, custom_factors=()) -> ModelResults:
-    """Fit every model on the panel. Raises ``UserError`` when the dataset is too small to fit."""
+def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -> ModelResults:
+    """Fit every model on the panel. Raises ``UserError`` when the dataset is too small to fit.
+
+    ``dose_response=False`` skips the spline curves (one extra within-subject fit per continuous
+    feature, most of the fitting time); ``dose_response`` is then an empty table."""
     from pipeline.models import diagnostics as dg
     from pipeline.models.dose_response import fit_dose_response
 
@@ -313,7 +316,12 @@ def fit_models(panel: Panel, *, custom_factors=()) -> ModelResults:
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
                                                       orient="row")), custom_factors)
-    dose, dose_notes = fit_dose_response(designs[fd.WITHIN_SUBJECT])
+    if dose_response and fits[fd.WITHIN_SUBJECT] is not None:
+        dose, dose_notes = fit_dose_response(designs[fd.WITHIN_SUBJECT])
+    else:
+        from pipeline.models.dose_response import DOSE_SCHEMA
+
+        dose, dose_notes = pl.DataFrame(schema=DOSE_SCHEMA), {"skipped": True}
     diagnostics["dose_response"] = dose_notes
     diagnostics["panel"] = panel.summary
     return ModelResults(effects=effects, dose_response=dose, diagnostics=diagnostics)
