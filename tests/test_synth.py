@@ -338,6 +338,6 @@ def test_csv_numbers_have_a_fixed_number_of_decimals(decimals, values, text):
 def test_docstring_examples_run():
     import doctest
 
-    import pipeline.synth.generate as module
+    import pipeline.synth.simulate as module
 
     assert doctest.testmod(module).failed == 0

@@ -7,7 +7,7 @@ custom_factor=True)`` returns a :class:`SynthDataset` (polars tables with the sc
 distributions are declared once in :mod:`pipeline.synth.truth`.
 """
 
-from pipeline.synth.generate import DEFAULT_START, SynthDataset, generate
+from pipeline.synth.simulate import DEFAULT_START, SynthDataset, generate
 from pipeline.synth.write import FORMATS, truth_path, write_dataset
 
 __all__ = ["DEFAULT_START", "FORMATS", "SynthDataset", "generate", "truth_path", "write_dataset"]

@@ -17,7 +17,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.errors import UserError
 from pipeline.synth.exposures import STEP
-from pipeline.synth.generate import SynthDataset
+from pipeline.synth.simulate import SynthDataset
 
 FORMATS = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
 #: Table files of other formats that would shadow or duplicate ours; removed before writing.
