@@ -36,7 +36,6 @@ from scipy import special
 
 from pipeline.models.poisson import (
     CHUNK_ROWS,
-    FREEZE_HESSIAN_ETA_STEP,
     SEPARATION_LOG_RANGE,
     EstimationError,
     as_design,
@@ -44,9 +43,11 @@ from pipeline.models.poisson import (
     cluster_score_sums,
     encode_labels,
     inference,
-    newton_step,
+    maximize,
+    raise_if_not_finite,
     raise_if_rank_deficient,
     sandwich,
+    single_threaded_blas,
 )
 
 
@@ -59,6 +60,7 @@ class ConditionalPoissonFit:
     names: tuple[str, ...]
     coef: np.ndarray
     cov_cluster: np.ndarray
+    cov_model: np.ndarray  # model-based: inverse information, for dispersion/robustness checks
     se: np.ndarray
     z: np.ndarray
     p_value: np.ndarray
@@ -205,6 +207,7 @@ def fit_conditional_poisson(
                               f"{n_clusters}", reason="too_few_clusters")
 
     R = _group_ranges(X, y, G)
+    raise_if_not_finite(names, R["lo"].min(axis=0), R["hi"].max(axis=0))
     lo, hi, plo, phi = (R[k][used] for k in ("lo", "hi", "plo", "phi"))
     varies = np.any(hi > lo, axis=0)
     flat = [names[j] for j in np.flatnonzero(~varies)]
@@ -226,71 +229,74 @@ def fit_conditional_poisson(
     within_range = np.max(hi - lo, axis=0)
 
     fitted = np.zeros(n)
+    eta_prev = np.zeros(n)
+    # Current log group scale: only keeps exp() in range, the pass is exact whatever its value.
     log_scale = np.zeros(G.n_groups)
     log_scale[used] = np.log(Yg[used] / counts[used])
     xbar = np.zeros((G.n_groups, p))
     sum_ylogy = float(special.xlogy(y, y).sum())
     y_sum = float(Yg.sum())
 
-    def evaluate(beta: np.ndarray, a: np.ndarray, hessian: bool):
+    m = max(int(G.rows(g0, g1).stop - G.rows(g0, g1).start) for g0, g1 in G.blocks)
+    # Work buffers reused by every block (fresh temporaries per block cost page faults).
+    eta_buf, e_buf, r_buf, tmp_buf = (np.empty(m) for _ in range(4))
+    z_buf, wT_buf = np.empty((m, p)), np.empty((p, m))
+    centre = (R["lo"].min(axis=0) + R["hi"].max(axis=0)) / 2
+    codes = G.codes
+
+    def evaluate(beta: np.ndarray, hessian: bool):
         """One pass over blocks of whole groups: profile log-likelihood kernel, gradient,
-        optionally Hessian (and the weighted group means in ``xbar``); fills ``fitted``. ``a`` is
-        the current log group scale, used only to keep exp() in range; the result is exact
-        whatever its value."""
+        optionally the Hessian (storing the weighted group means in ``xbar``), the largest change
+        of x'beta since the last pass; fills ``fitted`` and updates ``log_scale``."""
         grad = np.zeros(p)
         H = np.zeros((p, p)) if hessian else None
-        a_new = np.zeros_like(a)
         ll = 0.0
+        drift = 0.0
         for g0, g1 in G.blocks:
             rs = G.rows(g0, g1)
-            Xc, yc = X[rs], y[rs]
-            cnt = counts[g0:g1]
+            rows = rs.stop - rs.start
+            Xc, yc, cc = X[rs], y[rs], codes[rs]
+            eta, e, r, tmp = eta_buf[:rows], e_buf[:rows], r_buf[:rows], tmp_buf[:rows]
             loc = starts[g0:g1] - rs.start
-            eta = Xc @ beta
-            e = np.exp(eta + np.repeat(a[g0:g1], cnt))
+            np.matmul(Xc, beta, out=eta)
+            old = eta_prev[rs]
+            np.subtract(old, eta, out=tmp)
+            drift = max(drift, float(np.abs(tmp, out=tmp).max()))
+            old[:] = eta
+            np.add(eta, np.take(log_scale, cc, out=tmp), out=e)
+            np.exp(e, out=e)
             S = np.add.reduceat(e, loc)
             ok = used[g0:g1]
             scale = np.zeros(g1 - g0)
             scale[ok] = Yg[g0:g1][ok] / S[ok]
-            mu = np.multiply(e, np.repeat(scale, cnt), out=fitted[rs])
-            a_new[g0:g1][ok] = a[g0:g1][ok] + np.log(scale[ok])
-            ll += float(yc @ eta) + float(Yg[g0:g1][ok] @ a_new[g0:g1][ok])
-            grad += Xc.T @ (yc - mu)
+            mu = np.multiply(e, np.take(scale, cc - g0, out=tmp), out=fitted[rs])
+            a = log_scale[g0:g1]
+            a[ok] += np.log(scale[ok])
+            # log mu_i = x_i'beta + a_g, so sum y log mu = y'eta + sum_g Y_g a_g.
+            ll += float(yc @ eta) + float(Yg[g0:g1][ok] @ a[ok])
+            grad += Xc.T @ np.subtract(yc, mu, out=r)
             if hessian:
-                Ysafe = np.where(ok, Yg[g0:g1], 1.0)
-                xb = np.add.reduceat(Xc * mu[:, None], loc, axis=0) / Ysafe[:, None]
-                xbar[g0:g1] = xb
-                xt = Xc - np.repeat(xb, cnt, axis=0)
-                H += (xt * mu[:, None]).T @ xt
-        return ll - y_sum, grad, H, a_new
+                # sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)' = sum_i mu_i z_i z_i' - sum_g B_g B_g'/Y_g
+                # with z = x - centre and B_g = sum_{i in g} mu_i z_i: no per-row demeaning, and
+                # the fixed centre (mid-range) keeps the subtraction well conditioned.
+                z = np.subtract(Xc, centre, out=z_buf[:rows])
+                wT = np.multiply(z.T, mu, out=wT_buf[:, :rows])
+                H += wT @ z
+                B = np.add.reduceat(wT, loc, axis=1).T
+                Ysafe = np.where(ok, Yg[g0:g1], 1.0)[:, None]
+                Bs = B / Ysafe
+                H -= B.T @ Bs
+                xbar[g0:g1] = Bs + centre
+        return ll - y_sum, grad, H, drift
 
-    beta = np.zeros(p)
-    ll, grad, H, log_scale = evaluate(beta, log_scale, True)
-    raise_if_rank_deficient(H, names)
-    H_fresh, converged, dev_change, n_iter = True, False, np.inf, 0
-    for n_iter in range(1, max_iter + 1):
-        step = newton_step(H, grad)
-        decrement = float(grad @ step)
-        if H_fresh and decrement < tol and dev_change < tol:
-            converged = True
-            break
-        t = 1.0
-        refresh = float(np.abs(step) @ within_range) > FREEZE_HESSIAN_ETA_STEP
-        while True:
-            cand = beta + t * step
-            ll_new, grad_new, H_new, a_new = evaluate(cand, log_scale, refresh)
-            if ll_new >= ll - 1e-12 * abs(ll) or t < 1e-8:
-                break
-            t /= 2
-        dev_change = abs(2 * (ll_new - ll)) / (abs(2 * (sum_ylogy - y_sum - ll_new)) + 0.1)
-        beta, ll, grad, log_scale = cand, ll_new, grad_new, a_new
-        if refresh:
-            H, H_fresh = H_new, True
-        elif decrement < tol and dev_change < tol:
-            ll, grad, H, log_scale = evaluate(beta, log_scale, True)
-            H_fresh = True
-        else:
-            H_fresh = False
+    def first_hessian_check(H):
+        raise_if_rank_deficient(H, names)
+
+    with single_threaded_blas():
+        res = maximize(evaluate, np.zeros(p), deviance_of=lambda ll: 2 * (sum_ylogy - y_sum - ll),
+                       tol=tol, max_iter=max_iter, check_hessian=first_hessian_check)
+    beta, ll, H, n_iter, converged = res.beta, res.loglik_kernel, res.hessian, res.n_iter, \
+        res.converged
     if not converged:
         raise EstimationError(
             f"within-subject Poisson fit did not converge in {max_iter} iterations (check for "
@@ -308,9 +314,9 @@ def fit_conditional_poisson(
     r = y - mu
 
     def scores(sl):
-        # Blocks here are plain row slices; demean with the stored group means.
-        xt = X[sl] - xbar[G.codes[sl]]
-        return xt * r[sl, None]
+        xt = np.take(xbar, codes[sl], axis=0, out=z_buf[:sl.stop - sl.start])
+        np.subtract(X[sl], xt, out=xt)
+        return np.multiply(xt, r[sl, None], out=xt)
 
     row_slices = [G.rows(g0, g1) for g0, g1 in G.blocks]
     S = cluster_score_sums(scores, row_slices, cl_codes, int(cl_codes.max()) + 1, p)
@@ -334,7 +340,7 @@ def fit_conditional_poisson(
         out[G.order] = mu
         mu = out
     return ConditionalPoissonFit(
-        names=names, coef=beta, cov_cluster=cov, **inference(beta, cov), fitted=mu,
+        names=names, coef=beta, cov_cluster=cov, cov_model=np.linalg.inv(H), **inference(beta, cov), fitted=mu,
         group_labels=labels, fixed_effects=fe, n_obs=n_obs, n_obs_dropped=n - n_obs,
         n_groups_used=n_used_groups, n_groups_dropped_all_zero=G.n_groups - n_used_groups,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),

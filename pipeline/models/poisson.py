@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg, special, stats
+from threadpoolctl import threadpool_limits
 
 from pipeline.errors import UserError
 
@@ -70,6 +71,7 @@ class PoissonFit:
     names: tuple[str, ...]
     coef: np.ndarray
     cov_cluster: np.ndarray
+    cov_model: np.ndarray  # model-based: inverse information, for dispersion/robustness checks
     se: np.ndarray
     z: np.ndarray
     p_value: np.ndarray
@@ -127,11 +129,15 @@ def as_design(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str]) -> tup
                               reason="invalid_input")
     if not np.all(np.isfinite(y)) or np.any(y < 0):
         raise EstimationError("outcome must be finite and non-negative", reason="invalid_input")
-    bad = [names[j] for j in range(p) if not np.all(np.isfinite(X[:, j]))]
+    return X, y, names
+
+
+def raise_if_not_finite(names: Sequence[str], lo: np.ndarray, hi: np.ndarray) -> None:
+    """Column minima/maxima (NaN-propagating) reveal missing or infinite values for free."""
+    bad = [names[j] for j in np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)))]
     if bad:
         raise EstimationError(f"features with missing or infinite values: {', '.join(bad)}",
                               reason="invalid_input", features=bad)
-    return X, y, names
 
 
 def encode_labels(labels: np.ndarray, n: int, what: str) -> tuple[np.ndarray, int]:
@@ -161,14 +167,15 @@ def row_chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
 def cluster_score_sums(scores_fn, row_slices, codes: np.ndarray, n_clusters: int,
                        k: int) -> np.ndarray:
     """Sum per-row score vectors (k columns, produced block-wise by ``scores_fn(slice)``) within
-    clusters, with one bincount per block over a combined (cluster, column) index."""
-    out = np.zeros(n_clusters * k)
-    cols = np.arange(k)
+    clusters: runs of equal cluster codes are summed with ``reduceat`` and the run sums added into
+    place (cheap when rows are grouped by cluster, still correct when they are not)."""
+    out = np.zeros((n_clusters, k))
     for sl in row_slices:
         block = scores_fn(sl)
-        idx = (codes[sl][:, None] * k + cols).ravel()
-        out += np.bincount(idx, weights=block.ravel(), minlength=n_clusters * k)
-    return out.reshape(n_clusters, k)
+        c = codes[sl]
+        run_starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        np.add.at(out, c[run_starts], np.add.reduceat(block, run_starts, axis=0))
+    return out
 
 
 def collinear_sets(H: np.ndarray, names: Sequence[str]) -> list[list[str]]:
@@ -229,6 +236,78 @@ def newton_step(H: np.ndarray, grad: np.ndarray) -> np.ndarray:
         return linalg.cho_solve(linalg.cho_factor(H), grad)
     except linalg.LinAlgError:
         return np.linalg.lstsq(H, grad, rcond=None)[0]
+
+
+def single_threaded_blas():
+    """Streamed blocks are small (CHUNK_ROWS x k): threaded BLAS only adds synchronisation, and
+    on a shared 2-core machine it measurably slows the passes down."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@dataclass
+class NewtonResult:
+    beta: np.ndarray
+    loglik_kernel: float
+    grad: np.ndarray
+    hessian: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def maximize(evaluate, beta: np.ndarray, *, deviance_of, tol: float, max_iter: int,
+             check_hessian=None) -> NewtonResult:
+    """Newton's method with backtracking for a concave log-likelihood.
+
+    ``evaluate(beta, hessian)`` makes one pass over the data and returns ``(ll, grad, H or None,
+    drift)``, with ``H`` the negative Hessian and ``drift`` the largest change of any linear
+    predictor since the previous call. The Hessian is recomputed only while the linear
+    predictors have moved by more than ``FREEZE_HESSIAN_ETA_STEP`` since it was last formed
+    (otherwise the weights it holds are still right to a few per cent and the steps still
+    converge, a pass cheaper); at the solution it is always exact.
+
+    Converged when the relative deviance change ``|D_old - D| / (|D| + 0.1) < tol`` and the
+    Newton decrement ``g' H^-1 g < tol`` hold together (the decrement is twice the remaining
+    log-likelihood gain, so each coefficient is within ~sqrt(tol) standard errors, model-based,
+    of the maximum; the deviance test alone can stop early on a flat likelihood). The last call
+    of ``evaluate`` is always at the returned ``beta`` with the Hessian. ``check_hessian(H)`` is
+    called on the first Hessian (e.g. to reject a rank-deficient design before iterating).
+    """
+    ll, grad, H, _ = evaluate(beta, True)
+    if check_hessian is not None:
+        check_hessian(H)
+    hessian_drift = 0.0   # predictor movement since H was formed
+    last_drift = np.inf
+    dev_change = np.inf
+    for n_iter in range(1, max_iter + 1):
+        step = newton_step(H, grad)
+        decrement = float(grad @ step)
+        if decrement < tol and dev_change < tol:
+            if hessian_drift == 0.0:
+                return NewtonResult(beta, ll, grad, H, n_iter, True)
+            ll, grad, H, _ = evaluate(beta, True)
+            hessian_drift = 0.0
+            continue
+        refresh = hessian_drift + min(last_drift, 1.0) > FREEZE_HESSIAN_ETA_STEP
+        t = 1.0
+        while True:
+            cand = beta + t * step
+            ll_new, grad_new, H_new, drift = evaluate(cand, refresh)
+            # Accept any step that does not lower the likelihood beyond rounding noise.
+            if ll_new >= ll - 1e-12 * abs(ll):
+                break
+            t /= 2
+            if t < 1e-10:
+                ll, grad, H, _ = evaluate(beta, True)
+                return NewtonResult(beta, ll, grad, H, n_iter, False)
+        dev_new = deviance_of(ll_new)
+        dev_change = abs(deviance_of(ll) - dev_new) / (abs(dev_new) + 0.1)
+        beta, ll, grad, last_drift = cand, ll_new, grad_new, drift
+        if refresh:
+            H, hessian_drift = H_new, 0.0
+        else:
+            hessian_drift += drift
+    ll, grad, H, _ = evaluate(beta, True)
+    return NewtonResult(beta, ll, grad, H, max_iter, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,88 +404,76 @@ def fit_poisson(
     if n <= k:
         raise EstimationError(f"{n} rows for {k} coefficients", reason="invalid_input")
     lo, hi, plo, phi = _column_ranges(X, y > 0)
+    raise_if_not_finite(fnames, lo, hi)
     _check_identifiable(fnames, lo, hi, plo, phi, add_intercept)
-    absmax = np.maximum(np.abs(lo), np.abs(hi))
-    if add_intercept:
-        absmax = np.concatenate([[1.0], absmax])
 
     fitted = np.empty(n)
+    eta_prev = np.zeros(n)
     sum_ylogy = float(special.xlogy(y, y).sum())
     sum_lgamma = float(special.gammaln(y + 1).sum())
     ic = 1 if add_intercept else 0
 
+    m = min(n, CHUNK_ROWS)
+    # Work buffers reused by every block: fresh multi-megabyte temporaries per block cost page
+    # faults that dominate the arithmetic.
+    eta_buf, r_buf, tmp_buf = np.empty(m), np.empty(m), np.empty(m)
+    w_buf = np.empty((m, p))
+
     def evaluate(beta: np.ndarray, hessian: bool):
-        """One streamed pass: log-likelihood kernel, gradient, optionally the Hessian; fills
-        ``fitted``."""
+        """One streamed pass: log-likelihood kernel, gradient, optionally the Hessian, and the
+        largest change of the linear predictor since the last pass; fills ``fitted``."""
         b = beta[ic:]
         b0 = beta[0] if add_intercept else 0.0
         grad = np.zeros(k)
         H = np.zeros((k, k)) if hessian else None
         sum_yeta = 0.0
         sum_mu = 0.0
+        drift = 0.0
         for sl in row_chunks(n):
             Xc = X[sl]
-            eta = Xc @ b
+            rows = sl.stop - sl.start
+            eta, r, tmp = eta_buf[:rows], r_buf[:rows], tmp_buf[:rows]
+            np.matmul(Xc, b, out=eta)
             if b0:
                 eta += b0
             if offset is not None:
                 eta += offset[sl]
+            old = eta_prev[sl]
+            np.subtract(old, eta, out=tmp)
+            drift = max(drift, float(np.abs(tmp, out=tmp).max()))
+            old[:] = eta
             mu = np.exp(eta, out=fitted[sl])
             yc = y[sl]
-            r = yc - mu
+            np.subtract(yc, mu, out=r)
             sum_yeta += float(yc @ eta)
             sum_mu += float(mu.sum())
             grad[ic:] += Xc.T @ r
             if add_intercept:
                 grad[0] += r.sum()
             if hessian:
-                H[ic:, ic:] += (Xc * mu[:, None]).T @ Xc
+                w = np.multiply(Xc, mu[:, None], out=w_buf[:rows])
+                H[ic:, ic:] += Xc.T @ w
                 if add_intercept:
                     xmu = Xc.T @ mu
                     H[0, 0] += mu.sum()
                     H[0, 1:] += xmu
                     H[1:, 0] += xmu
-        ll_kernel = sum_yeta - sum_mu
-        return ll_kernel, grad, H
+        return sum_yeta - sum_mu, grad, H, drift
 
     beta = np.zeros(k)
     if add_intercept:
-        base = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
-        beta[0] = base
+        beta[0] = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
     if not np.all(np.isfinite(beta)):
         raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
-    ll, grad, H = evaluate(beta, True)
-    raise_if_rank_deficient(H, names)
-    H_fresh = True
-    converged = False
-    dev_change = np.inf
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        step = newton_step(H, grad)
-        decrement = float(grad @ step)
-        if H_fresh and decrement < tol and dev_change < tol:
-            converged = True
-            break
-        # Backtracking: never accept a step that lowers the likelihood (guards the first steps
-        # from far-off starts and the frozen-Hessian phase).
-        t = 1.0
-        refresh = float(np.abs(step) @ absmax) > FREEZE_HESSIAN_ETA_STEP
-        while True:
-            cand = beta + t * step
-            ll_new, grad_new, H_new = evaluate(cand, refresh)
-            if ll_new >= ll - 1e-12 * abs(ll) or t < 1e-8:
-                break
-            t /= 2
-        dev_change = abs(2 * (ll_new - ll)) / (abs(2 * (sum_ylogy - y_sum - ll_new)) + 0.1)
-        beta, ll, grad = cand, ll_new, grad_new
-        if refresh:
-            H, H_fresh = H_new, True
-        elif decrement < tol and dev_change < tol:
-            # Converged on a frozen Hessian: one exact pass for the covariance and final check.
-            ll, grad, H = evaluate(beta, True)
-            H_fresh = True
-        else:
-            H_fresh = False
+
+    def first_hessian_check(H):
+        raise_if_rank_deficient(H, names)
+
+    with single_threaded_blas():
+        res = maximize(evaluate, beta, deviance_of=lambda ll: 2 * (sum_ylogy - y_sum - ll),
+                       tol=tol, max_iter=max_iter, check_hessian=first_hessian_check)
+    beta, ll, H, n_iter, converged = res.beta, res.loglik_kernel, res.hessian, res.n_iter, \
+        res.converged
     if not converged:
         raise EstimationError(
             f"Poisson fit did not converge in {max_iter} iterations (the likelihood may have no "
@@ -423,20 +490,22 @@ def fit_poisson(
     mu = fitted
     r = y - mu
 
+    score_buf = np.empty((m, k))
+
     def scores(sl):
-        block = np.empty((sl.stop - sl.start, k))
+        block = score_buf[:sl.stop - sl.start]
         if add_intercept:
             block[:, 0] = r[sl]
         np.multiply(X[sl], r[sl, None], out=block[:, ic:])
         return block
 
-    S = cluster_score_sums(scores, row_chunks(n, 4 * CHUNK_ROWS), codes, n_clusters, k)
+    S = cluster_score_sums(scores, row_chunks(n), codes, n_clusters, k)
     factor = cluster_correction(n_clusters, n, k)
     cov = sandwich(H, S, factor)
     deviance = 2 * (sum_ylogy - y_sum - ll)
     pearson = float(np.sum(r * r / mu))
     return PoissonFit(
-        names=names, coef=beta, cov_cluster=cov, **inference(beta, cov), fitted=mu, n_obs=n,
+        names=names, coef=beta, cov_cluster=cov, cov_model=linalg.inv(H), **inference(beta, cov), fitted=mu, n_obs=n,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
         pearson_chi2=pearson, df_resid=n - k, loglik=float(ll - sum_lgamma),
         has_intercept=add_intercept, small_sample_factor=factor)
