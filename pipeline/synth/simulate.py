@@ -185,11 +185,21 @@ def _frequent_subjects(logged: dict, rate: np.ndarray, n_subjects: int) -> int:
 
 def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray, sid: pl.Series,
                  start: np.datetime64, custom_factor: bool, rng: np.random.Generator) -> pl.DataFrame:
-    """``daily`` rows of logged days: factor columns in schema order, a few % blanked (MCAR)."""
+    """``daily`` rows of logged days: factor columns in schema order, a few % blanked (MCAR).
+
+    A skipped diary section blanks every column of one contributing factor together; single
+    values are blanked on their own as well (rates in ``truth``).
+    """
     columns = list(schema.FACTOR_COLUMNS) + (["magnesium_mg"] if custom_factor else [])
+    section = {c: schema.FACTOR_COLUMNS[c].factor if c in schema.FACTOR_COLUMNS
+               else truth.CUSTOM_FACTOR["factor"] for c in columns}
+    skipped = {f: rng.random(day.size) < truth.SECTION_MISSING_RATE
+               for f in dict.fromkeys(section.values())}
     data: dict[str, object] = {"subject_id": sid.gather(subject), "date": start + day}
     for c in columns:
         blank = rng.random(day.size) < truth.MISSING_RATE[c]
+        if c not in truth.SECTIONLESS_COLUMNS:
+            blank |= skipped[section[c]]
         s = pl.Series(c, x[c], dtype=pl.Boolean if c in _BOOL_FEATURES else pl.Float64)
         data[c] = s.scatter(np.flatnonzero(blank), None) if blank.any() else s
     return pl.DataFrame(data)

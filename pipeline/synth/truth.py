@@ -105,11 +105,17 @@ CONFOUNDING = {
     "sitting_h": {"gamma_per_unit": 0.10, "centre": 7.0, "habitual": "subject's habitual sitting (h)"},
 }
 
-#: Fraction of logged values blanked per factor column (MCAR, after the rate was drawn).
+#: Blanking of logged factor values (MCAR: independent of every value, drawn after the rate).
+#: A diary section (all columns of one contributing factor in ``schema.FACTORS``, e.g. sitting_h and
+#: poor_posture) is skipped on a day with ``SECTION_MISSING_RATE``; on top of that each value is
+#: blanked on its own with ``MISSING_RATE``. heat_c is filled from weather data, not by the subject,
+#: so it has no section blanking.
+SECTION_MISSING_RATE = 0.012
+SECTIONLESS_COLUMNS = ("heat_c",)
 MISSING_RATE = {
-    "exercise_min": 0.02, "exercise_rpe": 0.03, "fluid_l": 0.04, "heat_c": 0.01,
-    "electrolytes": 0.03, "sitting_h": 0.02, "poor_posture": 0.03, "stress": 0.02,
-    "sleep_h": 0.02, "caffeine_mg": 0.03, "alcohol_units": 0.03, "magnesium_mg": 0.02,
+    "exercise_min": 0.010, "exercise_rpe": 0.020, "fluid_l": 0.025, "heat_c": 0.010,
+    "electrolytes": 0.015, "sitting_h": 0.010, "poor_posture": 0.020, "stress": 0.010,
+    "sleep_h": 0.010, "caffeine_mg": 0.015, "alcohol_units": 0.015, "magnesium_mg": 0.010,
 }
 
 #: Logging pattern: who logs only part of the period, and how often a day inside it is skipped.

@@ -97,9 +97,14 @@ def truth_document(*, args: dict, effects, intercept: float, confounded: bool, r
         "subject_level_log_frailty_slope": _round(_subject_slopes(subject_level)),
         "custom_factors": [truth.CUSTOM_FACTOR] if args["custom_factor"] else [],
         "missingness": {
-            "mechanism": "MCAR per value, after the episode counts were drawn",
-            "planted_rate": {k: v for k, v in truth.MISSING_RATE.items()
-                             if args["custom_factor"] or k != "magnesium_mg"},
+            "mechanism": (
+                "MCAR, drawn after the episode counts: on each logged day a diary section (all "
+                "columns of one contributing factor) is skipped with section_rate, except "
+                "sectionless columns; each value is also blanked on its own with value_rate"),
+            "section_rate": truth.SECTION_MISSING_RATE,
+            "sectionless_columns": list(truth.SECTIONLESS_COLUMNS),
+            "value_rate": {k: v for k, v in truth.MISSING_RATE.items()
+                           if args["custom_factor"] or k != "magnesium_mg"},
             "episode_columns": truth.EPISODES["missing_rate"],
         },
         "logging": truth.LOGGING,
