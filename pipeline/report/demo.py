@@ -144,6 +144,6 @@ def write_demo_run(run_dir: Path) -> Path:
         "subject_id": ["S001", "S002", "S001", "S003"],
         "n_episodes": [12, 9, 12, 20],
         "n_not_recorded": [3, 1, 12, 2],
-        "missing_fields": ["pain", "pain", "numbness", "swelling"],
+        "missing_fields": ["pain=3", "pain=1", "numbness=12", "swelling=2"],
     }))
     return run_dir

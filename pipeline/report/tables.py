@@ -211,8 +211,9 @@ def subjects_by_days_logged(daily: pl.LazyFrame, bins: tuple[int, ...] = DAYS_LO
     edges = [0, *bins]
     labels = [f"{lo + 1}–{hi}" for lo, hi in zip(edges, edges[1:])] + [f"{bins[-1] + 1}+"]
     per_subject = daily.group_by("subject_id").agg(pl.len().alias("days")).collect()
+    bin_index = pl.sum_horizontal([(pl.col("days") > b).cast(pl.Int64) for b in bins])
     binned = per_subject.with_columns(
-        pl.col("days").cut(list(bins), labels=labels, left_closed=False).cast(pl.String)
+        bin_index.replace_strict(dict(enumerate(labels)), return_dtype=pl.String)
         .alias("days_logged")
     ).group_by("days_logged").agg(pl.len().cast(pl.Int64).alias("subjects"))
     frame = pl.DataFrame({"days_logged": labels}).join(binned, on="days_logged", how="left",

@@ -1,0 +1,173 @@
+"""The tables and figures the notebooks show: small tables in, expected tables out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.report import figures, tables, views
+from pipeline.report.demo import write_demo_run
+from pipeline.report.load import load_run
+
+
+def flags(*rows):
+    """Red-flag rows: (subject_id, started_at 'YYYY-MM-DD HH:MM', rule_id, severity)."""
+    return pl.DataFrame(
+        [{"episode_id": f"E{i}", "subject_id": s, "started_at": dt.datetime.fromisoformat(t),
+          "rule_id": r, "severity": sev, "evidence": ""} for i, (s, t, r, sev) in enumerate(rows)],
+        schema={"episode_id": pl.String, "subject_id": pl.String,
+                "started_at": pl.Datetime("us"), "rule_id": pl.String, "severity": pl.String,
+                "evidence": pl.String})
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    return load_run(write_demo_run(tmp_path_factory.mktemp("run")))
+
+
+def test_flags_by_rule_counts_episodes_and_distinct_subjects_red_flags_first():
+    given = flags(
+        ("S1", "2026-01-05 08:00", "prolonged", "advisory"),
+        ("S1", "2026-01-05 08:00", "numbness", "red_flag"),
+        ("S1", "2026-01-09 08:00", "numbness", "red_flag"),
+        ("S2", "2026-01-10 08:00", "numbness", "red_flag"),
+    )
+    assert tables.flags_by_rule(given).rows() == [
+        ("numbness", "red_flag", 3, 2),
+        ("prolonged", "advisory", 1, 1),
+    ]
+
+
+def test_flags_over_time_fills_every_period_and_rule_with_zeros():
+    given = flags(
+        ("S1", "2026-01-05 08:00", "numbness", "red_flag"),   # Monday
+        ("S1", "2026-01-20 08:00", "swelling", "red_flag"),   # two weeks later
+    )
+    out = tables.flags_over_time(given, every="1w")
+    assert out.rows() == [
+        (dt.date(2026, 1, 5), "numbness", 1), (dt.date(2026, 1, 5), "swelling", 0),
+        (dt.date(2026, 1, 12), "numbness", 0), (dt.date(2026, 1, 12), "swelling", 0),
+        (dt.date(2026, 1, 19), "numbness", 0), (dt.date(2026, 1, 19), "swelling", 1),
+    ]
+
+
+def test_subjects_by_days_logged_bins_every_subject_once():
+    daily = pl.LazyFrame({"subject_id": ["a"] * 3 + ["b"] * 8 + ["c"] * 100})
+    out = tables.subjects_by_days_logged(daily)
+    assert dict(out.rows()) == {"1–7": 1, "8–14": 1, "15–30": 0, "31–60": 0, "61–90": 0,
+                                "91–180": 1, "181–365": 0, "366+": 0}
+
+
+def test_missingness_is_percent_of_accepted_rows_per_schema_column():
+    daily = pl.LazyFrame({"subject_id": ["a", "a", "b", "b"], "date": [dt.date(2026, 1, d)
+                                                                        for d in (1, 2, 1, 2)],
+                          "fluid_l": [1.0, None, None, None], "source_file": ["x"] * 4,
+                          "source_line": [1, 2, 3, 4]})
+    out = tables.missingness({"daily": daily})
+    assert out.rows() == [("daily", "subject_id", 0.0), ("daily", "date", 0.0),
+                          ("daily", "fluid_l", 75.0)]
+
+
+def test_aggregate_table_suppresses_and_writes_what_it_shows(tmp_path):
+    frame = pl.DataFrame({"rule_id": ["a", "b", "c"], "episodes": [0, 3, 12]})
+    shown = tables.aggregate_table("by_rule", frame, ["episodes"], "Flags.", tables_dir=tmp_path)
+    assert shown.frame["episodes"].to_list() == [0, None, 10]
+    assert "≤7" in repr(shown) and "≤7" in shown._repr_html_()
+    written = pl.read_csv(tmp_path / "aggregate" / "by_rule.csv")
+    assert written["episodes"].to_list() == [0, None, 10]
+
+
+def test_follow_up_table_is_never_suppressed_and_says_it_lists_ids(tmp_path):
+    frame = pl.DataFrame({"subject_id": ["S1"], "total_flags": [1]})
+    shown = tables.follow_up_table("subjects", frame, "Subjects.", tables_dir=tmp_path)
+    assert shown.frame["total_flags"].to_list() == [1]
+    assert "pseudonymous subject ids" in shown.caption
+    assert (tmp_path / "follow_up" / "subjects.csv").is_file()
+
+
+def test_shown_table_text_and_html_are_deterministic_and_escaped():
+    shown = tables.ShownTable(pl.DataFrame({"x": ["<b>"], "n": [1.23456]}), "Cap & more")
+    assert repr(shown) == "Cap & more\nx    n\n---  ----\n<b>  1.23"
+    assert "&lt;b&gt;" in shown._repr_html_() and "Cap &amp; more" in shown._repr_html_()
+
+
+def test_effects_table_leads_with_within_subject_and_keeps_estimates_as_fitted(demo_run):
+    shown = views.effects_table(demo_run.effects)
+    frame = shown.frame
+    assert frame["model"][0] == "within_subject"
+    assert frame["model"].to_list().index("population") == 6
+    sitting = frame.filter((pl.col("model") == "within_subject") & (pl.col("factor") == "Sitting"))
+    assert sitting["IRR (95% CI)"][0] == "1.04 (1.03 to 1.05)"
+    assert sitting["episodes"][0] == 610  # 612 rounded to the nearest 5
+    alcohol = frame.filter(pl.col("factor") == "Alcohol")
+    assert alcohol["IRR (95% CI)"].to_list() == [None, None]
+    assert alcohol["note"][0] == "no within-subject variation"
+
+
+def test_not_recorded_table_sums_per_rule_and_lists_the_fields(demo_run):
+    out = views.not_recorded_table(demo_run).frame
+    assert out.rows() == [("numbness", 10, None, "numbness"),
+                          ("severe_pain", None, None, "pain"),
+                          ("swelling", None, None, "swelling")]
+
+
+def test_calibration_frame_is_mean_episodes_per_subject_day(demo_run):
+    out = views.calibration_frame(demo_run.diagnostics)
+    first = out.filter((pl.col("model") == "within_subject") & (pl.col("decile") == 1)).row(0)
+    assert first[2] == pytest.approx(0.07) and first[3] == pytest.approx(26 / 360)
+
+
+def test_default_subject_is_the_one_with_most_red_flags():
+    run_flags = flags(("S2", "2026-01-05 08:00", "prolonged", "advisory"),
+                      ("S2", "2026-01-06 08:00", "prolonged", "advisory"),
+                      ("S1", "2026-01-05 08:00", "numbness", "red_flag"))
+    run = views.RunOutputs(path=None, summary={}, quarantine=None, effects=None,
+                           dose_response=None, diagnostics={}, red_flags=run_flags,
+                           subject_flags=None, not_recorded=None, store_dir=None)
+    assert views.default_subject(run) == "S1"
+
+
+def test_load_run_names_missing_files(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"tables": {}}))
+    with pytest.raises(UserError, match="missing quarantine.csv, effects.csv"):
+        load_run(tmp_path)
+    with pytest.raises(UserError, match="run directory not found"):
+        load_run(tmp_path / "nope")
+
+
+def test_figures_render_with_titles_as_alt_text(demo_run):
+    forest = figures.show(figures.forest_plot(demo_run.effects))
+    assert forest.alt == "Each factor's association with daily cramp frequency"
+    png = forest.png()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    for fig in (figures.dose_response_plot(demo_run.dose_response),
+                figures.calibration_plot(views.calibration_frame(demo_run.diagnostics)),
+                figures.counts_over_time_plot(views.flags_over_time_table(demo_run).frame)):
+        assert figures.show(fig).png().startswith(b"\x89PNG")
+
+
+def test_forest_plot_uses_a_log_axis_and_labels_units(demo_run):
+    fig = figures.forest_plot(demo_run.effects)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "Sitting (per 1 h)" in labels and "Electrolyte drink (yes vs no)" in labels
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {
+        "Within-subject (lead estimate)", "Population"}
+
+
+def test_subject_timeline_marks_flagged_days():
+    days = pl.DataFrame({"date": [dt.date(2026, 1, d) for d in range(1, 11)],
+                         "sitting_h": [float(d) for d in range(10)],
+                         "fluid_l": [None] * 10})
+    episodes = pl.DataFrame({"started_at": [dt.datetime(2026, 1, 3, 7), dt.datetime(2026, 1, 3, 9),
+                                            dt.datetime(2026, 1, 8, 22)]})
+    flagged = flags(("S1", "2026-01-08 22:00", "numbness", "red_flag"))
+    fig = figures.subject_timeline_plot(days, episodes, flagged, ["sitting_h", "fluid_l"],
+                                        subject_id="S1", units={"sitting_h": "h"})
+    assert len(fig.axes) == 2  # episodes + sitting; the all-empty fluid column is left out
+    assert any(t.get_text() == "numbness" for t in fig.axes[0].texts)
