@@ -96,8 +96,10 @@ class Design:
 
     @property
     def n_subjects(self) -> int:
-        return 0 if self.groups is None or self.groups.size == 0 else int(
-            np.unique(self.groups).size)
+        # groups are sorted (the panel is sorted by subject), so counting changes suffices
+        if self.groups is None or self.groups.size == 0:
+            return 0
+        return int(np.count_nonzero(self.groups[1:] != self.groups[:-1])) + 1
 
     @property
     def n_episodes(self) -> int:
@@ -115,9 +117,14 @@ def model_specs(custom_factors=()) -> list[tuple[str, bool, tuple, tuple]]:
 
 def with_subject_codes(frame: pl.DataFrame) -> pl.DataFrame:
     """Add integer subject codes (0…G−1, in subject_id order) used as groups and clusters."""
-    return frame.with_columns(
+    frame = frame.with_columns(
         (pl.col("subject_id").rank("dense") - 1).cast(pl.Int64).alias(SUBJECT_CODE)
     )
+    # Rows of one subject must be contiguous (the estimators and the collinearity check rely on
+    # it); build_panel already sorts, so this is only a check.
+    if not frame[SUBJECT_CODE].is_sorted():
+        frame = frame.sort(SUBJECT_CODE, "date")
+    return frame
 
 
 def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: bool,
@@ -146,50 +153,52 @@ def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: b
                 d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
                                          "n_missing": int(nulls[f.name])}
 
+    # Only the columns the model needs travel through the filters below.
+    base = frame.select(SUBJECT_CODE, OUTCOME, *[f.name for f in candidates])
     # Dropping a feature can only enlarge the complete-case sample, which can change another
     # feature's verdict; iterate to a fixed point (a few rounds at most).
-    for _ in range(len(candidates) + 1):
-        rows = _model_rows(frame, candidates, conditional)
+    while True:
+        rows, n_complete, n_zero = _model_rows(base, candidates, conditional)
         failures = _check_sufficiency(rows, candidates, conditional, d)
         if not failures:
             break
         for f in failures:
             candidates.remove(f)
 
-    rows = _model_rows(frame, candidates, conditional)
-    d.n_dropped_incomplete = n_days - _complete(frame, candidates).height
+    d.n_dropped_incomplete = n_days - n_complete
     if conditional:
-        complete = _complete(frame, candidates)
-        zero = complete.group_by(SUBJECT_CODE).agg(pl.col(OUTCOME).sum()).filter(
-            pl.col(OUTCOME) == 0)
-        d.n_subjects_without_episodes = zero.height
-        d.n_days_without_episodes_subject = complete.height - rows.height
-
-    candidates = _drop_collinear(rows, candidates, conditional, d)
-    d.kept = candidates
+        d.n_subjects_without_episodes = n_zero
+        d.n_days_without_episodes_subject = n_complete - rows.height
     d.y = rows[OUTCOME].cast(pl.Float64).to_numpy()
     d.groups = rows[SUBJECT_CODE].to_numpy()
-    if candidates:
-        d.X = np.asfortranarray(rows.select(pl.col(d.names).cast(pl.Float64)).to_numpy())
+    names = [f.name for f in candidates]
+    if names:
+        # One float64, column-major copy: the estimators read it in row blocks.
+        d.X = np.asfortranarray(rows.select(pl.col(names).cast(pl.Float64)).to_numpy())
     else:
         d.X = np.empty((rows.height, 0), order="F")
-    for f in candidates:
+    d.kept = list(candidates)
+    del rows
+    _drop_collinear(d)
+    for f in d.kept:
         d.sufficiency.setdefault(f.name, {}).update({"status": "estimated", "reason": None})
     return d
 
 
-def _complete(frame: pl.DataFrame, features) -> pl.DataFrame:
-    if not features:
-        return frame
-    return frame.filter(pl.all_horizontal(pl.col([f.name for f in features]).is_not_null()))
-
-
-def _model_rows(frame: pl.DataFrame, features, conditional: bool) -> pl.DataFrame:
-    rows = _complete(frame, features)
+def _model_rows(base: pl.DataFrame, features, conditional: bool):
+    """The model's subject-days: complete cases, and for a within-subject model only subjects
+    with at least one episode on them. Returns (rows, n complete, n subjects without episodes)."""
+    rows = base
+    if features:
+        rows = rows.filter(pl.all_horizontal(pl.col([f.name for f in features]).is_not_null()))
+    n_complete = rows.height
+    n_zero = 0
     if conditional:
         # A subject with no episode on any complete day carries no within-subject information.
-        rows = rows.filter(pl.col(OUTCOME).sum().over(SUBJECT_CODE) > 0)
-    return rows
+        has = pl.col(OUTCOME).sum().over(SUBJECT_CODE) > 0
+        n_zero = rows.filter(~has).select(pl.col(SUBJECT_CODE).n_unique()).item()
+        rows = rows.filter(has)
+    return rows, n_complete, n_zero
 
 
 def _check_sufficiency(rows: pl.DataFrame, features, conditional: bool, d: Design) -> list:
@@ -235,36 +244,38 @@ def _check_sufficiency(rows: pl.DataFrame, features, conditional: bool, d: Desig
     return failures
 
 
-def _drop_collinear(rows: pl.DataFrame, features, conditional: bool, d: Design) -> list:
+def _drop_collinear(d: Design) -> None:
     """Drop features (later ones first) that the others already span, after centring within
-    subject (conditional) or overall (with an intercept)."""
-    if len(features) < 2 or rows.height == 0:
-        return list(features)
-    names = [f.name for f in features]
-    by = SUBJECT_CODE if conditional else None
-    centred = rows.select(
-        [(pl.col(n) - (pl.col(n).mean().over(by) if by else pl.col(n).mean())) for n in names]
-    ).to_numpy()
-    cross = centred.T @ centred
+    subject (conditional) or overall (with an intercept). Works on the k × k cross-product of the
+    built design, so it costs one pass over X."""
+    X = d.X
+    if X is None or X.shape[1] < 2 or X.shape[0] == 0:
+        return
+    cross = X.T @ X
+    if d.conditional:
+        starts = np.flatnonzero(np.r_[True, d.groups[1:] != d.groups[:-1]])
+        sums = np.add.reduceat(X, starts, axis=0)
+        counts = np.diff(np.r_[starts, X.shape[0]])
+        cross -= (sums / counts[:, None]).T @ sums
+    else:
+        total = X.sum(axis=0)
+        cross -= np.outer(total, total) / X.shape[0]
     scale = np.sqrt(np.clip(np.diag(cross), 1e-300, None))
     corr = cross / np.outer(scale, scale)
     kept_idx: list[int] = []
-    kept = []
-    for j, f in enumerate(features):
+    dropped = []
+    for j, f in enumerate(d.kept):
+        residual = 1.0
         if kept_idx:
             sub = corr[np.ix_(kept_idx, kept_idx)]
             r = corr[kept_idx, j]
             residual = 1.0 - float(r @ np.linalg.lstsq(sub, r, rcond=None)[0])
-        else:
-            residual = 1.0
         if residual < COLLINEAR_TOLERANCE:
-            reason = "collinear with other features of the model (adds no information)"
-            d.excluded[f.name] = reason
-            d.sufficiency[f.name] = {"status": "not_estimated", "reason": reason}
-            continue
-        kept_idx.append(j)
-        kept.append(f)
-    return kept
+            dropped.append(f)
+        else:
+            kept_idx.append(j)
+    if dropped:
+        d.drop(dropped, _FEATURE_REASONS["collinear"])
 
 
 # --------------------------------------------------------------------------------------------
