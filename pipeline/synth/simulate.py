@@ -190,18 +190,20 @@ def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray,
     A skipped diary section blanks every column of one contributing factor together; single
     values are blanked on their own as well (rates in ``truth``).
     """
-    columns = list(schema.FACTOR_COLUMNS) + (["magnesium_mg"] if custom_factor else [])
-    section = {c: schema.FACTOR_COLUMNS[c].factor if c in schema.FACTOR_COLUMNS
-               else truth.CUSTOM_FACTOR["factor"] for c in columns}
-    skipped = {f: rng.random(day.size) < truth.SECTION_MISSING_RATE
-               for f in dict.fromkeys(section.values())}
     data: dict[str, object] = {"subject_id": sid.gather(subject), "date": start + day}
-    for c in columns:
-        blank = rng.random(day.size) < truth.MISSING_RATE[c]
-        if c not in truth.SECTIONLESS_COLUMNS:
-            blank |= skipped[section[c]]
-        s = pl.Series(c, x[c], dtype=pl.Boolean if c in _BOOL_FEATURES else pl.Float64)
-        data[c] = s.scatter(np.flatnonzero(blank), None) if blank.any() else s
+    # Core columns first, the custom one after, so that declaring it leaves the others unchanged.
+    parts = [{c: col.factor for c, col in schema.FACTOR_COLUMNS.items()}]
+    if custom_factor:
+        parts.append({"magnesium_mg": truth.CUSTOM_FACTOR["factor"]})
+    for section in parts:
+        skipped = {f: rng.random(day.size) < truth.SECTION_MISSING_RATE
+                   for f in dict.fromkeys(section.values())}
+        for c, factor in section.items():
+            blank = rng.random(day.size) < truth.MISSING_RATE[c]
+            if c not in truth.SECTIONLESS_COLUMNS:
+                blank |= skipped[factor]
+            s = pl.Series(c, x[c], dtype=pl.Boolean if c in _BOOL_FEATURES else pl.Float64)
+            data[c] = s.scatter(np.flatnonzero(blank), None) if blank.any() else s
     return pl.DataFrame(data)
 
 
