@@ -31,6 +31,8 @@ MANIFEST = "manifest.json"
 TABLES_DIR = "tables"
 LOCK = ".lock"
 _STORE_FORMAT = 1
+#: Snappy: about twice as fast to write as zstd here; store size is not the constraint.
+PARQUET_COMPRESSION = "snappy"
 _CUSTOM_DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean()}
 
 
@@ -152,7 +154,8 @@ class Store:
             name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
             directory = self._table_dir(table)
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(directory / name, lambda tmp, f=frame: f.write_parquet(tmp))
+            _write_atomic(directory / name,
+                          lambda tmp, f=frame: f.write_parquet(tmp, compression=PARQUET_COMPRESSION))
             parts.setdefault(table, []).append(name)
         custom = dict(manifest.custom_columns)
         for column, kind in custom_columns.items():

@@ -112,7 +112,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                                      "status": "skipped_already_ingested"})
                     advance(file)
                     continue
-                raw = read_table_file(file, data)
+                raw = read_table_file(file, data, sha256)
                 del data
                 checked = validate_file(raw, table, columns)
                 valid_parts.append(checked.valid)

@@ -76,16 +76,27 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.DataFrame | None,
     rows = pl.concat(parts, how="vertical_relaxed")
     keys = key_columns(table, rows)
     key_names = [k.meta.output_name() for k in keys]
-    rows = rows.with_columns(*keys, pl.struct(content).hash(seed=0).alias(_HASH))
-    rows = rows.with_columns(
+    rows = rows.with_columns(*keys)
+    # Most keys are unique: find the few rows whose key hash repeats (a hash collision only adds
+    # rows to this subset; the comparison inside it uses the real key values).
+    shared = pl.struct(key_names).hash(seed=0).is_duplicated()
+    rows = rows.with_columns(shared.alias("__shared"))
+    single = rows.filter(~pl.col("__shared") & pl.col(_NEW))
+    group = rows.filter(pl.col("__shared")).with_columns(
+        pl.struct(content).hash(seed=0).alias(_HASH))
+    group = group.with_columns(
         (pl.col(_HASH).n_unique().over(key_names) > 1).alias("__conflict"),
         pl.struct([*key_names, _HASH]).is_first_distinct().alias("__first"),
     )
-    new_rows = rows.filter(pl.col(_NEW))
-    accepted = new_rows.filter(~pl.col("__conflict") & pl.col("__first")).select(new.columns)
-    duplicates = (new_rows.filter(~pl.col("__conflict") & ~pl.col("__first"))
+    new_group = group.filter(pl.col(_NEW))
+    kept = new_group.filter(~pl.col("__conflict") & pl.col("__first"))
+    accepted = single.select(new.columns)
+    if kept.height:
+        accepted = pl.concat([accepted, kept.select(new.columns)]).sort(
+            [SOURCE_FILE, SOURCE_LINE], maintain_order=True)
+    duplicates = (new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
                   .group_by(SOURCE_FILE).len("duplicates"))
-    conflicts = rows.filter(pl.col("__conflict"))
+    conflicts = group.filter(pl.col("__conflict"))
     return Resolved(accepted, _conflict_quarantine(table, conflicts, key_names), duplicates)
 
 

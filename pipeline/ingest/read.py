@@ -74,11 +74,13 @@ def read_bytes(file: TableFile) -> bytes:
         raise UserError(f"cannot read file: {error.strerror}", path=file.relative_path) from None
 
 
-def read_table_file(file: TableFile, data: bytes | None = None) -> RawTable:
+def read_table_file(file: TableFile, data: bytes | None = None,
+                    sha256: str | None = None) -> RawTable:
     """Read ``file`` (all formats) into a :class:`RawTable` of strings."""
     if data is None:
         data = read_bytes(file)
-    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 is None:
+        sha256 = hashlib.sha256(data).hexdigest()
     if file.format == "csv.gz":
         try:
             data = gzip.decompress(data)
@@ -122,18 +124,22 @@ class _Records:
     starts: np.ndarray
     stops: np.ndarray
     lines: np.ndarray
-    fields: np.ndarray
+    #: Separators outside quotes, per record (None unless asked for) and in total.
+    commas: np.ndarray | None
+    total_commas: int
 
 
-def _scan_records(buf: np.ndarray) -> _Records | None:
-    """Vectorised record scan; None when the quoting is not plain RFC 4180 (use the slow path)."""
+def _scan_records(buf: np.ndarray, *, per_record: bool) -> _Records | None:
+    """Vectorised record scan; None when the quoting is not plain RFC 4180 (use the slow path).
+
+    ``per_record=False`` only totals the separators, which is enough to prove a file regular;
+    the per-record counts are computed when a file turns out to have ragged rows.
+    """
     n = buf.size
     ends: list[np.ndarray] = []
     end_line_breaks: list[np.ndarray] = []
     comma_counts: list[tuple[int, np.ndarray]] = []
-    quotes_before = 0
-    breaks_before = 0
-    records_before = 0
+    quotes_before = breaks_before = records_before = total_commas = 0
     for a in range(0, n, _CHUNK_BYTES):
         chunk = buf[a: a + _CHUNK_BYTES]
         q = np.flatnonzero(chunk == _QUOTE) + a
@@ -141,22 +147,27 @@ def _scan_records(buf: np.ndarray) -> _Records | None:
             return None
         nl = np.flatnonzero(chunk == _LF) + a
         if q.size:
-            inside = (quotes_before + np.searchsorted(q, nl)) % 2 == 1
-            chunk_ends = nl[~inside]
-            ordinals = np.flatnonzero(~inside) + breaks_before
+            outside = (quotes_before + np.searchsorted(q, nl)) % 2 == 0
+            chunk_ends = nl[outside]
+            ordinals = np.flatnonzero(outside) + breaks_before
+        elif quotes_before % 2 == 0:
+            chunk_ends = nl
+            ordinals = np.arange(nl.size) + breaks_before
         else:
-            inside = None
-            chunk_ends = nl if quotes_before % 2 == 0 else nl[:0]
-            ordinals = np.arange(chunk_ends.size) + breaks_before
-        c = np.flatnonzero(chunk == _COMMA) + a
-        if q.size:
-            c = c[(quotes_before + np.searchsorted(q, c)) % 2 == 0]
-        elif quotes_before % 2:
-            c = c[:0]
-        if c.size:
-            record_of = records_before + np.searchsorted(chunk_ends, c)
-            first = int(record_of[0])
-            comma_counts.append((first, np.bincount(record_of - first)))
+            chunk_ends = ordinals = nl[:0]
+        if q.size or per_record:
+            c = np.flatnonzero(chunk == _COMMA) + a
+            if q.size:
+                c = c[(quotes_before + np.searchsorted(q, c)) % 2 == 0]
+            elif quotes_before % 2:
+                c = c[:0]
+            total_commas += c.size
+            if per_record and c.size:
+                record_of = records_before + np.searchsorted(chunk_ends, c)
+                first = int(record_of[0])
+                comma_counts.append((first, np.bincount(record_of - first)))
+        elif quotes_before % 2 == 0:
+            total_commas += int(np.count_nonzero(chunk == _COMMA))
         ends.append(chunk_ends)
         end_line_breaks.append(ordinals)
         quotes_before += q.size
@@ -171,14 +182,17 @@ def _scan_records(buf: np.ndarray) -> _Records | None:
     lines = np.concatenate([[1], ordinals + 2]).astype(np.int64)
     if starts[-1] >= n:  # nothing after the final line break
         starts, stops, lines = starts[:-1], stops[:-1], lines[:-1]
-    counts = np.zeros(starts.size, dtype=np.int64)
-    for first, part in comma_counts:
-        upto = min(first + part.size, counts.size)
-        counts[first:upto] += part[: upto - first]
+    counts = None
+    if per_record:
+        counts = np.zeros(starts.size, dtype=np.int64)
+        for first, part in comma_counts:
+            upto = min(first + part.size, counts.size)
+            counts[first:upto] += part[: upto - first]
     # A CR before the LF belongs to the line break, not to the last field.
     has_cr = (stops > starts) & (buf[np.maximum(stops - 1, 0)] == _CR)
     stops = stops - has_cr
-    return _Records(starts=starts, stops=stops, lines=lines, fields=counts + 1)
+    return _Records(starts=starts, stops=stops, lines=lines, commas=counts,
+                    total_commas=total_commas)
 
 
 def _quotes_well_formed(buf: np.ndarray, q: np.ndarray, quotes_before: int) -> bool:
@@ -194,11 +208,20 @@ def _quotes_well_formed(buf: np.ndarray, q: np.ndarray, quotes_before: int) -> b
     return bool(ok_open.all() and ok_close.all())
 
 
+def _polars_csv(data: bytes, *, ragged: bool) -> pl.DataFrame | None:
+    try:
+        return pl.read_csv(data, has_header=True, infer_schema=False,
+                           truncate_ragged_lines=ragged, encoding="utf8-lossy",
+                           raise_if_empty=False, quote_char='"')
+    except pl.exceptions.PolarsError:
+        return None
+
+
 def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     if data.startswith(BOM):
         data = data[len(BOM):]
     buf = np.frombuffer(data, dtype=np.uint8)
-    records = _scan_records(buf) if buf.size else None
+    records = _scan_records(buf, per_record=False) if buf.size else None
     if records is None:
         return _read_csv_python(data, file)
     blank = records.stops == records.starts
@@ -209,37 +232,47 @@ def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     h = int(non_blank[0])
     header_text = data[records.starts[h]: records.stops[h]].decode("utf-8", errors="replace")
     header = next(csv.reader([header_text]))
-    try:
-        frame = pl.read_csv(data, has_header=True, infer_schema=False, truncate_ragged_lines=True,
-                            encoding="utf8-lossy", raise_if_empty=False, quote_char='"',
-                            )
-    except pl.exceptions.PolarsError:
-        return _read_csv_python(data, file)
-    n_after = records.starts.size - h - 1
-    if frame.width != len(header) or frame.height != n_after:
-        return _read_csv_python(data, file)
+    width = len(header)
     keep = ~blank[h + 1:]
-    fields = records.fields[h + 1:]
-    bad = keep & (fields != len(header))
-    malformed = pl.select(
-        pl.when(pl.Series(bad))
-        .then(pl.format("expected {} fields, found {}", pl.lit(len(header)), pl.Series(fields)))
-        .otherwise(None)
-    ).to_series()
-    bad_index = np.flatnonzero(bad)
-    record_text = pl.Series(RECORD, [None] * 0, dtype=pl.String).extend_constant(None, n_after)
-    if bad_index.size:  # only the malformed rows, usually none
+    n_after = records.starts.size - h - 1
+    # Regular file: polars accepts no row with too many fields, and the separator total says no
+    # row has too few. Otherwise count fields per row to find the malformed ones.
+    frame = _polars_csv(data, ragged=False)
+    expected = (width - 1) * (1 + int(keep.sum()))
+    regular = frame is not None and records.total_commas == expected
+    if not regular:
+        records = _scan_records(buf, per_record=True)
+        frame = _polars_csv(data, ragged=True)
+    if records is None or frame is None or frame.width != width or frame.height != n_after:
+        return _read_csv_python(data, file)
+    if regular:
+        malformed = pl.lit(None, dtype=pl.String)
+        record_text = pl.lit(None, dtype=pl.String)
+    else:
+        fields = records.commas[h + 1:] + 1
+        bad = keep & (fields != width)
+        bad_index = np.flatnonzero(bad)
+        malformed = pl.select(
+            pl.when(pl.Series(bad))
+            .then(pl.format("expected {} fields, found {}", pl.lit(width), pl.Series(fields)))
+            .otherwise(None)
+        ).to_series()
         texts = []
-        for i in bad_index:
+        for i in bad_index:  # only the malformed rows
             a, b = records.starts[h + 1 + i], records.stops[h + 1 + i]
             texts.append(data[a: min(b, a + 4 * RECORD_PREVIEW_CHARS)].decode(
                 "utf-8", errors="replace")[:RECORD_PREVIEW_CHARS])
-        record_text = record_text.scatter(bad_index, pl.Series(texts, dtype=pl.String))
+        record_text = pl.Series([None], dtype=pl.String).extend_constant(None, n_after - 1) \
+            if n_after else pl.Series([], dtype=pl.String)
+        if bad_index.size:
+            record_text = record_text.scatter(bad_index, pl.Series(texts, dtype=pl.String))
     frame = frame.with_columns(
         pl.Series(LINE, records.lines[h + 1:], dtype=pl.Int64),
         malformed.alias(MALFORMED),
-        record_text,
-    ).filter(pl.Series(keep))
+        record_text.alias(RECORD),
+    )
+    if not keep.all():
+        frame = frame.filter(pl.Series(keep))
     return header, frame
 
 

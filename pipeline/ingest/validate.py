@@ -115,12 +115,13 @@ def parse(column: Column, text: pl.Expr) -> pl.Expr:
         mapping = {_enum_key_py(v): v for v in column.values}
         assert len(mapping) == len(column.values), f"{column.name}: ambiguous enum spellings"
         return _enum_key(text).replace_strict(mapping, default=None, return_dtype=pl.String)
-    if kind in ("float", "int"):
+    if kind == "float":
+        # NaN and infinities parse as floats; the type check rejects them (see _checks).
+        return text.cast(pl.Float64, strict=False)
+    if kind == "int":
         number = text.cast(pl.Float64, strict=False)
-        number = pl.when(number.is_finite()).then(number + 0.0).otherwise(None)  # -0.0 -> 0.0
-        if kind == "float":
-            return number
-        return pl.when(number == number.floor()).then(number).otherwise(None).cast(pl.Int64)
+        return (pl.when(number.is_finite() & (number == number.floor())).then(number)
+                .otherwise(None).cast(pl.Int64))
     if kind == "bool":
         mapping = {**{s: True for s in TRUE_SPELLINGS}, **{s: False for s in FALSE_SPELLINGS}}
         return text.str.to_lowercase().replace_strict(mapping, default=None,
@@ -167,59 +168,115 @@ _PRIORITY = ("identifier", "malformed_row", "missing_required", "invalid_token",
 
 
 def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> ValidatedFile:
-    """Row-level validation of one file (the header has already passed :func:`check_header`)."""
+    """Row-level validation of one file (the header has already passed :func:`check_header`).
+
+    Two passes keep big files fast: the first parses the values as they are and only flags rows
+    with any problem; the second re-parses just those rows forgivingly (trimmed spaces, empty as
+    null) and finds each one's first problem. Both passes use the same parsers and checks.
+    """
     unknown = check_header(raw, table, columns)
     frame = raw.frame
     present = [c for c in columns if c.name in raw.columns]
-    cleaned = {c.name: clean(pl.col(c.name)) for c in present}
-    parsed = {c.name: parse(c, cleaned[c.name]) for c in present}
-
-    checks: list[_Check] = []
     # Text columns can hold an identifier even when they parse: test them on every row (once per
-    # distinct value). Other columns are tested below, only on rows that fail anyway.
+    # distinct value). Other columns are tested in _quarantine_rows, on failing rows only.
     text_columns = [c.name for c in present if c.kind in ("token", "string")] + list(unknown)
+    identifier_values = {}
     for name in text_columns:
         distinct = frame.get_column(name).drop_nulls().unique()
         hits = distinct.filter(distinct.str.contains(ANY_IDENTIFIER_PATTERN))
         if hits.len():
-            checks.append(_Check("identifier", name, "", pl.col(name).is_in(hits.implode())))
+            identifier_values[name] = hits
+    bad_tokens = {}
+    for c in present:
+        if c.kind == "token":
+            distinct = frame.get_column(c.name).drop_nulls().unique()
+            bad_tokens[c.name] = distinct.filter(~distinct.str.contains(TOKEN_PATTERN))
+
+    def evaluate(rows: pl.DataFrame, forgiving: bool) -> tuple[pl.DataFrame, list[_Check]]:
+        text = {c.name: clean(pl.col(c.name)) if forgiving else pl.col(c.name) for c in present}
+        rows = rows.with_columns(parse(c, text[c.name]).alias(_parsed(c.name)) for c in present)
+        checks = _checks(present, text, identifier_values, bad_tokens, forgiving)
+        return rows, checks
+
+    fast, checks = evaluate(frame, forgiving=False)
+    any_failure = fast.select(pl.any_horizontal([k.condition for k in checks])).to_series()
+    retry, checks = evaluate(frame.filter(any_failure), forgiving=True)
+    if retry.height:
+        first_failure = pl.min_horizontal(
+            [pl.when(k.condition).then(pl.lit(i, dtype=pl.Int32)) for i, k in enumerate(checks)])
+        retry = retry.with_columns(first_failure.alias(_CHECK))
+    else:
+        retry = retry.with_columns(pl.lit(None, dtype=pl.Int32).alias(_CHECK))
+    source = raw.file.relative_path
+
+    def typed(rows: pl.DataFrame) -> pl.DataFrame:
+        return rows.select(
+            *[_stored(c, pl.col(_parsed(c.name)) if c.name in raw.columns else pl.lit(None))
+              for c in columns],
+            pl.lit(source, dtype=pl.String).alias(SOURCE_FILE),
+            pl.col(LINE).alias(SOURCE_LINE),
+        )
+
+    passed = typed(fast)
+    del fast
+    if retry.height:
+        passed = passed.filter(~any_failure)
+    valid = pl.concat([passed, typed(retry.filter(pl.col(_CHECK).is_null()))])
+    if retry.height:  # keep file order
+        valid = valid.sort(SOURCE_LINE)
+    failed = retry.filter(pl.col(_CHECK).is_not_null())
+    quarantine = _quarantine_rows(failed, checks, raw, table.name, unknown)
+    return ValidatedFile(valid=valid, quarantine=quarantine, rows=frame.height,
+                         unknown_columns=unknown)
+
+
+def _stored(column: Column, value: pl.Expr) -> pl.Expr:
+    value = value.cast(column.dtype)
+    if column.kind == "float":
+        value = value + 0.0  # -0.0 -> 0.0, so '-0' and '0' are the same content
+    return value.alias(column.name)
+
+
+def _parsed(name: str) -> str:
+    return f"__parsed_{name}"
+
+
+def _checks(present: list[Column], text: dict[str, pl.Expr], identifier_values: dict,
+            bad_tokens: dict, forgiving: bool) -> list[_Check]:
+    """Every row-level check, in priority order (identifier first, then reason, then column)."""
+    checks: list[_Check] = []
+    for name, hits in identifier_values.items():
+        checks.append(_Check("identifier", name, "", pl.col(name).is_in(hits.implode())))
     checks.append(_Check("malformed_row", "", "", pl.col(MALFORMED).is_not_null()))
     for c in present:
-        text, value = cleaned[c.name], parsed[c.name]
+        value = pl.col(_parsed(c.name))
+        t = text[c.name]
         if c.required or not c.nullable:
             checks.append(_Check("missing_required", c.name, "a value is required here",
-                                 text.is_null()))
+                                 t.is_null()))
         if c.kind == "token":
-            bad = text.is_not_null() & ~text.str.contains(TOKEN_PATTERN)
+            # Decided once per distinct raw value; the forgiving pass trims first.
+            bad = (t.is_not_null() & ~t.str.contains(TOKEN_PATTERN) if forgiving
+                   else pl.col(c.name).is_in(bad_tokens[c.name].implode()))
             checks.append(_Check("invalid_token", c.name, "expected a pseudonymous id: 1 to "
                                  f"{c.max_chars or 64} characters from A-Z a-z 0-9 _ -", bad))
         elif c.kind == "enum":
             checks.append(_Check("invalid_value", c.name,
                                  f"expected one of: {', '.join(c.values)}",
-                                 text.is_not_null() & value.is_null()))
+                                 t.is_not_null() & value.is_null()))
+        elif c.kind == "float":
+            checks.append(_Check("type", c.name, _TYPE_MESSAGES[c.kind],
+                                 t.is_not_null() & (value.is_null() | ~value.is_finite())))
         elif c.kind != "string":
             checks.append(_Check("type", c.name, _TYPE_MESSAGES[c.kind],
-                                 text.is_not_null() & value.is_null()))
+                                 t.is_not_null() & value.is_null()))
         out_of_range = _out_of_range(c, value)
         if out_of_range is not None:
             checks.append(_Check("out_of_range", c.name, _range_message(c),
                                  value.is_not_null() & out_of_range))
     checks.sort(key=lambda k: _PRIORITY.index(k.reason))  # stable: column order kept
-
-    first_failure = pl.min_horizontal(
-        [pl.when(k.condition).then(pl.lit(i, dtype=pl.Int32)) for i, k in enumerate(checks)])
-    frame = frame.with_columns(first_failure.alias(_CHECK))
-    source = raw.file.relative_path
-    valid = frame.filter(pl.col(_CHECK).is_null()).select(
-        *[(parsed[c.name] if c.name in parsed else pl.lit(None)).cast(c.dtype).alias(c.name)
-          for c in columns],
-        pl.lit(source, dtype=pl.String).alias(SOURCE_FILE),
-        pl.col(LINE).alias(SOURCE_LINE),
-    )
-    failed = frame.filter(pl.col(_CHECK).is_not_null())
-    quarantine = _quarantine_rows(failed, checks, raw, table.name, unknown)
-    return ValidatedFile(valid=valid, quarantine=quarantine, rows=frame.height,
-                         unknown_columns=unknown)
+    # A null condition (is_in on a null value) would make a row vanish from both filters.
+    return [_Check(k.reason, k.column, k.message, k.condition.fill_null(False)) for k in checks]
 
 
 def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, table: str,
