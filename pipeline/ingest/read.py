@@ -22,6 +22,7 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import re
 from dataclasses import dataclass
 
@@ -334,17 +335,20 @@ def _read_jsonl(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     raw = pl.DataFrame({"text": lines}).with_row_index(LINE, offset=1).with_columns(
         pl.col(LINE).cast(pl.Int64)).filter(pl.col("text").str.strip_chars() != "")
     stripped = raw["text"].str.strip_chars()
-    is_object = stripped.str.starts_with("{") & stripped.str.ends_with("}")
+    is_object = stripped.str.starts_with("{")
     bad = ~is_object.to_numpy()
     candidates = np.flatnonzero(~bad)
     bad_json = _undecodable(stripped.gather(candidates)) if candidates.size else np.zeros(0, bool)
     invalid = np.zeros(raw.height, dtype=bool)
     invalid[candidates[bad_json]] = True
     good = ~(bad | invalid)
-    decoded = (stripped.filter(pl.Series(good)).str.json_decode(infer_schema_length=None)
-               if good.any() else None)
-    if decoded is not None and not isinstance(decoded.dtype, pl.Struct):
-        raise AssertionError(decoded.dtype)  # pragma: no cover - every good line is an object
+    decoded = None
+    if good.any():
+        try:
+            decoded = stripped.filter(pl.Series(good)).str.json_decode(infer_schema_length=None)
+        except pl.exceptions.PolarsError:
+            # Every line is valid JSON, but a field mixes objects with scalars across lines.
+            return _read_jsonl_python(raw, stripped, bad, invalid)
     header = [f.name for f in decoded.dtype.fields] if decoded is not None else []
     names = [f"__c{i}" for i in range(len(header))]
     if header:
@@ -364,6 +368,34 @@ def _read_jsonl(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
         pl.when(pl.Series(~good)).then(record).otherwise(None).alias(RECORD),
     )
     return header, frame
+
+
+def _read_jsonl_python(raw: pl.DataFrame, stripped: pl.Series, bad: np.ndarray,
+                       invalid: np.ndarray) -> tuple[list[str], pl.DataFrame]:
+    """Exact fallback for files whose fields mix nested and scalar values across lines."""
+    records: list[dict] = []
+    header: dict[str, None] = {}
+    for text, is_bad in zip(stripped.to_list(), (bad | invalid).tolist()):
+        record = {} if is_bad else json.loads(text)
+        header.update(dict.fromkeys(record))
+        records.append(record)
+    names = list(header)
+
+    def as_text(value):
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    columns = {f"__c{i}": pl.Series([as_text(r.get(n)) for r in records], dtype=pl.String)
+               for i, n in enumerate(names)}
+    malformed = np.where(bad, "not a JSON object", np.where(invalid, "invalid JSON", ""))
+    frame = pl.DataFrame(columns, height=raw.height).with_columns(
+        raw[LINE],
+        pl.Series(MALFORMED, malformed, dtype=pl.String).replace("", None),
+        pl.when(pl.Series(bad | invalid)).then(raw["text"].str.slice(0, RECORD_PREVIEW_CHARS))
+        .otherwise(None).alias(RECORD),
+    )
+    return names, frame
 
 
 def _undecodable(lines: pl.Series) -> np.ndarray:
