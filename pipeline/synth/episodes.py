@@ -20,14 +20,22 @@ def _logistic(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Draw ``n`` episodes' attributes (without subject or date); nullable ones come with a mask.
+def simulate_attributes(rng: np.random.Generator, subject: np.ndarray,
+                        n_subjects: int) -> dict[str, np.ndarray]:
+    """Draw the attributes of episodes of ``subject`` (indices); nullable ones come with a mask.
+
+    A latent severity z ~ N(0, 1) drives duration, pain and the red-flag fields; part of it
+    (``severity_subject_share`` of its variance) belongs to the subject, so severe episodes cluster
+    in a minority of people, as in a clinic, rather than touching everyone now and then.
 
     Returns arrays keyed by column name (enums as integer codes: ``muscle_group`` into
     ``truth.MUSCLE_GROUP_P``, ``numbness`` into ``schema.NUMBNESS_LEVELS``); ``<column>__null``
     holds the blanking mask.
     """
     e = truth.EPISODES
+    n = subject.size
+    subject_severity = rng.normal(size=n_subjects)
+    share = e["severity_subject_share"]
     groups = list(truth.MUSCLE_GROUP_P)
     assert set(groups) == set(schema.MUSCLE_GROUPS)
     group = rng.choice(len(groups), size=n, p=list(truth.MUSCLE_GROUP_P.values()))
@@ -39,11 +47,12 @@ def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
     day_s = rng.normal(e["day_centre_h"], e["day_sd_h"], n).clip(6.0, 23.5) * 3600
     second = np.minimum(np.where(night, night_s, day_s), _LATEST_DRAWN_SECOND).astype(np.int64)
 
-    severity = rng.normal(size=n)
+    severity = np.sqrt(share) * subject_severity[subject] + np.sqrt(1 - share) * rng.normal(size=n)
     log_dur = np.log(e["duration_median_min"]) + e["duration_log_sd"] * (
         0.5 * severity + np.sqrt(0.75) * rng.normal(size=n))
     duration = np.clip(np.round(np.exp(log_dur) * 10) / 10, 0.1, 240.0)
-    pain = np.clip(np.round(4.5 + 1.6 * severity + rng.normal(0, 1.0, n)), 0, 10).astype(np.int64)
+    pain = np.clip(np.round(e["pain_mean"] + e["pain_per_severity"] * severity
+                            + rng.normal(0, e["pain_noise_sd"], n)), 0, 10).astype(np.int64)
 
     lg = e["red_flag_logit"]
     flag = lambda key: rng.random(n) < _logistic(lg[key][0] + lg[key][1] * severity)  # noqa: E731
@@ -53,9 +62,9 @@ def simulate_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
     skin_changes = flag("skin_changes") | (swelling & (rng.random(n) < 0.15))
     sleep_loss = np.where(night, flag("sleep_loss_night"), flag("sleep_loss_day"))
     er_visit = flag("er_visit") | (pain_uncontrolled & (rng.random(n) < 0.05))
-    u = rng.random(n)
-    p1, p2 = e["numbness_p"]["one_leg"], e["numbness_p"]["both_legs"]
-    numbness = np.where(u < p2, 2, np.where(u < p2 + p1, 1, 0))
+    numb = flag("numbness")
+    both = rng.random(n) < e["numbness_both_legs_share"]
+    numbness = np.where(numb, np.where(both, 2, 1), 0)
 
     out = {
         "muscle_group": group,  # codes into MUSCLE_GROUP_P

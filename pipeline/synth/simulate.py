@@ -210,7 +210,7 @@ def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray,
 def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: np.ndarray,
                     start: np.datetime64) -> tuple[pl.DataFrame, dict]:
     n = subject.size
-    a = ep.simulate_attributes(rng, n)
+    a = ep.simulate_attributes(rng, subject, len(sid))
     # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank) within
     # the subject-day), so the fallback key (subject_id, started_at, muscle_group) is unique even
     # without episode_id. Offsetting each subject-day by a large constant lets one running maximum
