@@ -341,3 +341,28 @@ def test_docstring_examples_run():
     import pipeline.synth.simulate as module
 
     assert doctest.testmod(module).failed == 0
+
+
+def test_recent_injury_in_the_rate_is_an_injury_on_d_minus_30_to_d_minus_1(sample):
+    """The generator's recent_injury matches the issue-4 definition applied to the tables."""
+    recent = (sample.daily.select("subject_id", "date")
+              .join(sample.injuries.select("subject_id", pl.col("date").alias("injured")),
+                    on="subject_id")
+              .filter(pl.col("injured").is_between(pl.col("date") - pl.duration(days=30),
+                                                   pl.col("date") - pl.duration(days=1)))
+              .select("subject_id", "date").unique())
+    assert recent.height == sample.truth["realized"]["subject_days_with_recent_injury"] > 0
+
+
+def test_episodes_on_unlogged_days_are_counted_in_the_truth(sample):
+    days = sample.daily.select("subject_id", "date")
+    outside = (sample.episodes.select("subject_id", pl.col("started_at").dt.date().alias("date"))
+               .join(days, on=["subject_id", "date"], how="anti"))
+    r = sample.truth["realized"]
+    assert outside.height == r["episodes_outside_logged_days"]
+    assert sample.episodes.height == r["n_episodes_on_logged_days"] + outside.height
+    # ... and they fall inside the subject's logging window (a skipped day, not before or after).
+    window = sample.daily.group_by("subject_id").agg(first=pl.col("date").min(),
+                                                     last=pl.col("date").max())
+    assert outside.join(window, on="subject_id").filter(
+        ~pl.col("date").is_between(pl.col("first"), pl.col("last"))).height == 0
