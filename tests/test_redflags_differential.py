@@ -207,7 +207,9 @@ def with_parameters(rules: RuleSet, **values) -> RuleSet:
     return dataclasses.replace(rules, rules=tuple(new))
 
 
-@settings(max_examples=60, deadline=None)
+# Example counts follow the Hypothesis profile (tests/conftest.py): 60 in CI, many more with
+# HYPOTHESIS_PROFILE=thorough.
+@settings(deadline=None)
 @given(
     raw=episode_rows,
     pain_threshold=st.integers(0, 11),
@@ -232,7 +234,7 @@ def test_evaluate_agrees_with_row_by_row_reference(raw, pain_threshold, duration
     assert result.subject_flags.rows() == subjects
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=max(10, settings.default.max_examples // 2), deadline=None)
 @given(raw=episode_rows)
 def test_shipped_rules_agree_with_reference(raw):
     rows, lf = build(raw)

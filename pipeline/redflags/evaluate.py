@@ -72,7 +72,7 @@ def evaluate(episodes: pl.LazyFrame, rules: RuleSet) -> RedFlagResult:
     """
     needed = list(dict.fromkeys([*_ID_COLUMNS, *(c for r in rules for c in r.columns)]))
     _check_input(episodes, needed)
-    df = with_episode_ids(episodes.select(needed)).collect()
+    df = episodes.select(needed).collect()
 
     flag_frames: list[pl.LazyFrame] = []
     missing_frames: list[pl.LazyFrame] = []
@@ -85,8 +85,18 @@ def evaluate(episodes: pl.LazyFrame, rules: RuleSet) -> RedFlagResult:
             missing_frames.append(missing)
 
     per_subject = df.lazy().group_by("subject_id").agg(n_episodes=pl.len().cast(pl.Int64))
-    flags_lf = pl.concat(flag_frames).sort(
-        "subject_id", "started_at", "episode_id", "rule_order"
+    # Ids are derived for flagged episodes only: formatting a date-time is the costly part.
+    # Sorting on strings is slow, so subjects sort by their rank in the sorted list of subject
+    # ids (same order as sorting subject_id itself).
+    subjects = df["subject_id"].unique().sort()
+    flags_lf = (
+        with_episode_ids(pl.concat(flag_frames))
+        .with_columns(
+            subject_order=pl.col("subject_id").replace_strict(
+                subjects, pl.int_range(subjects.len(), eager=True)
+            )
+        )
+        .sort("subject_order", "started_at", "episode_id", "rule_order")
     )
     missing_lf = (
         pl.concat(missing_frames).join(per_subject, on="subject_id", how="left")
@@ -123,6 +133,7 @@ def _episode_rule(lf: pl.LazyFrame, rule: Rule, order: int) -> tuple[pl.LazyFram
         "episode_id",
         "subject_id",
         "started_at",
+        "muscle_group",
         pl.lit(rule.id).alias("rule_id"),
         pl.lit(rule.severity).alias("severity"),
         _evidence(rule, clauses, clause_cols).alias("evidence"),
@@ -177,7 +188,7 @@ def _value_text(column: str) -> pl.Expr:
 
 def _frequency(df: pl.DataFrame, rule: Rule, order: int) -> pl.LazyFrame:
     flags = frequency_flags(
-        df,
+        df.lazy(),
         min_episodes_per_week=int(rule.parameter("min_episodes_per_week")),
         consecutive_weeks=int(rule.parameter("consecutive_weeks")),
     )
@@ -185,6 +196,7 @@ def _frequency(df: pl.DataFrame, rule: Rule, order: int) -> pl.LazyFrame:
         "episode_id",
         "subject_id",
         "started_at",
+        "muscle_group",
         pl.lit(rule.id).alias("rule_id"),
         pl.lit(rule.severity).alias("severity"),
         "evidence",

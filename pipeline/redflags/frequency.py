@@ -1,12 +1,12 @@
-"""The per-subject ``frequency`` rule: cramps on many days, week after week.
+"""The per-subject ``frequency`` rule: cramps week after week.
 
 Definition (documented in ``rules.toml`` too). Dates are the local calendar dates of
 ``started_at``. With W = 7 days, K = ``consecutive_weeks`` and M = ``min_episodes_per_week``, a day
 D *qualifies* when each of the K back-to-back windows [D, D+W), [D+W, D+2W), ..., [D+(K-1)W, D+KW)
-holds at least M of the subject's episodes. Every calendar day is a possible D, so a pattern is
-found wherever its weeks start. The spans [D, D+KW) of all qualifying days are merged when they
-overlap or touch; each merged span is one *period* and gives one flag, attached to the period's
-first episode, with evidence such as::
+holds at least M of the subject's episodes (episodes, not days: three cramps on one day count
+three). Every calendar day is a possible D, so a pattern is found wherever its weeks start. The
+spans [D, D+KW) of all qualifying days are merged when they overlap or touch; each merged span is
+one *period* and gives one flag, attached to the period's first episode, with evidence such as::
 
     weeks=4; episodes_per_week=3,5,4,3; weeks_from=2024-01-01..2024-01-28;
     period=2024-01-01..2024-02-03; episodes_in_period=19
@@ -14,140 +14,193 @@ first episode, with evidence such as::
 ``episodes_per_week`` and ``weeks_from`` describe the latest qualifying D on or before the period's
 first episode; ``period`` runs from the period's first to its last episode.
 
-Why it is exact without trying every day: a window count changes only when a window edge crosses
-an episode date, so the set of qualifying days is constant between consecutive "breakpoints"
-e + 1 - W*j (e an episode date, j = 0..K). Only breakpoints are evaluated, by binary search in the
-sorted (subject, day) keys, which keeps the cost proportional to the number of episode days.
+How: each subject's timeline is cut into clusters of episode days less than 2KW days apart (then
+no span [D, D+KW) holds episodes of two clusters and no two spans of different clusters overlap or
+touch), and each cluster gets a dense day grid padded by KW days either side. Window counts are then differences of one cumulative sum, read at fixed
+offsets: a handful of vectorised passes over arrays about as long as the diaries' spans.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from pipeline.episode_ids import with_episode_ids
+
 WEEK_DAYS = 7
 
-# Each subject's days live in their own block of the integer key space: subject_rank * 2**32 +
-# (days since 1970 + 2**31). Offsets of a few weeks never leave a block, so one global binary
-# search counts episodes within a subject.
+# Subject-day keys: subject code * 2**32 + (days since 1970 + 2**31); a few weeks' offset never
+# leaves a subject's block.
 _BLOCK = 1 << 32
 _DAY_OFFSET = 1 << 31
 
-FLAG_COLUMNS = ("episode_id", "subject_id", "started_at", "evidence")
+FLAG_SCHEMA: dict[str, pl.DataType] = {
+    "episode_id": pl.String(),
+    "subject_id": pl.String(),
+    "started_at": pl.Datetime("us"),
+    "muscle_group": pl.String(),
+    "evidence": pl.String(),
+}
 
 
-def frequency_flags(episodes: pl.DataFrame, *, min_episodes_per_week: int,
+def frequency_flags(episodes: pl.LazyFrame | pl.DataFrame, *, min_episodes_per_week: int,
                     consecutive_weeks: int) -> pl.DataFrame:
-    """One row per frequent-cramping period: episode_id, subject_id, started_at, evidence.
+    """One row per frequent-cramping period: episode_id (derived if missing), subject_id,
+    started_at and muscle_group of the period's first episode, and the evidence.
 
-    ``episodes`` needs ``episode_id`` (non-null), ``subject_id`` and ``started_at``.
+    ``episodes`` needs ``episode_id``, ``subject_id``, ``started_at`` and ``muscle_group``.
     """
     assert min_episodes_per_week >= 1 and consecutive_weeks >= 1
     m, k, w = min_episodes_per_week, consecutive_weeks, WEEK_DAYS
-    empty = pl.DataFrame(schema={"episode_id": pl.String(), "subject_id": pl.String(),
-                                 "started_at": pl.Datetime("us"), "evidence": pl.String()})
+    span = w * k
+    empty = pl.DataFrame(schema=FLAG_SCHEMA)
 
-    # Subjects with fewer than m*k episodes can never qualify.
-    eps = (
+    # One integer per subject-day: (subject code) * 2**32 + (days since 1970 + 2**31). The code
+    # only groups rows (its values never reach the output), and integers group and sort fast.
+    episodes = (
         episodes.lazy()
-        .select("episode_id", "subject_id", "started_at")
-        .filter(pl.len().over("subject_id") >= m * k)
-        .with_columns(
-            key=(
-                pl.col("subject_id").rank("dense").cast(pl.Int64) * _BLOCK
-                + pl.col("started_at").dt.date().cast(pl.Int32).cast(pl.Int64)
-                + _DAY_OFFSET
-            )
+        .select(
+            "episode_id", "subject_id", "started_at", "muscle_group",
+            key=pl.col("subject_id").cast(pl.Categorical).to_physical().cast(pl.Int64) * _BLOCK
+            + pl.col("started_at").dt.date().cast(pl.Int32).cast(pl.Int64)
+            + _DAY_OFFSET,
         )
-        .sort("key", "started_at", "episode_id")
         .collect()
     )
-    if eps.height == 0:
-        return empty
-    keys = eps["key"]
-
-    def count_before(x: pl.Expr) -> pl.Expr:
-        """Episodes of the subject before day key x (x stays in the subject's block)."""
-        return pl.lit(keys).search_sorted(x, side="left").cast(pl.Int64)
-
-    day_keys = keys.unique(maintain_order=True)
-    cand = (
-        pl.concat([(day_keys + 1 - w * j) for j in range(k + 1)])
-        .unique()
-        .sort()
-        .to_frame("anchor")
+    # Episodes per subject-day: runs of equal keys once sorted (cheaper than a hash group-by).
+    runs = episodes["key"].sort().rle().struct.unnest()
+    days = (
+        runs.lazy()
+        .select(key="value", n=pl.col("len").cast(pl.Int64))
+        .with_columns(subject=pl.col("key") // _BLOCK)
+        .with_columns(
+            cluster=(
+                (pl.col("subject") != pl.col("subject").shift(1))
+                | (pl.col("key") - pl.col("key").shift(1) >= 2 * span)
+            )
+            .fill_null(True)
+            .cum_sum()
+            - 1
+        )
+        .collect()
     )
-    weekly = [
-        (count_before(pl.col("anchor") + w * (i + 1)) - count_before(pl.col("anchor") + w * i))
-        .alias(f"week_{i}")
+    if days.height == 0:
+        return empty
+    clusters = (
+        days.lazy()
+        .group_by("cluster")
+        .agg(lo=pl.col("key").min() - span, hi=pl.col("key").max() + span)
+        .sort("cluster")
+        .with_columns(length=pl.col("hi") - pl.col("lo") + 1)
+        .with_columns(offset=pl.col("length").cum_sum() - pl.col("length"))
+        .collect()
+    )
+    size = int(clusters["length"].sum())
+    pos = days["key"] - clusters["lo"].gather(days["cluster"]) + clusters["offset"].gather(
+        days["cluster"]
+    )
+    counts = pl.zeros(size, pl.Int64, eager=True).scatter(pos, days["n"])
+    # before[i] = episodes at grid positions < i (length size + 1).
+    before = pl.concat([pl.Series([0], dtype=pl.Int64), counts.cum_sum()])
+
+    grid = pl.DataFrame({"n": counts, "before": before[:-1]})
+    # Anchors whose windows run off the end read null and do not qualify; they lie past their
+    # cluster's last episode day, where the first window is empty anyway.
+    weeks = [
+        (pl.col("before").shift(-w * (i + 1)) - pl.col("before").shift(-w * i)).alias(f"week_{i}")
         for i in range(k)
     ]
-    cand = cand.with_columns(weekly).with_columns(
-        # The qualifying days run from this breakpoint to the day before the next one. The last
-        # breakpoint of a subject (its last episode day + 1) never qualifies: its first week is empty.
-        last_day=pl.col("anchor").shift(-1) - 1,
-        qualifies=pl.all_horizontal(pl.col(f"week_{i}") >= m for i in range(k)),
+    grid = grid.lazy().with_row_index("pos").with_columns(pl.col("pos").cast(pl.Int64)).with_columns(
+        weeks
     )
-    q = cand.filter("qualifies").with_columns(span_end=pl.col("last_day") + w * k)
-    if q.height == 0:
+    qualifying = (
+        grid.filter(pl.all_horizontal(pl.col(f"week_{i}") >= m for i in range(k)))
+        .select("pos", *[f"week_{i}" for i in range(k)])
+        .with_columns(
+            # Qualifying spans [pos, pos + span) merge when they overlap or touch. Spans never
+            # reach another cluster's grid: each is padded by `span` empty days.
+            period=(pl.col("pos") > (pl.col("pos") + span).cum_max().shift(1))
+            .fill_null(True)
+            .cum_sum()
+        )
+        .collect()
+    )
+    if qualifying.height == 0:
         return empty
-    # Merge spans [anchor, span_end) that overlap or touch; subjects never merge because their
-    # key blocks are 2**32 days apart.
-    q = q.with_columns(
-        period=(pl.col("anchor") > pl.col("span_end").cum_max().shift(1)).fill_null(True).cum_sum()
+
+    periods = qualifying.group_by("period").agg(
+        start=pl.col("pos").min(), end=pl.col("pos").max() + span
     )
-    periods = q.group_by("period").agg(
-        start=pl.col("anchor").min(),
-        end=pl.col("span_end").max(),
-    )
+    # `pos` (grid positions of episode days) is sorted: find each period's first and last.
     periods = periods.with_columns(
-        first_idx=count_before(pl.col("start")),
-        end_idx=count_before(pl.col("end")),
-    ).with_columns(first_key=pl.lit(keys).gather(pl.col("first_idx")))
-    # Evidence anchor: the latest qualifying day on or before the period's first episode day.
+        first=pos.gather(pos.search_sorted(periods["start"], side="left")),
+        last=pos.gather(pos.search_sorted(periods["end"], side="left") - 1),
+        episodes=before.gather(periods["end"]) - before.gather(periods["start"]),
+    )
+    # Evidence anchor: the latest qualifying day on or before the period's first episode.
     anchors = (
-        q.join(periods.select("period", "first_key"), on="period")
-        .filter(pl.col("anchor") <= pl.col("first_key"))
-        .with_columns(day=pl.min_horizontal("last_day", "first_key"))
-        .sort("period", "day")
-        .group_by("period", maintain_order=True)
+        qualifying.join(periods.select("period", "first"), on="period")
+        .filter(pl.col("pos") <= pl.col("first"))
+        .sort("pos")
+        .group_by("period")
         .last()
-        .select("period", "day", *[f"week_{i}" for i in range(k)])
+        .select("period", anchor="pos", *[f"week_{i}" for i in range(k)])
     )
-    periods = periods.join(anchors, on="period").sort("period")
+    periods = periods.join(anchors, on="period")
 
-    def key_date(expr: pl.Expr) -> pl.Expr:
-        return ((expr % _BLOCK) - _DAY_OFFSET).cast(pl.Int32).cast(pl.Date).cast(pl.String)
+    def key_of(pos_col: str) -> pl.Series:
+        """Subject-day key of grid positions."""
+        idx = clusters["offset"].search_sorted(periods[pos_col], side="right") - 1
+        return periods[pos_col] - clusters["offset"].gather(idx) + clusters["lo"].gather(idx)
 
-    first_rows = eps.select("episode_id", "subject_id", "started_at")[periods["first_idx"]]
-    last_rows = eps.select("started_at")[periods["end_idx"] - 1]
-    out = pl.concat(
+    def day_of(key: pl.Series, name: str) -> pl.Series:
+        return ((key % _BLOCK) - _DAY_OFFSET).cast(pl.Int32).cast(pl.Date).alias(name)
+
+    first_key = key_of("first").alias("key")
+    located = pl.DataFrame(
         [
-            first_rows,
-            periods.select(
-                pl.concat_str(
-                    [
-                        pl.lit(f"weeks={k}; episodes_per_week="),
-                        pl.concat_str([pl.col(f"week_{i}") for i in range(k)], separator=","),
-                        pl.lit("; weeks_from="),
-                        key_date(pl.col("day")),
-                        pl.lit(".."),
-                        key_date(pl.col("day") + (w * k - 1)),
-                        pl.lit("; period="),
-                        key_date(pl.col("first_key")),
-                        pl.lit(".."),
-                    ]
-                ).alias("head"),
-                (pl.col("end_idx") - pl.col("first_idx")).alias("n"),
-            ),
-            last_rows.select(pl.col("started_at").dt.date().cast(pl.String).alias("last")),
-        ],
-        how="horizontal",
+            first_key,
+            day_of(first_key, "first_day"),
+            day_of(key_of("last"), "last_day"),
+            day_of(key_of("anchor"), "anchor_day"),
+            periods["episodes"],
+            *[periods[f"week_{i}"] for i in range(k)],
+        ]
     )
-    return out.select(
-        "episode_id",
-        "subject_id",
-        "started_at",
-        pl.concat_str(
-            [pl.col("head"), pl.col("last"), pl.lit("; episodes_in_period="), pl.col("n")]
-        ).alias("evidence"),
+    first_episodes = (
+        with_episode_ids(episodes.lazy().join(located.lazy().select("key"), on="key"))
+        .sort("started_at", "episode_id")
+        .group_by("key")
+        .first()
+        .select("key", "episode_id", "subject_id", "started_at", "muscle_group")
+    )
+
+    def iso(expr: pl.Expr) -> pl.Expr:
+        return expr.dt.strftime("%Y-%m-%d")
+
+    return (
+        located.lazy()
+        .join(first_episodes, on="key")
+        .select(
+            "episode_id",
+            "subject_id",
+            "started_at",
+            "muscle_group",
+            pl.concat_str(
+                [
+                    pl.lit(f"weeks={k}; episodes_per_week="),
+                    pl.concat_str([pl.col(f"week_{i}") for i in range(k)], separator=","),
+                    pl.lit("; weeks_from="),
+                    iso(pl.col("anchor_day")),
+                    pl.lit(".."),
+                    iso(pl.col("anchor_day") + pl.duration(days=span - 1)),
+                    pl.lit("; period="),
+                    iso(pl.col("first_day")),
+                    pl.lit(".."),
+                    iso(pl.col("last_day")),
+                    pl.lit("; episodes_in_period="),
+                    pl.col("episodes"),
+                ]
+            ).alias("evidence"),
+        )
+        .collect()
     )
