@@ -301,3 +301,16 @@ def test_a_feature_that_separates_is_dropped_with_a_reason_not_a_traceback():
     r = row(results, "population", "electrolytes")
     assert r["irr"] is None and "separation" in r["note"]
     assert row(results, "population", "stress")["irr"] is not None
+
+
+def test_dose_response_on_a_large_panel_uses_a_stated_subset_of_whole_subjects(monkeypatch):
+    from pipeline.models import dose_response
+
+    monkeypatch.setattr(dose_response, "MAX_SUBJECT_DAYS", 1000)
+    results = fit(*diary(60, 60, 12, log_irr={"stress": np.log(1.1)}))
+    subset = results.diagnostics["dose_response"]["subset"]
+    assert subset["n_subject_days"] <= 1000 < subset["of_subject_days"]
+    assert subset["n_subjects"] < subset["of_subjects"] == 60
+    assert results.dose_response.filter(pl.col("feature") == "stress").height > 0
+    # the effect estimates still use every subject-day
+    assert row(results, "within_subject", "stress")["n_subject_days"] == subset["of_subject_days"]

@@ -20,6 +20,8 @@ from pipeline.features import dictionary as fd
 #: Panel columns that are not features.
 KEY_COLUMNS = ("subject_id", "date")
 OUTCOME = "episodes"
+_SUBJECT = "_subject_code"
+_DAY_KEY = "_subject_day_key"
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,21 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
         .group_by(KEY_COLUMNS)
         .agg(pl.len().cast(pl.Int64).alias(OUTCOME))
     )
-    frame = base.join(counts, on=list(KEY_COLUMNS), how="left").with_columns(
-        pl.col(OUTCOME).fill_null(0)
-    )
+    # Left joins keep the left frame's order, so the panel stays sorted by subject and date.
+    frame = base.join(counts, on=list(KEY_COLUMNS), how="left", maintain_order="left")
     if any(f.name == "recent_injury" for f in available):
-        frame = frame.join(_recent_injury_days(injuries), on=list(KEY_COLUMNS), how="left")
-    frame = frame.sort(KEY_COLUMNS).with_columns(_raw_exprs(daily_cols))
+        frame = frame.join(_recent_injury_days(injuries), on=list(KEY_COLUMNS), how="left",
+                           maintain_order="left")
+    frame = frame.with_columns(
+        pl.col(OUTCOME).fill_null(0),
+        # Integer subject code and a per-subject day key: windows over them need no group-by
+        # (the panel is sorted, and subjects are 2^20 days apart on the key).
+        (pl.col("subject_id") != pl.col("subject_id").shift(1)).fill_null(True).cum_sum()
+        .cast(pl.Int64).alias(_SUBJECT),
+        *_raw_exprs(daily_cols),
+    ).with_columns(
+        (pl.col(_SUBJECT) * (1 << 20) + pl.col("date").cast(pl.Int64)).alias(_DAY_KEY),
+    )
     frame = frame.with_columns(_secondary_exprs([f for f in available if f.role == "secondary"]))
     frame = frame.select(
         *KEY_COLUMNS, OUTCOME, *[_model_units(f) for f in available]
@@ -155,26 +166,24 @@ def _secondary_exprs(features: list[fd.Feature]) -> list[pl.Expr]:
     names = {f.name for f in features}
     exprs: list[pl.Expr] = []
     load = pl.col("exercise_min") * pl.col("exercise_rpe")
-    one_day = pl.duration(days=1)
     if "training_load_prev_day" in names:
+        previous_is_yesterday = (pl.col(_DAY_KEY) - pl.col(_DAY_KEY).shift(1)) == 1
         exprs.append(
-            pl.when((pl.col("date").diff() == one_day).over("subject_id"))
-            .then(load.shift(1).over("subject_id"))
-            .alias("training_load_prev_day")
+            pl.when(previous_is_yesterday).then(load.shift(1)).alias("training_load_prev_day")
         )
     if "acute_chronic_load_ratio" in names:
         def mean_over(days: int, min_days: int) -> pl.Expr:
-            total = load.rolling_sum_by("date", window_size=f"{days}d").over("subject_id")
-            n = (load.is_not_null().cast(pl.Float64)
-                 .rolling_sum_by("date", window_size=f"{days}d").over("subject_id"))
+            window = f"{days}i"  # the day key: `days` calendar days ending on the day
+            total = load.rolling_sum_by(_DAY_KEY, window_size=window)
+            n = load.is_not_null().cast(pl.Float64).rolling_sum_by(_DAY_KEY, window_size=window)
             return pl.when(n >= min_days).then(total / n)
 
         acute = mean_over(fd.ACUTE_WINDOW_DAYS, fd.ACUTE_MIN_LOGGED_DAYS)
         chronic = mean_over(fd.CHRONIC_WINDOW_DAYS, fd.CHRONIC_MIN_LOGGED_DAYS)
         exprs.append(pl.when(chronic > 0).then(acute / chronic).alias("acute_chronic_load_ratio"))
     if "fluid_below_usual" in names:
-        usual = pl.col("fluid_l").median().over("subject_id")
-        n = pl.col("fluid_l").count().over("subject_id")
+        usual = pl.col("fluid_l").median().over(_SUBJECT)
+        n = pl.col("fluid_l").count().over(_SUBJECT)
         exprs.append(
             pl.when(n >= fd.FLUID_USUAL_MIN_DAYS)
             .then(pl.col("fluid_l") <= usual - fd.FLUID_BELOW_USUAL_BY_L)

@@ -14,6 +14,12 @@ already absorb): ``Z = B(x) @ N``, where the columns of N span the B-spline coef
 satisfy both constraints. Four knots give three columns, the same flexibility as a restricted cubic
 spline, at a cost close to the linear model's. Curves are in the source unit (minutes, °C, ...),
 not in the per-scale model unit.
+
+Run time: each curve is one more within-subject fit. On a large panel the curves are fitted on a
+random subset of whole subjects holding at most ``MAX_SUBJECT_DAYS`` subject-days (fixed seed, so
+the output is reproducible); ``diagnostics.json`` states the subset, and the bands are those of
+that subset (wider than the full data would give, never narrower). The effect estimates in
+effects.csv always use every subject-day.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ KNOT_QUANTILES = (0.05, 0.35, 0.65, 0.95)
 RANGE_QUANTILES = (0.01, 0.99)
 REFERENCE_QUANTILE = 0.5
 N_GRID = 41
+MAX_SUBJECT_DAYS = 400_000
+SUBSET_SEED = 20261128
 DEGREE = 3
 Z = float(stats.norm.ppf(0.975))
 
@@ -46,6 +54,9 @@ def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
     notes: dict[str, Any] = {}
     if design.X is None or not design.kept:
         return pl.DataFrame(schema=DOSE_SCHEMA), notes
+    design, subset = _subset(design, MAX_SUBJECT_DAYS)
+    if subset:
+        notes["subset"] = subset
     for j, feature in enumerate(design.kept):
         if feature.kind != "numeric" or feature.role != "core":
             continue
@@ -63,6 +74,32 @@ def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
     if not frames:
         return pl.DataFrame(schema=DOSE_SCHEMA), notes
     return pl.concat(frames).select(DOSE_COLUMNS), notes
+
+
+def _subset(design, max_rows: int):
+    """A copy of the design restricted to a seeded random subset of subjects with at most
+    ``max_rows`` subject-days, or the design itself when it is small enough."""
+    n = design.X.shape[0]
+    if n <= max_rows:
+        return design, None
+    starts = np.flatnonzero(np.r_[True, design.groups[1:] != design.groups[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    order = np.random.default_rng(SUBSET_SEED).permutation(starts.size)
+    take = order[np.cumsum(counts[order]) <= max_rows]
+    rows = np.zeros(n, dtype=bool)
+    rows[np.repeat(np.isin(np.arange(starts.size), take), counts)] = True
+    from copy import copy
+
+    sub = copy(design)
+    sub.X = np.asfortranarray(design.X[rows])
+    sub.y = design.y[rows]
+    sub.groups = design.groups[rows]
+    note = {"n_subjects": int(take.size), "of_subjects": int(starts.size),
+            "n_subject_days": int(rows.sum()), "of_subject_days": int(n),
+            "seed": SUBSET_SEED,
+            "why": f"curves use a random subset of whole subjects with at most {max_rows:,} "
+                   "subject-days to bound run time; bands are those of the subset"}
+    return sub, note
 
 
 def place_knots(x: np.ndarray) -> tuple[np.ndarray, str]:
