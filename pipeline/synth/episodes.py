@@ -7,6 +7,7 @@ the next ``sleep_h`` (that would plant reverse causation the models are not mean
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from pipeline import schema
 from pipeline.synth import truth
@@ -18,6 +19,13 @@ _LATEST_DRAWN_SECOND = SECONDS_PER_DAY - 120
 
 def _logistic(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float, high: float,
+                      n: int) -> np.ndarray:
+    """Normal(mean, sd) restricted to [low, high] by inverting the CDF (no pile-up at the edges)."""
+    a, b = ndtr((low - mean) / sd), ndtr((high - mean) / sd)
+    return mean + sd * ndtri(a + (b - a) * rng.random(n))
 
 
 def simulate_attributes(rng: np.random.Generator, subject: np.ndarray,
@@ -44,7 +52,7 @@ def simulate_attributes(rng: np.random.Generator, subject: np.ndarray,
                        np.where(is_foot, e["p_night"]["foot"], e["p_night"]["other_groups"]))
     night = rng.random(n) < p_night
     night_s = np.mod(rng.normal(e["night_centre_h"], e["night_sd_h"], n) * 3600, SECONDS_PER_DAY)
-    day_s = rng.normal(e["day_centre_h"], e["day_sd_h"], n).clip(6.0, 23.5) * 3600
+    day_s = _truncated_normal(rng, e["day_centre_h"], e["day_sd_h"], *e["day_window_h"], n) * 3600
     second = np.minimum(np.where(night, night_s, day_s), _LATEST_DRAWN_SECOND).astype(np.int64)
 
     severity = np.sqrt(share) * subject_severity[subject] + np.sqrt(1 - share) * rng.normal(size=n)

@@ -141,6 +141,7 @@ EPISODES = {
     "night_sd_h": 1.6,
     "day_centre_h": 15.0,
     "day_sd_h": 4.0,
+    "day_window_h": (6.0, 23.5),  # daytime cramps: truncated normal within waking hours
     "severity_subject_share": 0.7,
     "pain_mean": 4.0,
     "pain_per_severity": 1.5,
