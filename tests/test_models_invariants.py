@@ -236,6 +236,41 @@ def test_within_subject_collinearity_after_demeaning_is_named():
     assert set(err.value.features) == {"stress", "stress_plus_trait"}
 
 
+def test_separation_by_a_combination_of_features_is_refused():
+    """No single feature separates, but 'a yes and b no' days never have episodes: the a - b
+    direction runs to -infinity. Both models must refuse, naming a and b."""
+    rng = np.random.default_rng(0)
+    subject = np.repeat(np.arange(100), 20)
+    kind = rng.integers(0, 3, subject.size)          # (a, b) = (0, 0), (1, 1) or (1, 0)
+    a, b = (kind >= 1).astype(float), (kind == 1).astype(float)
+    y = np.where(kind == 2, 0, rng.poisson(1.0, subject.size)).astype(float)
+    X = np.column_stack([a, b, rng.normal(size=subject.size)])
+    for fit, kwargs in ((fit_poisson, {"clusters": subject}),
+                        (fit_conditional_poisson, {"groups": subject, "clusters": subject})):
+        with pytest.raises(EstimationError, match="separation") as err:
+            fit(X, y, feature_names=["a", "b", "c"], **kwargs)
+        assert err.value.reason == "separation" and err.value.features == ("a", "b")
+
+
+def test_the_large_data_warm_start_does_not_change_the_answer(monkeypatch):
+    """Above WARM_START_MIN_ROWS Newton starts from a fit on every 16th row; force that path on
+    small data and compare with the cold start."""
+    import pipeline.models.poisson as poisson
+
+    X, y, subject = panel(seed=9, n_subjects=200, days=40)
+    cold_pop = fit_poisson(X, y, clusters=subject, feature_names=NAMES)
+    cold_fe = fit_conditional_poisson(X, y, groups=subject, clusters=subject,
+                                      feature_names=NAMES)
+    monkeypatch.setattr(poisson, "WARM_START_MIN_ROWS", 1000)
+    warm_pop = fit_poisson(X, y, clusters=subject, feature_names=NAMES)
+    warm_fe = fit_conditional_poisson(X, y, groups=subject, clusters=subject,
+                                      feature_names=NAMES)
+    for cold, warm in ((cold_pop, warm_pop), (cold_fe, warm_fe)):
+        np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(warm.cov_cluster, cold.cov_cluster, rtol=1e-7, atol=1e-14)
+        assert warm.n_iter <= cold.n_iter
+
+
 def test_no_subject_with_episodes_is_refused():
     X, y, subject = panel()
     with pytest.raises(EstimationError, match="no events"):

@@ -36,18 +36,22 @@ from scipy import special
 
 from pipeline.models.poisson import (
     CHUNK_ROWS,
-    SEPARATION_LOG_RANGE,
+    WARM_START_TOL,
     EstimationError,
     as_design,
     cluster_correction,
+    count_constants,
+    pearson_chi2,
     cluster_score_sums,
     encode_labels,
     inference,
     maximize,
     raise_if_not_finite,
     raise_if_rank_deficient,
+    raise_if_separated,
     sandwich,
     single_threaded_blas,
+    warm_start,
 )
 
 
@@ -122,18 +126,29 @@ class _Groups:
 
 
 def _group_ranges(X: np.ndarray, y: np.ndarray, G: _Groups):
-    """Per group and column: min, max, and min/max over rows with a positive outcome."""
+    """Per group and column: min, max, and min/max over rows with a positive outcome (inf/-inf
+    for a group without one). Blocks are transposed into a buffer so that every reduction runs
+    along contiguous memory."""
     p = X.shape[1]
-    out = {k: np.empty((G.n_groups, p)) for k in ("lo", "hi", "plo", "phi")}
+    out = {k: np.empty((G.n_groups, p)) for k in ("lo", "hi")}
+    out["plo"] = np.full((G.n_groups, p), np.inf)
+    out["phi"] = np.full((G.n_groups, p), -np.inf)
+    buf = np.empty((p, max(G.rows(g0, g1).stop - G.rows(g0, g1).start for g0, g1 in G.blocks)))
     for g0, g1 in G.blocks:
         rs = G.rows(g0, g1)
-        Xc = X[rs]
+        XT = buf[:, :rs.stop - rs.start]
+        np.copyto(XT, X[rs].T)
         loc = G.starts[g0:g1] - rs.start
-        out["lo"][g0:g1] = np.minimum.reduceat(Xc, loc, axis=0)
-        out["hi"][g0:g1] = np.maximum.reduceat(Xc, loc, axis=0)
-        pos = (y[rs] > 0)[:, None]
-        out["plo"][g0:g1] = np.minimum.reduceat(np.where(pos, Xc, np.inf), loc, axis=0)
-        out["phi"][g0:g1] = np.maximum.reduceat(np.where(pos, Xc, -np.inf), loc, axis=0)
+        out["lo"][g0:g1] = np.minimum.reduceat(XT, loc, axis=1).T
+        out["hi"][g0:g1] = np.maximum.reduceat(XT, loc, axis=1).T
+        pos = y[rs] > 0
+        if pos.any():
+            # Rows with events keep their group order: reduce over runs of the same group.
+            gpos = G.codes[rs][pos]
+            run = np.flatnonzero(np.r_[True, gpos[1:] != gpos[:-1]])
+            XpT = XT[:, pos]
+            out["plo"][gpos[run]] = np.minimum.reduceat(XpT, run, axis=1).T
+            out["phi"][gpos[run]] = np.maximum.reduceat(XpT, run, axis=1).T
     return out
 
 
@@ -145,14 +160,8 @@ def within_group_variation(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
     if X.ndim == 1:
         X = X[:, None]
     G = _Groups(groups, X.shape[0])
-    X = G.arrange(X)
-    varies = np.zeros(X.shape[1], dtype=bool)
-    for g0, g1 in G.blocks:
-        rs = G.rows(g0, g1)
-        loc = G.starts[g0:g1] - rs.start
-        Xc = X[rs]
-        varies |= np.any(np.maximum.reduceat(Xc, loc, axis=0) >
-                         np.minimum.reduceat(Xc, loc, axis=0), axis=0)
+    R = _group_ranges(G.arrange(X), np.zeros(X.shape[0]), G)
+    varies = np.any(R["hi"] > R["lo"], axis=0)
     return varies
 
 
@@ -190,7 +199,12 @@ def fit_conditional_poisson(
     X, y, names = as_design(X, y, feature_names)
     n, p = X.shape
     G = _Groups(groups, n)
-    cl_codes, _ = encode_labels(clusters, n, "clusters")
+    if clusters is groups:
+        cl_codes = G.codes if G.order is None else np.empty_like(G.codes)
+        if G.order is not None:
+            cl_codes[G.order] = G.codes
+    else:
+        cl_codes, _ = encode_labels(clusters, n, "clusters")
     X, y, cl_codes = G.arrange(X), G.arrange(y), G.arrange(cl_codes)
     starts, counts = G.starts, G.counts
     Yg = np.add.reduceat(y, starts) if n else np.zeros(0)
@@ -201,7 +215,7 @@ def fit_conditional_poisson(
                               "rate ratio can be estimated", reason="no_events")
     used_rows = np.repeat(used, counts)
     n_obs = int(counts[used].sum())
-    n_clusters = int(np.count_nonzero(np.bincount(cl_codes[used_rows])))
+    n_clusters = int(np.count_nonzero(np.bincount(cl_codes, weights=used_rows)))
     if n_clusters < 2:
         raise EstimationError(f"cluster-robust errors need at least 2 clusters with events, got "
                               f"{n_clusters}", reason="too_few_clusters")
@@ -234,7 +248,7 @@ def fit_conditional_poisson(
     log_scale = np.zeros(G.n_groups)
     log_scale[used] = np.log(Yg[used] / counts[used])
     xbar = np.zeros((G.n_groups, p))
-    sum_ylogy = float(special.xlogy(y, y).sum())
+    sum_ylogy, sum_lgamma = count_constants(y)  # rows of dropped groups have y = 0
     y_sum = float(Yg.sum())
 
     m = max(int(G.rows(g0, g1).stop - G.rows(g0, g1).start) for g0, g1 in G.blocks)
@@ -289,11 +303,18 @@ def fit_conditional_poisson(
                 xbar[g0:g1] = Bs + centre
         return ll - y_sum, grad, H, drift
 
+    # Every 16th row of the group-sorted data is still group-sorted.
+    beta0 = warm_start(lambda sl: fit_conditional_poisson(
+        X[sl], y[sl], groups=G.codes[sl], clusters=cl_codes[sl], feature_names=names,
+        tol=WARM_START_TOL).coef, n)
+    if beta0 is None:
+        beta0 = np.zeros(p)
+
     def first_hessian_check(H):
         raise_if_rank_deficient(H, names)
 
     with single_threaded_blas():
-        res = maximize(evaluate, np.zeros(p), deviance_of=lambda ll: 2 * (sum_ylogy - y_sum - ll),
+        res = maximize(evaluate, beta0, deviance_of=lambda ll: 2 * (sum_ylogy - y_sum - ll),
                        tol=tol, max_iter=max_iter, check_hessian=first_hessian_check)
     beta, ll, H, n_iter, converged = res.beta, res.loglik_kernel, res.hessian, res.n_iter, \
         res.converged
@@ -301,14 +322,7 @@ def fit_conditional_poisson(
         raise EstimationError(
             f"within-subject Poisson fit did not converge in {max_iter} iterations (check for "
             "separation)", reason="not_converged", features=list(names))
-    diverging = [names[j] for j in np.flatnonzero(np.abs(beta) * within_range >
-                                                  SEPARATION_LOG_RANGE)]
-    if diverging:
-        raise EstimationError(
-            f"quasi-separation: the within-subject rate ratio across the observed range of "
-            f"{', '.join(diverging)} exceeds e^{SEPARATION_LOG_RANGE:.0f}; the estimate is "
-            "running to infinity rather than converging", reason="separation",
-            features=diverging)
+    raise_if_separated(names, np.abs(beta) * within_range, fitted, y, n_iter, " within-subject")
 
     mu = fitted
     r = y - mu
@@ -321,15 +335,15 @@ def fit_conditional_poisson(
     row_slices = [G.rows(g0, g1) for g0, g1 in G.blocks]
     S = cluster_score_sums(scores, row_slices, cl_codes, int(cl_codes.max()) + 1, p)
     group_cluster = cl_codes[starts]
-    nested = bool(np.all(cl_codes == np.repeat(group_cluster, counts)))
+    nested = bool(np.array_equal(cl_codes, np.repeat(group_cluster, counts))) if not (
+        clusters is groups) else True
     k = p if nested else p + n_used_groups
     factor = cluster_correction(n_clusters, n_obs, k)
     cov = sandwich(H, S, factor)
 
-    pos = used_rows & (mu > 0)
-    pearson = float(np.sum(r[pos] ** 2 / mu[pos]))
+    pearson = pearson_chi2(y, mu)
     deviance = 2 * (sum_ylogy - y_sum - ll)
-    loglik = ll - float(special.gammaln(y[used_rows] + 1).sum())
+    loglik = ll - sum_lgamma
     fe = np.full(G.n_groups, -np.inf)
     with np.errstate(divide="ignore"):
         # alpha_g = log(Y_g / sum exp(x'beta)) = log_scale_g (exp(eta + a) * scale = mu).

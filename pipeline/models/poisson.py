@@ -42,9 +42,18 @@ RANK_TOL = 1e-10
 # A fitted rate ratio across a feature's observed range beyond exp(30) (~1e13) is not an
 # estimate but a coefficient running off to infinity: (quasi-)separation.
 SEPARATION_LOG_RANGE = 30.0
+SEPARATION_SUSPECT_LOG_RANGE = 10.0
+SEPARATION_TINY_RATE = 1e-10
+SEPARATION_MIN_ITER = 15
 # Once a Newton step moves every linear predictor by less than this, the Hessian is frozen until
 # convergence (it changes by about this fraction) and recomputed exactly at the solution.
 FREEZE_HESSIAN_ETA_STEP = 0.05
+# Above this many rows, start Newton from a fit on every 16th row (see ``warm_start``).
+WARM_START_MIN_ROWS = 500_000
+WARM_START_STRIDE = 16
+WARM_START_TOL = 1e-6
+# A Newton decrement (log-likelihood units) below which the next step is expected to be the last.
+FINAL_STEP_DECREMENT = 1e-4
 
 
 class EstimationError(UserError):
@@ -149,14 +158,24 @@ def encode_labels(labels: np.ndarray, n: int, what: str) -> tuple[np.ndarray, in
     if n == 0:
         return np.zeros(0, dtype=np.intp), 0
     if labels.dtype.kind in "iub" and np.all(labels[1:] >= labels[:-1]):
-        change = np.empty(n, dtype=bool)
-        change[0] = False
-        np.not_equal(labels[1:], labels[:-1], out=change[1:])
-        codes = np.cumsum(change, dtype=np.intp)
-        return codes, int(codes[-1]) + 1
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        counts = np.diff(np.r_[starts, n])
+        return np.repeat(np.arange(starts.size, dtype=np.intp), counts), starts.size
     _, codes = np.unique(labels, return_inverse=True)
     codes = codes.astype(np.intp, copy=False).ravel()
     return codes, int(codes.max()) + 1
+
+
+def count_constants(y: np.ndarray) -> tuple[float, float]:
+    """sum y log y and sum log y! (both 0 on the usual majority of zero-count rows)."""
+    yp = y[y > 0]
+    return float((yp * np.log(yp)).sum()), float(special.gammaln(yp + 1).sum())
+
+
+def pearson_chi2(y: np.ndarray, mu: np.ndarray) -> float:
+    """sum (y - mu)^2 / mu over rows with mu > 0 (rows of dropped groups have mu = y = 0)."""
+    r2 = np.square(y - mu)
+    return float(np.divide(r2, mu, out=np.zeros_like(r2), where=mu > 0).sum())
 
 
 def row_chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
@@ -287,7 +306,11 @@ def maximize(evaluate, beta: np.ndarray, *, deviance_of, tol: float, max_iter: i
             ll, grad, H, _ = evaluate(beta, True)
             hessian_drift = 0.0
             continue
-        refresh = hessian_drift + min(last_drift, 1.0) > FREEZE_HESSIAN_ETA_STEP
+        # Form the Hessian in the coming pass if the weights have moved, or if this step will
+        # probably be the last (quadratic convergence: the next decrement ~ this one squared),
+        # so that the solution's pass already carries the exact Hessian for the covariance.
+        refresh = (hessian_drift + min(last_drift, 1.0) > FREEZE_HESSIAN_ETA_STEP
+                   or decrement < FINAL_STEP_DECREMENT)
         t = 1.0
         while True:
             cand = beta + t * step
@@ -310,24 +333,65 @@ def maximize(evaluate, beta: np.ndarray, *, deviance_of, tol: float, max_iter: i
     return NewtonResult(beta, ll, grad, H, max_iter, False)
 
 
+def raise_if_separated(names: Sequence[str], spread: np.ndarray, mu: np.ndarray, y: np.ndarray,
+                       n_iter: int, what: str) -> None:
+    """Detect (quasi-)separation after a fit: either a coefficient whose rate ratio across the
+    feature's observed range exceeds e^SEPARATION_LOG_RANGE, or the hallmark of a likelihood
+    without a maximum: slow convergence (> SEPARATION_MIN_ITER Newton steps; a Poisson fit with a
+    finite maximum takes well under ten) while rows without events are fitted rates below
+    SEPARATION_TINY_RATE times the mean rate, i.e. driven towards zero. ``spread`` is
+    |coef| x observed range per feature."""
+    diverging = spread > SEPARATION_LOG_RANGE
+    if not diverging.any():
+        mean_rate = y.sum() / max(np.count_nonzero(mu), 1)
+        if n_iter <= SEPARATION_MIN_ITER or not np.any(
+                (mu < SEPARATION_TINY_RATE * mean_rate) & (mu > 0) & (y == 0)):
+            return
+        diverging = spread >= min(SEPARATION_SUSPECT_LOG_RANGE, spread.max())
+    bad = [names[j] for j in np.flatnonzero(diverging)]
+    raise EstimationError(
+        f"separation: the{what} estimates for {', '.join(bad)} run towards a rate ratio of 0 or "
+        "infinity (some combination of these features marks days that never have episodes); "
+        "they cannot be estimated", reason="separation", features=bad)
+
+
+def warm_start(fit_subsample, n: int) -> np.ndarray | None:
+    """Starting values from the same model fitted on every WARM_START_STRIDE-th row.
+
+    On large data the first Newton steps from a null start move a long way and each costs a full
+    pass; on a systematic subsample they cost 1/16 of one. The subsample estimate is within a few
+    standard errors of the answer, from where full-data Newton needs two or three passes. Any
+    failure on the subsample (e.g. a rare level absent from it) just means a null start."""
+    if n < WARM_START_MIN_ROWS:
+        return None
+    try:
+        return fit_subsample(slice(None, None, WARM_START_STRIDE))
+    except EstimationError:
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # Population model
 
 
 def _column_ranges(X: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Column min/max over all rows and over rows with a positive outcome (block-wise)."""
+    """Column min/max over all rows and over rows with a positive outcome (block-wise; each block
+    is transposed into a buffer first, as reductions along contiguous rows are ~10x faster)."""
     p = X.shape[1]
     lo, hi = np.full(p, np.inf), np.full(p, -np.inf)
     plo, phi = np.full(p, np.inf), np.full(p, -np.inf)
-    for sl in row_chunks(X.shape[0], 4 * CHUNK_ROWS):
+    buf = np.empty((p, min(X.shape[0], CHUNK_ROWS)))
+    for sl in row_chunks(X.shape[0]):
         Xc = X[sl]
-        lo = np.minimum(lo, Xc.min(axis=0))
-        hi = np.maximum(hi, Xc.max(axis=0))
+        XT = buf[:, :sl.stop - sl.start]
+        np.copyto(XT, Xc.T)
+        np.minimum(lo, XT.min(axis=1), out=lo)
+        np.maximum(hi, XT.max(axis=1), out=hi)
         pos = positive[sl]
         if pos.any():
-            Xp = Xc[pos]
-            plo = np.minimum(plo, Xp.min(axis=0))
-            phi = np.maximum(phi, Xp.max(axis=0))
+            XpT = XT[:, pos]
+            np.minimum(plo, XpT.min(axis=1), out=plo)
+            np.maximum(phi, XpT.max(axis=1), out=phi)
     return lo, hi, plo, phi
 
 
@@ -369,9 +433,10 @@ def fit_poisson(
     """Poisson regression of ``y`` on ``X`` (log link) with a cluster-robust covariance.
 
     Convergence requires both a relative deviance change ``|D_old - D|/(|D| + 0.1) < tol`` and a
-    Newton decrement ``g' H^-1 g < tol`` (the log-likelihood is within ~tol/2 of its maximum, so
-    each coefficient is within ~sqrt(tol) standard errors... of model-based scale ~1e-5 SE at the
-    default) — the deviance criterion alone can stop early on flat likelihoods.
+    Newton decrement ``g' H^-1 g < tol``: the log-likelihood is then within ~tol/2 of its maximum
+    and each coefficient within ~sqrt(tol) (1e-5 at the default) model-based standard errors of
+    the MLE. The deviance criterion alone can stop early on a flat likelihood. ``converged`` is
+    always True on a returned fit (a fit that does not converge raises).
 
     Raises ``EstimationError`` for constant or all-zero features, single-feature separation (e.g.
     a yes/no level without episodes), a rank-deficient design (naming the collinear features),
@@ -409,8 +474,7 @@ def fit_poisson(
 
     fitted = np.empty(n)
     eta_prev = np.zeros(n)
-    sum_ylogy = float(special.xlogy(y, y).sum())
-    sum_lgamma = float(special.gammaln(y + 1).sum())
+    sum_ylogy, sum_lgamma = count_constants(y)
     ic = 1 if add_intercept else 0
 
     m = min(n, CHUNK_ROWS)
@@ -465,6 +529,11 @@ def fit_poisson(
         beta[0] = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
     if not np.all(np.isfinite(beta)):
         raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
+    warm = warm_start(lambda sl: fit_poisson(
+        X[sl], y[sl], clusters=codes[sl], offset=None if offset is None else offset[sl],
+        feature_names=fnames, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
+    if warm is not None:
+        beta = warm
 
     def first_hessian_check(H):
         raise_if_rank_deficient(H, names)
@@ -479,13 +548,7 @@ def fit_poisson(
             f"Poisson fit did not converge in {max_iter} iterations (the likelihood may have no "
             "finite maximum: check for separation)", reason="not_converged",
             features=list(fnames))
-    spread = np.abs(beta[ic:]) * (hi - lo)
-    diverging = [fnames[j] for j in np.flatnonzero(spread > SEPARATION_LOG_RANGE)]
-    if diverging:
-        raise EstimationError(
-            f"quasi-separation: the fitted rate ratio across the observed range of "
-            f"{', '.join(diverging)} exceeds e^{SEPARATION_LOG_RANGE:.0f}; the estimate is running "
-            "to infinity rather than converging", reason="separation", features=diverging)
+    raise_if_separated(fnames, np.abs(beta[ic:]) * (hi - lo), fitted, y, n_iter, "")
 
     mu = fitted
     r = y - mu
@@ -503,7 +566,7 @@ def fit_poisson(
     factor = cluster_correction(n_clusters, n, k)
     cov = sandwich(H, S, factor)
     deviance = 2 * (sum_ylogy - y_sum - ll)
-    pearson = float(np.sum(r * r / mu))
+    pearson = pearson_chi2(y, mu)
     return PoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=linalg.inv(H), **inference(beta, cov), fitted=mu, n_obs=n,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
