@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import schema, synth
 from pipeline.errors import UserError
@@ -366,3 +368,30 @@ def test_episodes_on_unlogged_days_are_counted_in_the_truth(sample):
                                                      last=pl.col("date").max())
     assert outside.join(window, on="subject_id").filter(
         ~pl.col("date").is_between(pl.col("first"), pl.col("last"))).height == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_subjects=st.integers(1, 40), n_days=st.integers(1, 70), seed=st.integers(0, 2**63),
+       confounded=st.booleans(), custom_factor=st.booleans(),
+       start=st.dates(date(1990, 1, 1), date(2090, 12, 31)))
+def test_any_small_study_conforms_and_keeps_its_accounting(n_subjects, n_days, seed, confounded,
+                                                           custom_factor, start):
+    ds = synth.generate(n_subjects, n_days, seed, confounded=confounded, start_date=start,
+                        custom_factor=custom_factor)
+    for name, df in ds.tables().items():
+        extra = [cf.as_column() for cf in ds.custom_factors] if name == "daily" else []
+        _assert_conforms(df, schema.TABLES[name], extra)
+        table = schema.TABLES[name]
+        assert not df.drop_nulls(list(table.key)).select(table.key).is_duplicated().any()
+        if table.fallback_key:
+            assert not df.select(table.fallback_key).is_duplicated().any()
+    assert ds.subjects.height == n_subjects
+    # Every subject logs at least one day, and nothing falls outside the study period.
+    assert ds.daily["subject_id"].n_unique() == n_subjects
+    for df, col in ((ds.daily, "date"), (ds.injuries, "date"), (ds.episodes, "started_at")):
+        if df.height:
+            days = (df[col].cast(pl.Date) - start).dt.total_days()
+            assert days.min() >= 0 and days.max() < n_days
+    r = ds.truth["realized"]
+    assert r["n_episodes"] == ds.episodes.height == (r["n_episodes_on_logged_days"]
+                                                     + r["episodes_outside_logged_days"])
