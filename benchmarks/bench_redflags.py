@@ -7,8 +7,8 @@ Episodes are generated in memory with numpy (10,000 subjects x 100 episodes over
 default, about 10 % of each optional field null and half the episode ids missing), written to
 Parquet and scanned, as ``Store.read("episodes")`` does. Pain follows Binomial(10, 0.4), so about
 5 % of episodes reach 7; ``--stress`` draws pain uniformly from 0-10 instead (about 36 % reach 7),
-which more than doubles the number of flags to format and sort. The measurement runs in a child process
-pinned to 2 CPUs with ``POLARS_MAX_THREADS=2``; peak RSS is that child's
+which more than doubles the number of flags to format and sort. The measurement runs in a child
+process pinned to 2 CPUs with ``POLARS_MAX_THREADS=2``; peak RSS is that child's
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
 
     .venv/bin/python benchmarks/bench_redflags.py [--episodes 1000000] [--subjects 10000]

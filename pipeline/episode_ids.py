@@ -8,7 +8,8 @@ from a hash, so it is the same on every run, on every machine and under every po
     {subject_id}_{YYYYMMDDTHHMMSS}_{muscle_group}      e.g.  S001_20240103T221500_calf
 
 A start time with a fraction of a second keeps it (``20240103T221500.250000``), so two episodes
-that differ only below the second still get different ids. A supplied ``episode_id`` is never changed.
+that differ only below the second still get different ids. A supplied ``episode_id`` is never
+changed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The rule file: the shipped rules quote the guidance verbatim; custom files are used or refused."""
+"""The rule file: shipped rules quote the guidance verbatim; custom files are used or refused."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ episode against them and ``write_flag_outputs`` writes ``red_flags.csv``, ``subj
 and ``red_flags_not_recorded.csv``.
 
 >>> from pipeline.redflags import load_rules
->>> load_rules().ids
-('severe_pain', 'numbness', 'swelling', 'skin_changes', 'sleep_loss', 'prolonged', 'emergency_visit', 'frequent')
+>>> [r.id for r in load_rules() if r.severity == "red_flag"]
+['severe_pain', 'numbness', 'swelling', 'skin_changes', 'sleep_loss']
 """
 
 from pipeline.redflags.evaluate import (

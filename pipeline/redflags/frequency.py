@@ -14,10 +14,13 @@ one *period* and gives one flag, attached to the period's first episode, with ev
 ``episodes_per_week`` and ``weeks_from`` describe the latest qualifying D on or before the period's
 first episode; ``period`` runs from the period's first to its last episode.
 
-How: each subject's timeline is cut into clusters of episode days less than 2KW days apart (then
-no span [D, D+KW) holds episodes of two clusters and no two spans of different clusters overlap or
-touch), and each cluster gets a dense day grid padded by KW days either side. Window counts are then differences of one cumulative sum, read at fixed
-offsets: a handful of vectorised passes over arrays about as long as the diaries' spans.
+How: inside a qualifying span every window holds an episode, so consecutive episode days in it
+are less than 2W days apart. Each subject's days are therefore cut into clusters at gaps of 2W
+days or more: a qualifying span only ever holds episodes of one cluster, and spans of different
+clusters can neither overlap nor touch. Clusters with fewer than M*K episodes are dropped; each
+other cluster gets a dense day grid (W days of padding before, KW after), on which window counts
+are differences of one cumulative sum read at fixed offsets. The grid is about as long as the
+dense parts of the diaries, and every step is a vectorised pass.
 """
 
 from __future__ import annotations
@@ -75,12 +78,14 @@ def frequency_flags(episodes: pl.LazyFrame | pl.DataFrame, *, min_episodes_per_w
         .with_columns(
             cluster=(
                 (pl.col("subject") != pl.col("subject").shift(1))
-                | (pl.col("key") - pl.col("key").shift(1) >= 2 * span)
+                | (pl.col("key") - pl.col("key").shift(1) >= 2 * w)
             )
             .fill_null(True)
             .cum_sum()
-            - 1
         )
+        # A cluster with fewer than m*k episodes can never qualify.
+        .filter(pl.col("n").sum().over("cluster") >= m * k)
+        .with_columns(cluster=pl.col("cluster").rank("dense").cast(pl.Int64) - 1)
         .collect()
     )
     if days.height == 0:
@@ -88,7 +93,7 @@ def frequency_flags(episodes: pl.LazyFrame | pl.DataFrame, *, min_episodes_per_w
     clusters = (
         days.lazy()
         .group_by("cluster")
-        .agg(lo=pl.col("key").min() - span, hi=pl.col("key").max() + span)
+        .agg(lo=pl.col("key").min() - w, hi=pl.col("key").max() + span)
         .sort("cluster")
         .with_columns(length=pl.col("hi") - pl.col("lo") + 1)
         .with_columns(offset=pl.col("length").cum_sum() - pl.col("length"))
@@ -109,8 +114,11 @@ def frequency_flags(episodes: pl.LazyFrame | pl.DataFrame, *, min_episodes_per_w
         (pl.col("before").shift(-w * (i + 1)) - pl.col("before").shift(-w * i)).alias(f"week_{i}")
         for i in range(k)
     ]
-    grid = grid.lazy().with_row_index("pos").with_columns(pl.col("pos").cast(pl.Int64)).with_columns(
-        weeks
+    grid = (
+        grid.lazy()
+        .with_row_index("pos")
+        .with_columns(pl.col("pos").cast(pl.Int64))
+        .with_columns(weeks)
     )
     qualifying = (
         grid.filter(pl.all_horizontal(pl.col(f"week_{i}") >= m for i in range(k)))

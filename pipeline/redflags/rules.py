@@ -235,7 +235,8 @@ def _parse_rule(raw: object, number: int, guidance_text: str, fail) -> Rule:
 
     unknown = sorted(set(raw) - _RULE_KEYS)
     if unknown:
-        raise rfail(f"unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(_RULE_KEYS))}")
+        raise rfail(f"unknown key(s) {', '.join(unknown)}; expected "
+                    f"{', '.join(sorted(_RULE_KEYS))}")
     title = raw.get("title")
     if not isinstance(title, str) or not title.strip():
         raise rfail("missing `title`")
@@ -413,7 +414,9 @@ def _probe_frame(n: int = 256, seed: int = 20240101) -> pl.DataFrame:
         elif col.kind == "bool":
             draw = lambda: rng.random() < 0.5  # noqa: E731
         elif col.kind == "datetime":
-            draw = lambda: dt.datetime(2024, 1, 1) + dt.timedelta(minutes=rng.randrange(525600))  # noqa: E731
+            draw = lambda: (  # noqa: E731
+                dt.datetime(2024, 1, 1) + dt.timedelta(minutes=rng.randrange(525600))
+            )
         elif col.kind == "int":
             lo, hi = int(col.minimum or 0), int(col.maximum or 100)
             draw = lambda lo=lo, hi=hi: rng.randint(lo, hi)  # noqa: E731
