@@ -395,3 +395,11 @@ def test_any_small_study_conforms_and_keeps_its_accounting(n_subjects, n_days, s
     r = ds.truth["realized"]
     assert r["n_episodes"] == ds.episodes.height == (r["n_episodes_on_logged_days"]
                                                      + r["episodes_outside_logged_days"])
+
+
+def test_truth_lands_outside_even_for_a_relative_dot(tmp_path, monkeypatch):
+    (tmp_path / "study").mkdir()
+    monkeypatch.chdir(tmp_path / "study")
+    synth.write_dataset(synth.generate(5, 5, seed=1), Path("."))
+    assert (tmp_path / "study.truth.json").is_file()
+    assert not any("truth" in name for name in _files(tmp_path / "study"))

@@ -30,8 +30,11 @@ DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 def truth_path(out_dir: Path) -> Path:
     """Where the planted truth of the dataset in ``out_dir`` goes: ``<out_dir>.truth.json``."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f"{out_dir.resolve().name}.truth.json"
+    resolved = Path(out_dir).resolve()  # so that "." or "data/x/.." still land outside the dataset
+    if not resolved.name:
+        raise UserError("synth: the output directory cannot be the file-system root",
+                        path=str(out_dir))
+    return resolved.parent / f"{resolved.name}.truth.json"
 
 
 def _fixed(column: str, decimals: int) -> pl.Expr:
@@ -91,6 +94,7 @@ def write_dataset(ds: SynthDataset, out_dir: Path, *, fmt: str = "csv") -> None:
     if fmt not in FORMATS:
         raise UserError(f"synth: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out_dir = Path(out_dir)
+    truth_file = truth_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError("synth: the output path exists and is not a directory", path=str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,4 +120,4 @@ def write_dataset(ds: SynthDataset, out_dir: Path, *, fmt: str = "csv") -> None:
 
     doc = {**ds.truth, "written": {"format": fmt, "dataset_dir": out_dir.resolve().name}}
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(truth_path(out_dir), lambda p: p.write_text(text, encoding="utf-8"))
+    _atomic_write(truth_file, lambda p: p.write_text(text, encoding="utf-8"))
