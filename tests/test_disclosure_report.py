@@ -1,0 +1,36 @@
+"""Every aggregate table the report writes passes small-number suppression: no count from 1 to 7.
+
+The notebooks write each aggregate they show to ``report_tables/aggregate/`` (and follow-up lists,
+which are never suppressed, to ``report_tables/follow_up/``), so this scans exactly what the report
+shows.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pipeline.disclosure import violations
+from tests.test_report_render import rendered  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.xdist_group("report")
+
+#: Aggregates the report must show (so the scan cannot pass by finding nothing).
+EXPECTED_AGGREGATES = {"effects", "flags_by_rule", "flags_over_time", "flags_not_recorded",
+                       "ingest_rows", "quarantine_by_reason", "subjects_by_days_logged",
+                       "panel_counts"}
+
+
+@pytest.mark.parametrize("variant", ["full", "shareable"])
+def test_no_aggregate_table_in_the_report_holds_a_count_from_1_to_7(rendered, variant):  # noqa: F811
+    directory = rendered[variant] / "report_tables" / "aggregate"
+    paths = sorted(directory.glob("*.csv"))
+    assert {p.stem for p in paths} >= EXPECTED_AGGREGATES
+    for path in paths:
+        frame = pl.read_csv(path, infer_schema_length=None)
+        bad = violations(frame)
+        assert bad.height == 0, f"{path.name} shows small counts:\n{bad}"
+
+
+def test_the_scan_would_catch_a_small_count():
+    assert violations(pl.DataFrame({"rule_id": ["x"], "episodes": [3]})).height == 1

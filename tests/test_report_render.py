@@ -1,0 +1,135 @@
+"""report.html: the notebooks executed with papermill on a run, rendered into one self-contained
+page with the effects, dose-response, red-flag and data-quality sections.
+
+The ``rendered`` fixture renders the bundled sample's run twice (with and without identifiers) once
+per session; the disclosure scan and the browser test reuse it (same xdist group).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import polars as pl
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from pipeline.report.render import REQUIRED_SECTIONS, notebook_sections, render_report, slug
+from pipeline.report.sample import ensure_sample_run
+
+pytestmark = pytest.mark.xdist_group("report")
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    """{"full": run dir with report.html (identifiers), "shareable": without identifiers}."""
+    sample = ensure_sample_run()
+    out = {}
+    for name, identifiers in (("full", True), ("shareable", False)):
+        run_dir = tmp_path_factory.mktemp(name)
+        shutil.copytree(sample, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("store"))
+        render_report(run_dir, identifiers=identifiers, store_dir=sample / "store")
+        out[name] = run_dir
+    return out
+
+
+def _html(run_dir: Path) -> str:
+    return (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+# --- fast: rendering of an executed notebook ------------------------------------------------------
+
+def _executed_notebook():
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    cells = [
+        new_markdown_cell("# 02 · Title", metadata={"tags": ["report-skip"]}),
+        new_code_cell("run_dir = None", metadata={"tags": ["parameters"]}),
+        new_markdown_cell("## Effects\n\nPlain *words*."),
+        new_code_cell("views.sentences(...)", outputs=[
+            new_output("stream", name="stderr", text="a warning"),
+            new_output("execute_result", data={"text/markdown": "- a sentence",
+                                               "text/plain": "- a sentence"}, execution_count=1),
+        ]),
+        new_code_cell("show(fig)", outputs=[new_output(
+            "display_data", data={"image/png": png, "text/plain": "[figure: Forest]"},
+            metadata={"image/png": {"alt": "Forest"}})]),
+        new_markdown_cell("## Red-flag follow-up\n\nIds.", metadata={"tags": ["identifiers"]}),
+        new_code_cell("views.flagged_subjects_table(run)", metadata={"tags": ["identifiers"]},
+                      outputs=[new_output("execute_result", data={
+                          "text/html": "<table><tr><td>S00042</td></tr></table>",
+                          "text/plain": "S00042"}, execution_count=2)]),
+    ]
+    return new_notebook(cells=cells)
+
+
+def test_sections_follow_level_two_headings_and_skip_tagged_cells():
+    sections = notebook_sections(_executed_notebook(), identifiers=True)
+    assert [s.id for s in sections] == ["effects", "red-flag-follow-up"]
+    effects = "".join(sections[0].parts)
+    assert "<em>words</em>" in effects and "<li>a sentence</li>" in effects
+    assert 'alt="Forest" src="data:image/png;base64,iVBOR' in effects
+    assert "a warning" not in effects and "02 · Title" not in effects
+    assert "<details class=\"code\">" in effects  # code is folded away, not shown
+
+
+def test_a_shareable_report_leaves_out_cells_tagged_identifiers():
+    sections = notebook_sections(_executed_notebook(), identifiers=False)
+    assert [s.id for s in sections] == ["effects"]
+    assert "S00042" not in "".join(p for s in sections for p in s.parts)
+
+
+def test_slugs():
+    assert [slug(t) for t in ("Effects", "Dose-response", "Red flags", "Data quality")] == \
+        list(REQUIRED_SECTIONS)
+
+
+# --- the real thing: the sample run rendered --------------------------------------------------------
+
+def test_report_has_every_section_and_embedded_figures(rendered):
+    page = _html(rendered["full"])
+    for section in (*REQUIRED_SECTIONS, "diagnostics", "red-flag-follow-up"):
+        assert f'<section id="{section}">' in page, section
+    images = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(images) >= 5
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert all(re.search(r'<img alt="[^"]+"', tag) for tag in re.findall(r"<img [^>]*>", page))
+    # One sentence per within-subject factor, in plain words.
+    effects = pl.read_csv(rendered["full"] / "effects.csv")
+    n_within = effects.filter(pl.col("model") == "within_subject").height
+    section = page.split('<section id="effects">')[1].split("</section>")[0]
+    assert section.count("<li>On days with") + section.count(": no estimate (") == n_within
+
+
+def test_report_is_self_contained(rendered):
+    for run_dir in rendered.values():
+        page = _html(run_dir)
+        assert "<script" not in page.lower()
+        assert "<link" not in page.lower() and "@import" not in page and "@font-face" not in page
+        # No attribute or CSS url points anywhere but a data URI or an in-page anchor.
+        for target in re.findall(r'(?:src|href)="([^"]*)"', page):
+            assert target.startswith(("data:", "#")), target
+        assert not re.search(r"url\((?!data:)", page)
+        assert "mathjax" not in page.lower() and "require.js" not in page.lower()
+
+
+def test_report_identifying_section_is_labelled_and_left_out_when_shareable(rendered):
+    full, shareable = _html(rendered["full"]), _html(rendered["shareable"])
+    subjects = pl.read_csv(rendered["full"] / "red_flags.csv")["subject_id"].unique().to_list()
+    assert subjects, "the sample should have flagged subjects"
+    assert "pseudonymous subject ids" in full
+    assert all(s in full for s in subjects[:20])  # the follow-up list is complete, not suppressed
+    assert 'id="red-flag-follow-up"' not in shareable
+    assert not [s for s in subjects if re.search(rf"\b{re.escape(s)}\b", shareable)]
+    assert (rendered["full"] / "report_tables" / "follow_up" / "red_flags.csv").is_file()
+    assert not (rendered["shareable"] / "report_tables" / "follow_up").exists()
+
+
+def test_follow_up_list_holds_every_flag_unsuppressed(rendered):
+    shown = pl.read_csv(rendered["full"] / "report_tables" / "follow_up" / "red_flags.csv",
+                        schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
+    source = pl.read_csv(rendered["full"] / "red_flags.csv",
+                         schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
+    assert shown.height == source.height
+    assert shown.select("episode_id", "rule_id").equals(source.select("episode_id", "rule_id"))
