@@ -311,3 +311,10 @@ def test_missing_input_column_is_an_error_not_a_skip():
     """).drop("swelling")
     with pytest.raises(ValueError, match="swelling"):
         evaluate(given, RULES)
+
+
+def test_no_episodes_gives_empty_tables_with_their_columns():
+    result = evaluate(episodes("| episode_id | subject_id | started_at |\n|---|---|---|"), RULES)
+    assert result.flags.schema == pl.Schema(FLAG_SCHEMA)
+    assert result.not_recorded.schema == pl.Schema(NOT_RECORDED_SCHEMA)
+    assert result.flags.height == result.subject_flags.height == result.not_recorded.height == 0
