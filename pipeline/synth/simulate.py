@@ -251,6 +251,7 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
     attrs = {
         "median_duration_min": float(df["duration_min"].median() or 0.0),
         "fraction_duration_over_15_min": rate_of(df["duration_min"] > 15),
+        "fraction_pain_7_or_more": rate_of(df["pain"] >= 7),
         "muscle_group_share": {g: round(float((df["muscle_group"] == g).mean() or 0.0), 6)
                                for g in schema.MUSCLE_GROUPS},
         "night_share_calf": rate_of(pl.Series(a["night"]).filter(a["muscle_group"] == "calf")),

@@ -156,6 +156,8 @@ EPISODES = {
         "numbness": (-4.0, 0.8),
     },
     "numbness_both_legs_share": 0.25,
+    "p_skin_given_swelling": 0.15,       # added to skin_changes' own logit draw
+    "p_er_given_uncontrolled": 0.05,     # added to er_visit's own logit draw
     "missing_rate": {
         "episode_id": 0.03, "duration_min": 0.06, "pain": 0.03, "pain_uncontrolled": 0.04,
         "swelling": 0.04, "skin_changes": 0.05, "sleep_loss": 0.04, "er_visit": 0.03,

@@ -40,6 +40,7 @@ def truth_document(*, args: dict, effects, intercept: float, confounded: bool, r
                    subject_level: dict[str, np.ndarray]) -> dict:
     planted = {
         e.feature: {"irr": e.irr, "log_coef": e.log_coef, "unit": e.unit, "per": e.per,
+                    "log_coef_per_column_unit": e.log_coef / e.per,
                     "source": e.source, "null": e.null, "why": e.why}
         for e in effects
     }
@@ -88,8 +89,8 @@ def truth_document(*, args: dict, effects, intercept: float, confounded: bool, r
         "frailty": {"distribution": "gamma", "shape": truth.FRAILTY_SHAPE,
                     "scale": 1 / truth.FRAILTY_SHAPE, "mean": 1.0,
                     "variance": 1 / truth.FRAILTY_SHAPE,
-                    "independent_of": "age, sex and every habitual exposure level "
-                                      + ("(except as described under confounding)" if confounded
+                    "independent_of": "age, sex and every habitual exposure level"
+                                      + (" (except as described under confounding)" if confounded
                                          else "")},
         "age_multiplier": truth.AGE_MULTIPLIER,
         "confounded": confounded,
