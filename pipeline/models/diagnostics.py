@@ -18,7 +18,7 @@ N_CALIBRATION_BINS = 10
 
 def policy() -> dict[str, Any]:
     """The sufficiency thresholds in force (named constants of ``effects.py``)."""
-    from pipeline.models import effects as ef
+    from pipeline.models import design as ef
 
     return {
         "min_subject_days_per_binary_level": ef.MIN_DAYS_PER_LEVEL,

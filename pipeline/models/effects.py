@@ -1,29 +1,17 @@
 """Model assembly: from the subject-day panel to ``effects.csv``, one row per model and feature.
 
 For each model (``population``, ``within_subject`` and the secondary models named in the feature
-dictionary) this module chooses the design (features available in the dataset), applies the data
-sufficiency policy below, drops incomplete subject-days (complete-case analysis, per model), builds
-the design matrix once (float64, column-major), calls the estimators in ``poisson.py`` /
-``conditional.py``, and adds Benjamini–Hochberg q-values within the model.
-
-Data sufficiency policy (a feature that fails gets no estimate and a stated reason, and leaves the
-model's design):
-
-- its source column is not in the dataset;
-- it is missing on more than ``MAX_MISSING_FRACTION`` of the subject-days (keeping it would shrink
-  the complete-case sample for every other feature);
-- binary: fewer than ``MIN_DAYS_PER_LEVEL`` subject-days at either level;
-- numeric: no variation at all;
-- within-subject models: it varies within fewer than ``MIN_SUBJECTS_WITH_VARIATION`` subjects who
-  have episodes (the estimate would rest on one or two people, and a subject-clustered sandwich
-  error from so few informative clusters is not trustworthy);
-- it is collinear with the other features of the model (it adds nothing the design does not
-  already contain).
+dictionary) this module takes the design from ``design.py`` (features, sufficiency policy, complete
+cases), calls the estimators in ``poisson.py`` / ``conditional.py``, adds Benjamini–Hochberg
+q-values within the model, and assembles effects.csv, dose_response.csv and diagnostics.json.
+A feature the estimator rejects (no variation, separation, collinearity) leaves the design with the
+reason, and the rest is refitted. A dataset too small for the ``population`` or ``within_subject``
+model is a ``UserError``; a secondary model that cannot be fitted says so in its rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,16 +20,20 @@ import polars as pl
 from pipeline.errors import UserError
 from pipeline.features import dictionary as fd
 from pipeline.features.panel import OUTCOME, Panel
-
-MIN_DAYS_PER_LEVEL = 30
-MAX_MISSING_FRACTION = 0.5
-MIN_SUBJECTS_WITH_VARIATION = 5
-#: 1 − R² of a feature on the other features below which it counts as collinear.
-COLLINEAR_TOLERANCE = 1e-8
-
-MODEL_ORDER = (fd.POPULATION, fd.WITHIN_SUBJECT, fd.WITHIN_SUBJECT_LAGGED,
-               fd.WITHIN_SUBJECT_THRESHOLDS)
-PRIMARY_MODELS = (fd.POPULATION, fd.WITHIN_SUBJECT)
+from pipeline.models.design import (  # noqa: F401 - re-exported for callers and tests
+    COLLINEAR_TOLERANCE,
+    FEATURE_REASONS,
+    MAX_MISSING_FRACTION,
+    MIN_DAYS_PER_LEVEL,
+    MIN_SUBJECTS_WITH_VARIATION,
+    MODEL_ORDER,
+    PRIMARY_MODELS,
+    SUBJECT_CODE,
+    Design,
+    model_specs,
+    prepare_design,
+    with_subject_codes,
+)
 
 EFFECTS_COLUMNS = ("model", "factor", "feature", "unit", "irr", "ci_low", "ci_high", "p_value",
                    "q_value", "n_subjects", "n_subject_days", "n_episodes", "note")
@@ -51,235 +43,6 @@ EFFECTS_SCHEMA = {
     "q_value": pl.Float64, "n_subjects": pl.Int64, "n_subject_days": pl.Int64,
     "n_episodes": pl.Int64, "note": pl.String,
 }
-SUBJECT_CODE = "_subject"
-
-
-@dataclass
-class Design:
-    """One model's fitted-ready data: what went in, what was left out and why."""
-
-    model: str
-    conditional: bool
-    features: tuple[fd.Feature, ...]
-    reported: tuple[fd.Feature, ...]
-    #: Features kept in the design, in column order of ``X``.
-    kept: list[fd.Feature] = field(default_factory=list)
-    #: Feature name -> reason it has no estimate.
-    excluded: dict[str, str] = field(default_factory=dict)
-    #: Per-feature sufficiency figures for diagnostics.json.
-    sufficiency: dict[str, dict[str, Any]] = field(default_factory=dict)
-    X: np.ndarray | None = None
-    y: np.ndarray | None = None
-    groups: np.ndarray | None = None
-    n_candidate_days: int = 0
-    n_dropped_incomplete: int = 0
-    n_subjects_without_episodes: int = 0
-    n_days_without_episodes_subject: int = 0
-
-    def drop(self, features, reason: str) -> None:
-        """Remove features from the design (a rare path: copies X once)."""
-        names = {f.name for f in features}
-        keep = [j for j, f in enumerate(self.kept) if f.name not in names]
-        self.X = np.asfortranarray(self.X[:, keep])
-        self.kept = [self.kept[j] for j in keep]
-        for name in names:
-            self.excluded[name] = reason
-            self.sufficiency.setdefault(name, {}).update(status="not_estimated", reason=reason)
-
-    @property
-    def names(self) -> list[str]:
-        return [f.name for f in self.kept]
-
-    @property
-    def n_subject_days(self) -> int:
-        return 0 if self.y is None else int(self.y.shape[0])
-
-    @property
-    def n_subjects(self) -> int:
-        # groups are sorted (the panel is sorted by subject), so counting changes suffices
-        if self.groups is None or self.groups.size == 0:
-            return 0
-        return int(np.count_nonzero(self.groups[1:] != self.groups[:-1])) + 1
-
-    @property
-    def n_episodes(self) -> int:
-        return 0 if self.y is None else int(round(float(self.y.sum())))
-
-
-def model_specs(custom_factors=()) -> list[tuple[str, bool, tuple, tuple]]:
-    """``(model, conditional, design features, reported features)`` for every model."""
-    specs = []
-    for model in MODEL_ORDER:
-        design, reported = fd.model_features(model, custom_factors)
-        specs.append((model, model != fd.POPULATION, design, reported))
-    return specs
-
-
-def with_subject_codes(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add integer subject codes (0…G−1, in subject_id order) used as groups and clusters."""
-    frame = frame.with_columns(
-        (pl.col("subject_id").rank("dense") - 1).cast(pl.Int64).alias(SUBJECT_CODE)
-    )
-    # Rows of one subject must be contiguous (the estimators and the collinearity check rely on
-    # it); build_panel already sorts, so this is only a check.
-    if not frame[SUBJECT_CODE].is_sorted():
-        frame = frame.sort(SUBJECT_CODE, "date")
-    return frame
-
-
-def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: bool,
-                   features, reported) -> Design:
-    """Apply the sufficiency policy and complete-case rule; build X, y and groups."""
-    d = Design(model, conditional, tuple(features), tuple(reported))
-    candidates: list[fd.Feature] = []
-    for f in features:
-        if f.name in panel.features:
-            candidates.append(f)
-        else:
-            d.excluded[f.name] = panel.absent.get(f.name, "not in the panel")
-            d.sufficiency[f.name] = {"status": "absent", "reason": d.excluded[f.name]}
-
-    n_days = frame.height
-    d.n_candidate_days = n_days
-    if n_days:
-        nulls = frame.select(pl.col([f.name for f in candidates]).null_count()).row(0, named=True)
-        for f in list(candidates):
-            fraction = nulls[f.name] / n_days
-            if fraction > MAX_MISSING_FRACTION:
-                candidates.remove(f)
-                d.excluded[f.name] = (
-                    f"missing on {nulls[f.name]:,} of {n_days:,} subject-days "
-                    f"({fraction:.0%}; more than {MAX_MISSING_FRACTION:.0%})")
-                d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
-                                         "n_missing": int(nulls[f.name])}
-
-    # Only the columns the model needs travel through the filters below.
-    base = frame.select(SUBJECT_CODE, OUTCOME, *[f.name for f in candidates])
-    # Dropping a feature can only enlarge the complete-case sample, which can change another
-    # feature's verdict; iterate to a fixed point (a few rounds at most).
-    while True:
-        rows, n_complete, n_zero = _model_rows(base, candidates, conditional)
-        failures = _check_sufficiency(rows, candidates, conditional, d)
-        if not failures:
-            break
-        for f in failures:
-            candidates.remove(f)
-
-    d.n_dropped_incomplete = n_days - n_complete
-    if conditional:
-        d.n_subjects_without_episodes = n_zero
-        d.n_days_without_episodes_subject = n_complete - rows.height
-    d.y = rows[OUTCOME].cast(pl.Float64).to_numpy()
-    d.groups = rows[SUBJECT_CODE].to_numpy()
-    names = [f.name for f in candidates]
-    if names:
-        # One float64, column-major copy: the estimators read it in row blocks.
-        d.X = np.asfortranarray(rows.select(pl.col(names).cast(pl.Float64)).to_numpy())
-    else:
-        d.X = np.empty((rows.height, 0), order="F")
-    d.kept = list(candidates)
-    del rows
-    _drop_collinear(d)
-    for f in d.kept:
-        d.sufficiency.setdefault(f.name, {}).update({"status": "estimated", "reason": None})
-    return d
-
-
-def _model_rows(base: pl.DataFrame, features, conditional: bool):
-    """The model's subject-days: complete cases, and for a within-subject model only subjects
-    with at least one episode on them. Returns (rows, n complete, n subjects without episodes)."""
-    rows = base
-    if features:
-        rows = rows.filter(pl.all_horizontal(pl.col([f.name for f in features]).is_not_null()))
-    n_complete = rows.height
-    n_zero = 0
-    if conditional:
-        # A subject with no episode on any complete day carries no within-subject information.
-        has = pl.col(OUTCOME).sum().over(SUBJECT_CODE) > 0
-        n_zero = rows.filter(~has).select(pl.col(SUBJECT_CODE).n_unique()).item()
-        rows = rows.filter(has)
-    return rows, n_complete, n_zero
-
-
-def _check_sufficiency(rows: pl.DataFrame, features, conditional: bool, d: Design) -> list:
-    if not features:
-        return []
-    names = [f.name for f in features]
-    stats = rows.select(
-        *[pl.col(n).sum().alias(f"{n}__yes") for n in names],
-        *[pl.col(n).std().alias(f"{n}__sd") for n in names],
-    ).row(0, named=True) if rows.height else {}
-    varying: dict[str, int] = {}
-    if conditional and rows.height:
-        varying = rows.group_by(SUBJECT_CODE).agg(
-            *[(pl.col(n).max() > pl.col(n).min()).alias(n) for n in names]
-        ).select(pl.col(names).sum()).row(0, named=True)
-    failures = []
-    for f in features:
-        info: dict[str, Any] = {"n_subject_days": rows.height}
-        reason = None
-        sd = stats.get(f"{f.name}__sd")
-        if f.kind == "binary":
-            yes = int(stats.get(f"{f.name}__yes") or 0)
-            no = rows.height - yes
-            info.update(n_days_yes=yes, n_days_no=no)
-            if min(yes, no) < MIN_DAYS_PER_LEVEL:
-                level = "yes" if yes < no else "no"
-                reason = (f"only {min(yes, no):,} subject-days with {f.name} = {level} "
-                          f"(need at least {MIN_DAYS_PER_LEVEL} at each level)")
-        if reason is None and (sd is None or not sd > 0):
-            reason = "no variation in the model's subject-days"
-        if conditional and rows.height:
-            n_vary = int(varying.get(f.name) or 0)
-            info["n_subjects_with_variation"] = n_vary
-            if reason is None and n_vary < MIN_SUBJECTS_WITH_VARIATION:
-                reason = (f"varies within only {n_vary} subject(s) with episodes (need at least "
-                          f"{MIN_SUBJECTS_WITH_VARIATION} for a within-subject estimate)")
-        info["status"] = "estimated" if reason is None else "not_estimated"
-        info["reason"] = reason
-        d.sufficiency[f.name] = info
-        if reason is not None:
-            d.excluded[f.name] = reason
-            failures.append(f)
-    return failures
-
-
-def _drop_collinear(d: Design) -> None:
-    """Drop features (later ones first) that the others already span, after centring within
-    subject (conditional) or overall (with an intercept). Works on the k × k cross-product of the
-    built design, so it costs one pass over X."""
-    X = d.X
-    if X is None or X.shape[1] < 2 or X.shape[0] == 0:
-        return
-    cross = X.T @ X
-    if d.conditional:
-        starts = np.flatnonzero(np.r_[True, d.groups[1:] != d.groups[:-1]])
-        sums = np.add.reduceat(X, starts, axis=0)
-        counts = np.diff(np.r_[starts, X.shape[0]])
-        cross -= (sums / counts[:, None]).T @ sums
-    else:
-        total = X.sum(axis=0)
-        cross -= np.outer(total, total) / X.shape[0]
-    scale = np.sqrt(np.clip(np.diag(cross), 1e-300, None))
-    corr = cross / np.outer(scale, scale)
-    kept_idx: list[int] = []
-    dropped = []
-    for j, f in enumerate(d.kept):
-        residual = 1.0
-        if kept_idx:
-            sub = corr[np.ix_(kept_idx, kept_idx)]
-            r = corr[kept_idx, j]
-            residual = 1.0 - float(r @ np.linalg.lstsq(sub, r, rcond=None)[0])
-        if residual < COLLINEAR_TOLERANCE:
-            dropped.append(f)
-        else:
-            kept_idx.append(j)
-    if dropped:
-        d.drop(dropped, _FEATURE_REASONS["collinear"])
-
-
-# --------------------------------------------------------------------------------------------
-# Fitting and the effects table
 
 
 @dataclass(frozen=True)
@@ -356,16 +119,6 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
-#: EstimationError reasons that concern particular features: drop them and refit the rest.
-_FEATURE_REASONS = {
-    "no_variation": "no variation left to estimate from (constant, or constant within every "
-                    "subject with episodes)",
-    "separation": "separation: every subject-day with episodes sits at one extreme of this "
-                  "feature, so its rate ratio is 0 or infinite",
-    "collinear": "collinear with other features of the model (adds no information)",
-}
-
-
 def _fit(design: Design):
     """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
 
@@ -390,11 +143,11 @@ def _fit(design: Design):
                                   feature_names=design.names)
         except EstimationError as exc:
             involved = [f for f in design.kept if f.name in exc.features]
-            if exc.reason not in _FEATURE_REASONS or not involved:
+            if exc.reason not in FEATURE_REASONS or not involved:
                 return None, f"the solver failed ({exc})"
             if exc.reason == "collinear":
                 involved = involved[-1:]  # keep the earlier features of a collinear set
-            design.drop(involved, _FEATURE_REASONS[exc.reason])
+            design.drop(involved, FEATURE_REASONS[exc.reason])
             continue
         if not fit.converged:
             return None, "the solver did not converge"
