@@ -320,3 +320,12 @@ def test_benjamini_hochberg_matches_statsmodels(p):
         ref = multipletests(p[ok], method="fdr_bh")[1]
         np.testing.assert_allclose(q[ok], ref, rtol=1e-12, atol=1e-15)
         assert np.all(q[ok] >= p[ok] - 1e-15)
+
+
+@pytest.mark.parametrize("module", ["poisson", "conditional", "multiplicity"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"pipeline.models.{module}"))
+    assert result.failed == 0 and result.attempted > 0

@@ -175,6 +175,19 @@ def test_row_order_does_not_matter(data):
     np.testing.assert_allclose(c.cov_cluster, d.cov_cluster, rtol=1e-8)
 
 
+def test_contiguous_but_unsorted_subjects_are_used_in_place(data):
+    X, y, subject = data
+    rev = np.concatenate([np.flatnonzero(subject == s) for s in np.unique(subject)[::-1]])
+    a = fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES)
+    b = fit_conditional_poisson(X[rev], y[rev], groups=subject[rev], clusters=subject[rev],
+                                feature_names=NAMES)
+    np.testing.assert_allclose(b.coef, a.coef, rtol=1e-9)
+    np.testing.assert_allclose(b.se, a.se, rtol=1e-8)
+    np.testing.assert_allclose(b.fitted, a.fitted[rev], rtol=1e-9)
+    assert b.group_labels[0] == subject.max()
+    np.testing.assert_allclose(b.fixed_effects[::-1], a.fixed_effects, rtol=1e-9)
+
+
 def test_string_subject_labels_give_the_same_fit(data):
     X, y, subject = data
     labels = np.array([f"S{s:04d}" for s in subject])

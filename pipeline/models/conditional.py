@@ -100,14 +100,18 @@ class _Groups:
     def __init__(self, groups: np.ndarray, n: int):
         codes, n_groups = encode_labels(groups, n, "groups")
         self.order = None
-        if n > 1 and np.any(codes[1:] < codes[:-1]):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.zeros(
+            0, dtype=np.intp)
+        if starts.size != n_groups:
+            # Some group's rows are not contiguous: one group-sorted copy of the data.
             self.order = np.argsort(codes, kind="stable")
             codes = codes[self.order]
-        self.codes = codes
+            starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        self.starts = starts
+        self.counts = np.diff(np.r_[starts, n])
         self.n_groups = n_groups
-        self.starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.zeros(
-            0, dtype=np.intp)
-        self.counts = np.diff(np.r_[self.starts, n])
+        # Groups numbered in row order (already so for sorted labels).
+        self.codes = np.repeat(np.arange(n_groups, dtype=np.int32), self.counts)
         # Blocks of whole groups of about CHUNK_ROWS rows each.
         targets = np.arange(0, n, CHUNK_ROWS)
         first = np.unique(np.searchsorted(self.starts, targets, side="left"))

@@ -150,19 +150,20 @@ def raise_if_not_finite(names: Sequence[str], lo: np.ndarray, hi: np.ndarray) ->
 
 
 def encode_labels(labels: np.ndarray, n: int, what: str) -> tuple[np.ndarray, int]:
-    """Integer codes 0..G-1 for arbitrary labels (fast path for already sorted labels)."""
+    """Integer codes 0..G-1 (int32, half the memory of intp on 36M rows) for arbitrary labels,
+    with a fast path for already sorted integer labels."""
     labels = np.asarray(labels).ravel()
     if labels.shape[0] != n:
         raise EstimationError(f"{what} has {labels.shape[0]} rows, design has {n}",
                               reason="invalid_input")
     if n == 0:
-        return np.zeros(0, dtype=np.intp), 0
+        return np.zeros(0, dtype=np.int32), 0
     if labels.dtype.kind in "iub" and np.all(labels[1:] >= labels[:-1]):
         starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
         counts = np.diff(np.r_[starts, n])
-        return np.repeat(np.arange(starts.size, dtype=np.intp), counts), starts.size
+        return np.repeat(np.arange(starts.size, dtype=np.int32), counts), starts.size
     _, codes = np.unique(labels, return_inverse=True)
-    codes = codes.astype(np.intp, copy=False).ravel()
+    codes = codes.astype(np.int32).ravel()
     return codes, int(codes.max()) + 1
 
 
