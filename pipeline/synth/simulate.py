@@ -207,8 +207,9 @@ def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray,
     return pl.DataFrame(data)
 
 
-def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: np.ndarray,
+def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: pl.Series,
                     start: np.datetime64) -> tuple[pl.DataFrame, dict]:
+    """The ``episodes`` table, sorted by subject and time with ids in that order, and its summary."""
     n = subject.size
     a = ep.simulate_attributes(rng, subject, len(sid))
     # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank) within
@@ -244,10 +245,6 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
         data[c] = s.scatter(np.nonzero(null[row])[0], None) if null is not None and null.any() else s
     df = pl.DataFrame(data).select(schema.EPISODES.column_names)
 
-    def rate(c: str) -> float | None:
-        v = df[c].drop_nulls()
-        return round(float(v.mean()), 6) if v.len() else None
-
     attrs = {
         "median_duration_min": float(df["duration_min"].median() or 0.0),
         "fraction_duration_over_15_min": rate_of(df["duration_min"] > 15),
@@ -256,7 +253,7 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
                                for g in schema.MUSCLE_GROUPS},
         "night_share_calf": rate_of(pl.Series(a["night"]).filter(a["muscle_group"] == "calf")),
         "red_flag_rate_among_recorded": {
-            c: rate(c) for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss",
+            c: rate_of(df[c]) for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss",
                                  "er_visit")},
         "numbness_share_among_recorded": {
             lvl: rate_of(df["numbness"].drop_nulls() == lvl) for lvl in schema.NUMBNESS_LEVELS},
@@ -267,5 +264,6 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
 
 
 def rate_of(mask: pl.Series) -> float | None:
+    """Share of true values among the recorded (non-null) ones."""
     v = mask.drop_nulls()
     return round(float(v.mean()), 6) if v.len() else None
