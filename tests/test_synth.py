@@ -208,6 +208,12 @@ def test_dataset_toml_declares_the_custom_factor(tmp_path, small):
     assert [f.column for f in factors] == ["magnesium_mg"] and factors[0].scale == 100
 
 
+def test_the_bundled_dataset_toml_is_read_by_the_toolkit(sample):
+    from pipeline.dataset_config import load_dataset_config
+
+    assert tuple(load_dataset_config(SAMPLE_DIR).custom_factors) == sample.custom_factors
+
+
 def test_without_the_custom_factor_there_is_no_toml_and_no_column(tmp_path):
     ds = synth.generate(20, 10, seed=1, custom_factor=False)
     assert "magnesium_mg" not in ds.daily.columns and "magnesium_mg" not in ds.truth["planted"]
