@@ -4,6 +4,7 @@ report, failures that leave everything as it was, and a lock against overlapping
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,12 @@ def fake_job(monkeypatch):
     return calls
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def day(d: int) -> dt.datetime:
     return dt.datetime(2026, 3, d, 6, 0)
 
@@ -62,6 +69,8 @@ def test_publishes_a_dated_report_and_an_index_of_every_report(tmp_path, fake_jo
     assert "diary days 2026-01-05 to 2026-04-04" in index
     # The store lives inside the reports directory, so each run only ingests what is new.
     assert {c["store_dir"] for c in fake_job} == {reports / "store"}
+    # Published files follow the umask (temporary files start private).
+    assert (second / "report.html").stat().st_mode & 0o777 == 0o666 & ~current_umask()
     # Nothing half-built is left behind.
     assert [p.name for p in reports.iterdir() if p.name.startswith(".building")] == []
 

@@ -61,6 +61,7 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
             run_job(data_dir, building, store_dir=store_dir, report=False,
                     identifiers=identifiers)
             render_report(building, identifiers=identifiers, store_dir=store_dir)
+            _apply_umask(building)
             target = _publish(building, reports_dir / day)
         finally:
             shutil.rmtree(building, ignore_errors=True)
@@ -68,6 +69,20 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
         return target
     finally:
         lock.release()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _apply_umask(root: Path) -> None:
+    """Temporary files and directories are created private (0600/0700); published reports get the
+    permissions the process's umask allows (for example group-readable under ``UMask=0027``)."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _publish(building: Path, target: Path) -> Path:
@@ -116,4 +131,6 @@ def write_index(reports_dir: Path) -> Path:
         ".period{color:#5f6b76;font-size:.9rem}</style></head><body>"
         f"<h1>Cramp diary reports</h1><ul>{body}</ul></body></html>\n"
     )
-    return atomic.write_text(Path(reports_dir) / INDEX_NAME, page)
+    index = atomic.write_text(Path(reports_dir) / INDEX_NAME, page)
+    index.chmod(0o666 & ~_umask())
+    return index
