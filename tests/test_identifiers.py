@@ -88,13 +88,13 @@ def test_ordinary_column_names(name):
     assert not is_identifier_column_name(name)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.from_regex(r"[A-Z]{1,3}-?[0-9]{4,9}", fullmatch=True))
 def test_no_false_positives_on_generated_pseudonymous_ids(value):
     assert _detect([value]) == [False]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.text(max_size=60))
 def test_masking_never_leaves_anything_identifier_shaped(text):
     masked = _mask(text)

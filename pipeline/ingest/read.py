@@ -11,9 +11,9 @@ each row carries:
 
 CSV goes through polars' parser; record boundaries and field counts come from one vectorised
 pass over the bytes (numpy), which counts quotes so that newlines and commas inside quoted fields
-are not mistaken for row or field breaks. A file whose quoting the fast path cannot model exactly
-(an unterminated quote, a quote in the middle of an unquoted field) is read with the standard
-library's ``csv`` module instead: slower, but exact and still forgiving.
+are not mistaken for row or field breaks. A file the fast path cannot model exactly (an
+unterminated quote, a quote in the middle of an unquoted field, a lone CR line ending) is read
+with the standard library's ``csv`` module instead: slower, but exact and still forgiving.
 """
 
 from __future__ import annotations
@@ -146,6 +146,9 @@ def _scan_records(buf: np.ndarray, *, per_record: bool) -> _Records | None:
         q = np.flatnonzero(chunk == _QUOTE) + a
         if q.size and not _quotes_well_formed(buf, q, quotes_before):
             return None
+        cr = np.flatnonzero(chunk == _CR) + a
+        if cr.size and bool((buf[np.minimum(cr + 1, n - 1)] != _LF).any() or cr[-1] == n - 1):
+            return None  # a lone CR (old Mac line ending): editors break the line there
         nl = np.flatnonzero(chunk == _LF) + a
         if q.size:
             outside = (quotes_before + np.searchsorted(q, nl)) % 2 == 0
@@ -356,14 +359,13 @@ def _read_jsonl(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
         values.columns = names
         values = values.select(_as_text(values, n) for n in names)
     # Malformed rows get all-null values; scatter the decoded rows back into line order.
-    full = pl.DataFrame({n: pl.Series(n, [None] * raw.height, dtype=pl.String) for n in names})
+    full = raw.select(LINE).with_columns(pl.lit(None, dtype=pl.String).alias(n) for n in names)
     good_index = np.flatnonzero(good)
     for n in names:
         full = full.with_columns(full[n].scatter(good_index, values[n]))
     malformed = np.where(bad, "not a JSON object", np.where(invalid, "invalid JSON", ""))
     record = raw["text"].str.slice(0, RECORD_PREVIEW_CHARS)
     frame = full.with_columns(
-        raw[LINE],
         pl.Series(MALFORMED, malformed, dtype=pl.String).replace("", None),
         pl.when(pl.Series(~good)).then(record).otherwise(None).alias(RECORD),
     )
@@ -386,11 +388,11 @@ def _read_jsonl_python(raw: pl.DataFrame, stripped: pl.Series, bad: np.ndarray,
             return value
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
-    columns = {f"__c{i}": pl.Series([as_text(r.get(n)) for r in records], dtype=pl.String)
+    columns = {f"__c{i}": pl.Series(f"__c{i}", [as_text(r.get(n)) for r in records],
+                                    dtype=pl.String)
                for i, n in enumerate(names)}
     malformed = np.where(bad, "not a JSON object", np.where(invalid, "invalid JSON", ""))
-    frame = pl.DataFrame(columns, height=raw.height).with_columns(
-        raw[LINE],
+    frame = raw.select(LINE).with_columns(*columns.values(),
         pl.Series(MALFORMED, malformed, dtype=pl.String).replace("", None),
         pl.when(pl.Series(bad | invalid)).then(raw["text"].str.slice(0, RECORD_PREVIEW_CHARS))
         .otherwise(None).alias(RECORD),

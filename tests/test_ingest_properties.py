@@ -1,0 +1,140 @@
+"""Property tests: random and malformed CSV and JSON Lines never crash ingest, and every row is
+counted exactly once (accepted, quarantined or duplicate) at the line a reference parser gives."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.ingest import check_accounting, validate_dataset
+from tests.fixtures.ingest.helpers import write_dataset
+
+HEADER = ["subject_id", "date", "sleep_h", "electrolytes", "notes"]
+# Example counts come from the profile in conftest (a few in CI; HYPOTHESIS_PROFILE=thorough for
+# many).
+SETTINGS = settings(deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+values = st.one_of(
+    st.sampled_from(["S1", "S2", "S9", "2025-01-01", "2025-01-02", "7", "-1", "7.5", "nan", "yes",
+                     "No", "", " ", "x", "a,b", 'say "hi"', "two\nlines", "cr\r\nlf", "j@x.com",
+                     "123-45-6789", "P0012345", "é", "\ufeff", "{}", "[1]", '"', "25"]),
+    st.text(max_size=8),
+)
+rows = st.lists(st.lists(values, min_size=3, max_size=7), max_size=12)
+
+
+def _oracle_rows(text: str) -> list[tuple[int, list[str]]]:
+    """(start line, fields) of each non-blank data row, per the standard library's csv module."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    out, previous, header_seen = [], 0, False
+    for row in reader:
+        start, previous = previous + 1, reader.line_num
+        if not row:
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        out.append((start, row))
+    return out
+
+
+def _oracle_csv(text: str) -> list[int]:
+    return [start for start, _ in _oracle_rows(text)]
+
+
+def _counted_lines(result, table: str) -> tuple[list[int], int]:
+    accepted = result.accepted[table]["source_line"].to_list()
+    quarantined = result.quarantine.filter(pl.col("table") == table)["line"].to_list()
+    duplicates = result.summary["tables"][table]["duplicates"]
+    return sorted(accepted + quarantined), duplicates
+
+
+def _run(files: dict[str, str | bytes]):
+    with tempfile.TemporaryDirectory() as tmp:
+        result = validate_dataset(write_dataset(Path(tmp), files))
+        check_accounting(result)
+        return result
+
+
+@SETTINGS
+@given(rows=rows, crlf=st.booleans(), bom=st.booleans(), quote_all=st.booleans())
+def test_random_csv_rows_are_all_accounted_for(rows, crlf, bom, quote_all):
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n" if crlf else "\n",
+                        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    writer.writerow(HEADER)
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    result = _run({"daily.csv": (b"\xef\xbb\xbf" if bom else b"") + text.encode()})
+    daily = result.summary["tables"]["daily"]
+    expected_lines = _oracle_csv(text)
+    assert daily["read"] == len(expected_lines)
+    lines, duplicates = _counted_lines(result, "daily")
+    assert len(lines) + duplicates == len(expected_lines)
+    assert set(lines) <= set(expected_lines)
+    # Rows of the wrong width are malformed; rows of the right width never are.
+    malformed = result.quarantine.filter(pl.col("reason") == "malformed_row")["line"].to_list()
+    ragged = {line for line, row in _oracle_rows(text) if len(row) != len(HEADER)}
+    assert set(malformed) <= ragged
+
+
+@SETTINGS
+@given(body=st.lists(st.sampled_from(['"', ",", "\n", "\r\n", "\r", "S1", "2025-01-01", "7",
+                                      " ", "x", '""', "\ufeff", "j@x.com", "\x00"]),
+                     max_size=40))
+def test_arbitrary_bytes_after_a_valid_header_never_crash(body):
+    text = ",".join(HEADER) + "\n" + "".join(body)
+    result = _run({"daily.csv": text})
+    daily = result.summary["tables"]["daily"]
+    assert daily["read"] == daily["accepted"] + daily["quarantined"] + daily["duplicates"]
+    try:
+        expected = _oracle_csv(text)
+    except csv.Error:  # the reference parser itself gives up (e.g. on NUL bytes)
+        return
+    assert daily["read"] == len(expected)
+    lines, duplicates = _counted_lines(result, "daily")
+    assert len(lines) + duplicates == len(expected)
+    assert set(lines) <= set(expected)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.sampled_from(["S1", "S2", "2025-01-01", "7", "yes", "j@x.com", "", " 7 "]) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=2) | st.dictionaries(st.text(max_size=3), children,
+                                                                      max_size=2),
+    max_leaves=4,
+)
+json_lines = st.one_of(
+    st.dictionaries(st.sampled_from(HEADER + ["extra", "Sleep_H"]), json_values, max_size=6)
+    .map(json.dumps),
+    st.sampled_from(["", "   ", "{", "}", "[1, 2]", "42", '"text"', "null", "{'a': 1}",
+                     '{"subject_id": "S1"} trailing', '{"subject_id": "S1", "date": "2025-01-01"}']),
+)
+
+
+@SETTINGS
+@given(lines=st.lists(json_lines, max_size=12), crlf=st.booleans())
+def test_random_json_lines_are_all_accounted_for(lines, crlf):
+    text = ("\r\n" if crlf else "\n").join(lines)
+    try:
+        result = _run({"daily.csv": None, "daily.jsonl": text})
+    except Exception as error:  # a refused file is a UserError naming it, never a crash
+        from pipeline.errors import UserError
+
+        assert isinstance(error, UserError), error
+        assert "daily.jsonl" in str(error) or "required table" in str(error)
+        return
+    expected = [i for i, line in enumerate(lines, start=1) if line.strip()]
+    daily = result.summary["tables"]["daily"]
+    assert daily["read"] == len(expected)
+    counted, duplicates = _counted_lines(result, "daily")
+    assert len(counted) + duplicates == len(expected)
+    assert set(counted) <= set(expected)
