@@ -89,6 +89,22 @@ def test_rescaling_a_feature_rescales_its_coefficient_only():
     np.testing.assert_allclose(b.p_value, a.p_value, rtol=1e-7)
 
 
+def test_subject_level_shifts_of_a_feature_leave_the_within_subject_estimate_unchanged():
+    """Within-subject estimates use only deviations from each person's own days: adding a
+    subject-level constant to a feature (here a huge one, 5000 units, which would overflow a
+    naive exp() and cost 9 digits in a naive Hessian) must change nothing."""
+    X, y, subject = panel(seed=4)
+    shifted = X.copy()
+    shifted[:, 0] += 5000.0 * (subject % 2)
+    a = fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES)
+    b = fit_conditional_poisson(shifted, y, groups=subject, clusters=subject,
+                                feature_names=NAMES)
+    np.testing.assert_allclose(b.coef, a.coef, rtol=1e-9)
+    np.testing.assert_allclose(b.cov_model, a.cov_model, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(b.cov_cluster, a.cov_cluster, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(b.fitted, a.fitted, rtol=1e-9)
+
+
 def test_intervals_contain_the_estimate_and_p_values_agree_with_them():
     X, y, subject = panel(seed=6)
     for fit in (fit_poisson(X, y, clusters=subject, feature_names=NAMES),

@@ -292,6 +292,13 @@ def maximize(evaluate, beta: np.ndarray, *, deviance_of, tol: float, max_iter: i
     of ``evaluate`` is always at the returned ``beta`` with the Hessian. ``check_hessian(H)`` is
     called on the first Hessian (e.g. to reject a rank-deficient design before iterating).
     """
+    with np.errstate(over="ignore", invalid="ignore"):
+        # A trial step may overflow exp(); its likelihood is then -inf or NaN and the step is
+        # halved, so the warnings would only be noise.
+        return _maximize(evaluate, beta, deviance_of, tol, max_iter, check_hessian)
+
+
+def _maximize(evaluate, beta, deviance_of, tol, max_iter, check_hessian) -> NewtonResult:
     ll, grad, H, _ = evaluate(beta, True)
     if check_hessian is not None:
         check_hessian(H)
