@@ -35,7 +35,7 @@ KNOT_QUANTILES = (0.05, 0.35, 0.65, 0.95)
 RANGE_QUANTILES = (0.01, 0.99)
 REFERENCE_QUANTILE = 0.5
 N_GRID = 41
-MAX_SUBJECT_DAYS = 400_000
+MAX_SUBJECT_DAYS = 250_000
 SUBSET_SEED = 20261128
 DEGREE = 3
 Z = float(stats.norm.ppf(0.975))
@@ -156,17 +156,19 @@ def _curve(design, j: int):
     beta = np.asarray(fit.coef)[:k]
     cov = np.asarray(fit.cov_cluster)[:k, :k]
 
-    low, high = np.quantile(x, RANGE_QUANTILES)
-    reference = float(np.quantile(x, REFERENCE_QUANTILE))
+    low, reference, high = (float(v) for v in np.quantile(
+        x, [RANGE_QUANTILES[0], REFERENCE_QUANTILE, RANGE_QUANTILES[1]]))
     grid = np.unique(np.concatenate([np.linspace(low, high, N_GRID), [reference]]))
-    contrast = (spline.transform(grid[:, None]) - spline.transform(np.array([[reference]]))) @ natural
+    at_grid = spline.transform(np.r_[grid, reference][:, None]) @ natural
+    contrast = at_grid[:-1] - at_grid[-1]
     log_irr = contrast @ beta
     se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", contrast, cov, contrast), 0.0, None))
     scale = feature.scale
+    n = grid.shape[0]
     curve = pl.DataFrame({
-        "model": "within_subject",
-        "feature": feature.name,
-        "unit": feature.source_unit or "",
+        "model": np.full(n, "within_subject"),
+        "feature": np.full(n, feature.name),
+        "unit": np.full(n, feature.source_unit or ""),
         "x": grid * scale,
         "reference_x": np.full(grid.shape, reference * scale),
         "irr": np.exp(log_irr),

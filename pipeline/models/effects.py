@@ -63,7 +63,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
     ``dose_response=False`` skips the spline curves (one extra within-subject fit per continuous
     feature, most of the fitting time); ``dose_response`` is then an empty table."""
     from pipeline.models import diagnostics as dg
-    from pipeline.models.dose_response import fit_dose_response
+    from pipeline.models.dose_response import DOSE_SCHEMA, fit_dose_response
 
     custom_factors = tuple(custom_factors)
     frame = panel.frame
@@ -74,28 +74,23 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
 
     rows: list[dict[str, Any]] = []
     diagnostics: dict[str, Any] = {"models": {}, "policy": dg.policy()}
-    designs: dict[str, Design] = {}
-    fits: dict[str, Any] = {}
+    dose, dose_notes = pl.DataFrame(schema=DOSE_SCHEMA), {"skipped": True}
     for model, conditional, features, reported in model_specs(custom_factors):
+        # One model's design in memory at a time: each is released before the next is built.
         design = prepare_design(frame, panel, model, conditional, features, reported)
-        designs[model] = design
         fit, failure = _fit(design)
         if model in PRIMARY_MODELS and fit is None:
             reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items())
             raise UserError(f"cannot fit the {model} model: {failure}"
                             + (f" ({reasons})" if reasons else ""))
-        fits[model] = fit
         rows.extend(_effect_rows(design, fit, failure))
         diagnostics["models"][model] = dg.model_diagnostics(design, fit, failure)
+        if model == fd.WITHIN_SUBJECT and dose_response:
+            dose, dose_notes = fit_dose_response(design)
+        del design, fit
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
                                                       orient="row")), custom_factors)
-    if dose_response and fits[fd.WITHIN_SUBJECT] is not None:
-        dose, dose_notes = fit_dose_response(designs[fd.WITHIN_SUBJECT])
-    else:
-        from pipeline.models.dose_response import DOSE_SCHEMA
-
-        dose, dose_notes = pl.DataFrame(schema=DOSE_SCHEMA), {"skipped": True}
     diagnostics["dose_response"] = dose_notes
     diagnostics["panel"] = panel.summary
     return ModelResults(effects=effects, dose_response=dose, diagnostics=diagnostics)
