@@ -314,3 +314,10 @@ def test_dose_response_on_a_large_panel_uses_a_stated_subset_of_whole_subjects(m
     assert results.dose_response.filter(pl.col("feature") == "stress").height > 0
     # the effect estimates still use every subject-day
     assert row(results, "within_subject", "stress")["n_subject_days"] == subset["of_subject_days"]
+
+
+def test_one_subject_with_episodes_cannot_support_a_within_subject_model():
+    daily, episodes = diary(6, 40, 13)
+    episodes = episodes.filter(pl.col("subject_id") == "s000")
+    with pytest.raises(UserError, match="within_subject model: only 1 subject"):
+        fit(daily, episodes)

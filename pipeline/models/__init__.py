@@ -19,6 +19,6 @@ __all__ = [
 ]
 
 # Effects table assembly (owned by the effects/diagnostics side), used by pipeline.run.
-from pipeline.models.effects import fit_models, write_model_outputs  # noqa: E402
+from pipeline.models.effects import ModelResults, fit_models, write_model_outputs  # noqa: E402
 
-__all__ += ["fit_models", "write_model_outputs"]
+__all__ += ["ModelResults", "fit_models", "write_model_outputs"]

@@ -126,7 +126,9 @@ def _fit(design: Design):
         if not design.kept:
             return None, "no feature has enough data for this model"
         if design.n_subjects < 2:
-            return None, f"only {design.n_subjects} subject(s) with usable subject-days"
+            who = "with episodes on" if design.conditional else "with"
+            return None, (f"only {design.n_subjects} subject(s) {who} complete subject-days "
+                          "(subject-clustered errors need at least 2)")
         if design.n_episodes == 0:
             return None, "no episodes on the model's complete subject-days"
         try:
