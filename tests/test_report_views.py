@@ -170,4 +170,5 @@ def test_subject_timeline_marks_flagged_days():
     fig = figures.subject_timeline_plot(days, episodes, flagged, ["sitting_h", "fluid_l"],
                                         subject_id="S1", units={"sitting_h": "h"})
     assert len(fig.axes) == 2  # episodes + sitting; the all-empty fluid column is left out
-    assert any(t.get_text() == "numbness" for t in fig.axes[0].texts)
+    markers = [c for c in fig.axes[0].collections if c.get_label() == "day with a flagged episode"]
+    assert len(markers) == 1 and len(markers[0].get_offsets()) == 1

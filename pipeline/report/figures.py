@@ -272,16 +272,14 @@ def subject_timeline_plot(days: pl.DataFrame, episodes: pl.DataFrame, flags: pl.
     ax.bar(per_day["date"].to_list(), per_day["n"].to_list(), width=0.9, color="0.35",
            label="episodes")
     if flags.height:
+        # One marker per flagged day; which rules fired is in the table beside the figure
+        # (labels here would overlap on busy weeks).
         flagged = (flags.with_columns(pl.col("started_at").dt.date().alias("date"))
-                   .group_by("date").agg(pl.col("rule_id").unique().sort().str.join(", ")
-                                         .alias("rules")).sort("date"))
+                   .select("date").unique().sort("date"))
         top = max(per_day["n"].max() or 1, 1)
-        ax.scatter(flagged["date"].to_list(), [top + 0.6] * flagged.height, marker="v", s=60,
-                   color=FLAG_COLOR, zorder=3, label="red flag / advisory")
-        for d, rules in flagged.iter_rows():
-            ax.annotate(rules, (d, top + 0.6), xytext=(0, 6), textcoords="offset points",
-                        fontsize=7, color=FLAG_COLOR, rotation=30, ha="left")
-        ax.set_ylim(0, top + 2.2)
+        ax.scatter(flagged["date"].to_list(), [top + 0.8] * flagged.height, marker="v", s=60,
+                   color=FLAG_COLOR, zorder=3, label="day with a flagged episode")
+        ax.set_ylim(0, top + 1.6)
     ax.set_ylabel("Episodes")
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     logged = days["date"].to_list()
@@ -289,7 +287,13 @@ def subject_timeline_plot(days: pl.DataFrame, episodes: pl.DataFrame, flags: pl.
     for ax, f in zip(axes[1:], shown):
         part = days.select("date", f).sort("date")
         y = part[f].cast(pl.Float64).to_numpy()
-        ax.plot(part["date"].to_list(), y, marker=".", lw=1, color="#1b6ca8")
+        if days.schema[f] == pl.Boolean:
+            ax.plot(part["date"].to_list(), y, marker=".", lw=0, color="#1b6ca8")
+            ax.set_yticks([0, 1])
+            ax.set_yticklabels(["no", "yes"])
+            ax.set_ylim(-0.4, 1.4)
+        else:
+            ax.plot(part["date"].to_list(), y, marker=".", lw=1, color="#1b6ca8")
         unit = (units or {}).get(f, "")
         ax.set_ylabel(f"{feature_label(f)}" + (f"\n({unit})" if unit else ""), fontsize=8)
     axes[-1].set_xlabel("Date (ticks on the top row: logged days)")

@@ -231,8 +231,8 @@ def _store_tables(run: RunOutputs) -> dict[str, pl.LazyFrame]:
 
 def missingness_table(run: RunOutputs) -> ShownTable:
     """Percent of accepted rows with an empty value, per table and column."""
-    frame = missingness(_store_tables(run))
-    caption = "Missing values among accepted rows (percent)."
+    frame = missingness(_store_tables(run)).filter(pl.col("missing_pct") > 0)
+    caption = "Missing values among accepted rows (percent); columns not listed are complete."
     if run.store_dir is None:
         caption += " The run's store was not found, so this table is empty."
     return ShownTable(frame, caption)
