@@ -80,7 +80,8 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
         design = prepare_design(frame, panel, model, conditional, features, reported)
         fit, failure = _fit(design)
         if model in PRIMARY_MODELS and fit is None:
-            reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items())
+            reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items()
+                                if name not in panel.absent)
             raise UserError(f"cannot fit the {model} model: {failure}"
                             + (f" ({reasons})" if reasons else ""))
         rows.extend(_effect_rows(design, fit, failure))
@@ -123,14 +124,14 @@ def _fit(design: Design):
     from pipeline.models.poisson import EstimationError, fit_poisson
 
     while True:
-        if not design.kept:
-            return None, "no feature has enough data for this model"
+        if design.n_episodes == 0:
+            return None, "no episodes on the model's complete subject-days"
         if design.n_subjects < 2:
             who = "with episodes on" if design.conditional else "with"
             return None, (f"only {design.n_subjects} subject(s) {who} complete subject-days "
                           "(subject-clustered errors need at least 2)")
-        if design.n_episodes == 0:
-            return None, "no episodes on the model's complete subject-days"
+        if not design.kept:
+            return None, "no feature has enough data for this model"
         try:
             if design.conditional:
                 fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
