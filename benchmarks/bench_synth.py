@@ -21,22 +21,30 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (all threads): a figure less sensitive to a busy machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run(n_subjects: int, n_days: int, formats: tuple[str, ...]) -> None:
     from pipeline import synth
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     ds = synth.generate(n_subjects, n_days, seed=7)
     generated = time.perf_counter() - started
-    print(f"  {n_subjects:,} x {n_days} days: generate {generated:.2f} s "
+    print(f"  {n_subjects:,} x {n_days} days: generate {generated:.2f} s wall, "
+          f"{_cpu_s() - cpu:.2f} s CPU "
           f"({ds.daily.height:,} daily rows, {ds.episodes.height:,} episodes, "
           f"{ds.injuries.height:,} injuries); peak RSS so far {_peak_gib():.2f} GiB", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     try:
         for fmt in formats:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu_s()
             synth.write_dataset(ds, tmp / fmt / "data", fmt=fmt)
             size = sum(p.stat().st_size for p in (tmp / fmt / "data").iterdir()) / 1024**2
-            print(f"    write {fmt}: {time.perf_counter() - started:.2f} s, {size:,.0f} MiB; "
+            print(f"    write {fmt}: {time.perf_counter() - started:.2f} s wall, "
+                  f"{_cpu_s() - cpu:.2f} s CPU, {size:,.0f} MiB; "
                   f"peak RSS so far {_peak_gib():.2f} GiB", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
