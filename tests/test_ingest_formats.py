@@ -192,3 +192,22 @@ def test_json_numbers_booleans_and_nested_values(tmp_path):
         (3, True, False)]
     assert result.quarantine.select("line", "column", "value", "reason").rows() == [
         (2, "pain", '{"worst":3}', "type")]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 40, 10_000])
+def test_big_csv_read_in_pieces_gives_the_same_rows_and_lines(tmp_path, chunk_bytes):
+    from pipeline.ingest.discover import discover_tables
+    from pipeline.ingest.read import read_table_chunks, read_table_file
+
+    text = ('subject_id,date,"notes\nacross lines"\r\n'
+            'S1,2025-01-01,"two\r\nlines"\r\n\r\n'
+            'S1,2025-01-02,x,extra\r\n'
+            'S1,2025-01-03\r\n' + "".join(f"S2,2025-02-{d:02d},n{d}\r\n" for d in range(1, 20)))
+    data = write_dataset(tmp_path, {"daily.csv": text})
+    file = discover_tables(data)["daily"][0]
+    whole = read_table_file(file).frame
+    pieces = list(read_table_chunks(file, chunk_bytes=chunk_bytes))
+    assert len(pieces) > 1 or chunk_bytes > len(text)
+    assert_equal = pl.concat([p.frame for p in pieces])
+    assert assert_equal.equals(whole)
+    assert whole["__line"].to_list()[:4] == [3, 6, 7, 8]

@@ -21,7 +21,7 @@ from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.dedupe import resolve, unknown_subjects
 from pipeline.ingest.discover import TableFile, discover_tables
 from pipeline.ingest.identifiers import find_identifier, mask_text
-from pipeline.ingest.read import read_bytes, read_table_file
+from pipeline.ingest.read import read_bytes, read_table_chunks
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
 from pipeline.store import ManifestFile, Store, now_utc
@@ -112,15 +112,17 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                                      "status": "skipped_already_ingested"})
                     advance(file)
                     continue
-                raw = read_table_file(file, data, sha256)
+                rows = 0
+                for raw in read_table_chunks(file, data, sha256):
+                    checked = validate_file(raw, table, columns)
+                    del raw
+                    valid_parts.append(checked.valid)
+                    table_quarantine.append(checked.quarantine)
+                    unknown.update(checked.unknown_columns)
+                    rows += checked.rows
                 del data
-                checked = validate_file(raw, table, columns)
-                valid_parts.append(checked.valid)
-                table_quarantine.append(checked.quarantine)
-                unknown.update(checked.unknown_columns)
-                per_file.append({**entry, "rows": checked.rows, "status": "ingested"})
+                per_file.append({**entry, "rows": rows, "status": "ingested"})
                 advance(file)
-                del raw
             stored = (store.read(name).collect() if store is not None and valid_parts else None)
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},

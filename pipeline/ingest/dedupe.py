@@ -70,27 +70,33 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.DataFrame | None,
     """Find duplicates and conflicts among ``new`` rows, given the ``stored`` rows."""
     if new.height == 0:
         return Resolved(new, empty_quarantine(), _no_duplicates())
-    parts = [new.with_columns(pl.lit(True).alias(_NEW))]
-    if stored is not None and stored.height:
-        parts.insert(0, stored.select(new.columns).with_columns(pl.lit(False).alias(_NEW)))
-    rows = pl.concat(parts, how="vertical_relaxed")
+    has_stored = stored is not None and stored.height > 0
+    rows = new.with_columns(pl.lit(True).alias(_NEW))
+    if has_stored:
+        rows = pl.concat([stored.select(new.columns).with_columns(pl.lit(False).alias(_NEW)),
+                          rows], how="vertical_relaxed")
     keys = key_columns(table, rows)
     key_names = [k.meta.output_name() for k in keys]
-    rows = rows.with_columns(*keys)
+    keyed = rows.select(*keys) if table.fallback_key else rows.select(key_names)
     # Most keys are unique: find the few rows whose key hash repeats (a hash collision only adds
     # rows to this subset; the comparison inside it uses the real key values).
-    shared = pl.struct(key_names).hash(seed=0).is_duplicated()
-    rows = rows.with_columns(shared.alias("__shared"))
-    single = rows.filter(~pl.col("__shared") & pl.col(_NEW))
-    group = rows.filter(pl.col("__shared")).with_columns(
-        pl.struct(content).hash(seed=0).alias(_HASH))
+    shared = keyed.select(pl.struct(key_names).hash(seed=0).is_duplicated()).to_series()
+    del keyed
+    if not shared.any():
+        return Resolved(new, empty_quarantine(), _no_duplicates())
+    single = rows.filter(~shared & pl.col(_NEW)).select(new.columns)
+    group = rows.filter(shared).with_columns(*keys)
+    # -0.0 and 0.0 are the same value; so are 'yes' and '1' (already parsed to True).
+    normalised = [pl.col(c) + 0.0 if rows.schema[c] == pl.Float64 else pl.col(c)
+                  for c in content]
+    group = group.with_columns(pl.struct(normalised).hash(seed=0).alias(_HASH))
     group = group.with_columns(
         (pl.col(_HASH).n_unique().over(key_names) > 1).alias("__conflict"),
         pl.struct([*key_names, _HASH]).is_first_distinct().alias("__first"),
     )
     new_group = group.filter(pl.col(_NEW))
     kept = new_group.filter(~pl.col("__conflict") & pl.col("__first"))
-    accepted = single.select(new.columns)
+    accepted = single
     if kept.height:
         accepted = pl.concat([accepted, kept.select(new.columns)]).sort(
             [SOURCE_FILE, SOURCE_LINE], maintain_order=True)

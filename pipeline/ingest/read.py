@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,8 @@ RECORD = "__record"
 BOM = b"\xef\xbb\xbf"
 #: The raw text of a malformed row is cut to this many characters in the quarantine.
 RECORD_PREVIEW_CHARS = 200
+#: A big CSV is read and validated in pieces of about this size (bounds peak memory).
+CHUNK_BYTES = 48 << 20
 #: Bytes scanned per numpy pass: bounds the temporary arrays on big files.
 _CHUNK_BYTES = 1 << 23
 
@@ -77,7 +80,19 @@ def read_bytes(file: TableFile) -> bytes:
 
 def read_table_file(file: TableFile, data: bytes | None = None,
                     sha256: str | None = None) -> RawTable:
-    """Read ``file`` (all formats) into a :class:`RawTable` of strings."""
+    """Read ``file`` (all formats) into one :class:`RawTable` of strings."""
+    chunks = list(read_table_chunks(file, data, sha256, chunk_bytes=None))
+    assert len(chunks) == 1
+    return chunks[0]
+
+
+def read_table_chunks(file: TableFile, data: bytes | None = None, sha256: str | None = None,
+                      *, chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[RawTable]:
+    """Read ``file`` as one or more :class:`RawTable` s, in row order.
+
+    A big CSV is cut at row boundaries into pieces of about ``chunk_bytes`` so that only one
+    piece is held as text at a time (peak memory); line numbers are those of the whole file.
+    """
     if data is None:
         data = read_bytes(file)
     if sha256 is None:
@@ -89,17 +104,49 @@ def read_table_file(file: TableFile, data: bytes | None = None,
             raise UserError(f"is not a readable gzip file ({error})",
                             path=file.relative_path) from None
     if file.format in ("csv", "csv.gz"):
-        header, frame = _read_csv(data, file)
+        pieces = _read_csv_chunks(data, file, chunk_bytes)
     elif file.format == "jsonl":
-        header, frame = _read_jsonl(data, file)
+        pieces = iter([_read_jsonl(data, file)])
     elif file.format == "parquet":
-        header, frame = _read_parquet(data, file)
+        pieces = iter([_read_parquet(data, file)])
     else:  # pragma: no cover - discover only yields known formats
         raise AssertionError(file.format)
-    columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
-    _check_unique(header, columns, file)
-    frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
-    return RawTable(file=file, frame=frame, header=tuple(header), columns=columns, sha256=sha256)
+    del data
+    for header, frame in pieces:
+        columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
+        _check_unique(header, columns, file)
+        frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
+        yield RawTable(file=file, frame=frame, header=tuple(header), columns=columns,
+                       sha256=sha256)
+
+
+def _read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
+    """Yield (header, frame) per piece of a CSV cut at record boundaries."""
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    if chunk_bytes is None or len(data) <= chunk_bytes:
+        yield _read_csv(data, file)
+        return
+    buf = np.frombuffer(data, dtype=np.uint8)
+    records = _scan_records(buf, per_record=False)
+    non_blank = (np.flatnonzero(records.stops > records.starts) if records is not None
+                 else np.zeros(0, np.int64))
+    if records is None or non_blank.size < 2:
+        yield _read_csv(data, file)
+        return
+    h = int(non_blank[0])
+    header_bytes = data[records.starts[h]: records.stops[h]]
+    first_line_in_piece = header_bytes.count(b"\n") + 2
+    starts = records.starts[h + 1:]
+    lines = records.lines[h + 1:]
+    cuts = np.unique(np.searchsorted(starts, np.arange(int(starts[0]), buf.size, chunk_bytes)))
+    cuts = np.append(cuts[cuts < starts.size], starts.size)
+    for i, j in zip(cuts[:-1], cuts[1:]):
+        a = int(starts[i])
+        b = int(starts[j]) if j < starts.size else buf.size
+        header, frame = _read_csv(header_bytes + b"\n" + data[a:b], file)
+        offset = int(lines[i]) - first_line_in_piece
+        yield header, frame.with_columns(pl.col(LINE) + offset)
 
 
 def _frame_value_columns(frame: pl.DataFrame) -> list[str]:

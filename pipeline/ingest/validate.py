@@ -231,10 +231,7 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
 
 
 def _stored(column: Column, value: pl.Expr) -> pl.Expr:
-    value = value.cast(column.dtype)
-    if column.kind == "float":
-        value = value + 0.0  # -0.0 -> 0.0, so '-0' and '0' are the same content
-    return value.alias(column.name)
+    return value.cast(column.dtype).alias(column.name)
 
 
 def _parsed(name: str) -> str:
