@@ -91,7 +91,7 @@ def test_pooled_poisson_is_unbiased_without_confounding(plain):
     assert {f: round(v, 2) for f, v in z.items() if abs(v) > Z_MAX} == {}
 
 
-def test_confounding_biases_the_pooled_model_for_stress_and_sitting_only(plain, confounded):
+def test_confounding_biases_the_pooled_model_upward_for_stress_and_sitting(plain, confounded):
     planted = confounded.truth["planted"]
     p, features = panel(confounded)
     pooled = pooled_fit(p, features)

@@ -61,8 +61,8 @@ def truth_document(*, args: dict, effects, intercept: float, confounded: bool, r
             "between_subject_irr_per_unit": {
                 k: float(np.exp(v["gamma_per_unit"] + planted[k]["log_coef"]))
                 for k, v in truth.CONFOUNDING.items()},
-            "expected_bias": {"stress": "population IRR above the planted 1.08",
-                              "sitting_h": "population IRR above the planted 1.05"},
+            "expected_bias": {k: f"pooled (population) IRR above the planted {planted[k]['irr']}"
+                              for k in truth.CONFOUNDING},
         }
     doc = {
         "generator": "pipeline.synth",
