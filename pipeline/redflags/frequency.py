@@ -85,7 +85,10 @@ def frequency_flags(episodes: pl.LazyFrame | pl.DataFrame, *, min_episodes_per_w
         )
         # A cluster with fewer than m*k episodes can never qualify.
         .filter(pl.col("n").sum().over("cluster") >= m * k)
-        .with_columns(cluster=pl.col("cluster").rank("dense").cast(pl.Int64) - 1)
+        # Renumber the clusters kept 0, 1, 2, ... (rows are still in key order).
+        .with_columns(
+            cluster=(pl.col("cluster") != pl.col("cluster").shift(1)).fill_null(True).cum_sum() - 1
+        )
         .collect()
     )
     if days.height == 0:
