@@ -268,3 +268,18 @@ def test_store_shaped_inputs_with_provenance_columns():
     panel = build_panel(days, episodes, NO_INJURIES)
     assert panel.frame["episodes"].to_list() == [1]
     assert panel.frame["episodes"].dtype == pl.Int64
+
+
+def test_unsorted_input_gives_a_sorted_panel():
+    days = daily("""
+        | subject_id | date       | stress |
+        |------------|------------|--------|
+        | b          | 2026-01-02 | 1      |
+        | a          | 2026-01-02 | 2      |
+        | b          | 2026-01-01 | 3      |
+        | a          | 2026-01-01 | 4      |
+    """)
+    panel = build_panel(days, pl.LazyFrame(schema=EPISODE_TYPES), NO_INJURIES)
+    assert panel.frame.select("subject_id", pl.col("date").cast(pl.String), "stress").rows() == [
+        ("a", "2026-01-01", 4.0), ("a", "2026-01-02", 2.0),
+        ("b", "2026-01-01", 3.0), ("b", "2026-01-02", 1.0)]
