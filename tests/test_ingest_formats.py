@@ -211,3 +211,24 @@ def test_big_csv_read_in_pieces_gives_the_same_rows_and_lines(tmp_path, chunk_by
     assert_equal = pl.concat([p.frame for p in pieces])
     assert assert_equal.equals(whole)
     assert whole["__line"].to_list()[:4] == [3, 6, 7, 8]
+
+
+def test_jsonl_without_any_keys_quarantines_rows_instead_of_refusing(tmp_path):
+    data = write_dataset(tmp_path, {"daily.csv": None, "daily.jsonl": "{}\nnot json\n\n"})
+    result = validate_dataset(data)
+    assert result.quarantine.select("line", "column", "reason").rows() == [
+        (1, "subject_id", "missing_required"), (2, "", "malformed_row")]
+    empty = write_dataset(tmp_path / "empty", {"daily.csv": None, "daily.jsonl": "\n"})
+    assert validate_dataset(empty).summary["tables"]["daily"]["read"] == 0
+
+
+def test_parquet_column_of_an_unreadable_type_is_refused(tmp_path):
+    import datetime as dt
+
+    frame = pl.DataFrame({"subject_id": ["S1"], "date": ["2025-01-01"],
+                          "pause": [dt.timedelta(minutes=5)]})
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    data = write_dataset(tmp_path, {"daily.csv": None, "daily.parquet": buffer.getvalue()})
+    with pytest.raises(UserError, match=r"daily\.parquet.*'pause'"):
+        validate_dataset(data)

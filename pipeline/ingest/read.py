@@ -476,6 +476,14 @@ def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String).alias(name)
 
 
+def _castable(frame: pl.DataFrame, name: str) -> bool:
+    try:
+        frame.head(1).select(_as_text(frame, name))
+        return True
+    except pl.exceptions.PolarsError:
+        return False
+
+
 # --- Parquet -------------------------------------------------------------------------------------
 
 
@@ -488,7 +496,14 @@ def _read_parquet(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame
     header = list(frame.columns)
     names = [f"__c{i}" for i in range(len(header))]
     frame.columns = names
-    frame = frame.select(_as_text(frame, n) for n in names).with_columns(
+    try:
+        frame = frame.select(_as_text(frame, n) for n in names)
+    except pl.exceptions.PolarsError:
+        unreadable = [h for h, n in zip(header, names) if not _castable(frame, n)]
+        raise UserError(f"column(s) {', '.join(map(repr, unreadable))} have a Parquet type that "
+                        "cannot be read as text (e.g. a duration); store them as text or numbers",
+                        path=file.relative_path) from None
+    frame = frame.with_columns(
         pl.int_range(0, pl.len(), dtype=pl.Int64).alias(LINE),
         pl.lit(None, dtype=pl.String).alias(MALFORMED),
         pl.lit(None, dtype=pl.String).alias(RECORD),

@@ -85,6 +85,9 @@ def check_header(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> tu
                 "and try again", path=where)
     known = {c.name for c in columns}
     missing = [c.name for c in columns if c.required and c.name not in raw.columns]
+    if raw.file.format == "jsonl" and not raw.columns:
+        # No line decoded to an object with keys: the rows (if any) are quarantined one by one.
+        missing = []
     if missing:
         found = ", ".join(raw.header) if raw.header else "none"
         raise UserError(f"required column(s) missing from the {table.name} table: "
@@ -177,6 +180,7 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
     unknown = check_header(raw, table, columns)
     frame = raw.frame
     present = [c for c in columns if c.name in raw.columns]
+    absent_required = [c for c in columns if c.name not in raw.columns and c.required]
     # Text columns can hold an identifier even when they parse: test them on every row (once per
     # distinct value). Other columns are tested in _quarantine_rows, on failing rows only.
     text_columns = [c.name for c in present if c.kind in ("token", "string")] + list(unknown)
@@ -196,6 +200,9 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
         text = {c.name: clean(pl.col(c.name)) if forgiving else pl.col(c.name) for c in present}
         rows = rows.with_columns(parse(c, text[c.name]).alias(_parsed(c.name)) for c in present)
         checks = _checks(present, text, identifier_values, bad_tokens, forgiving)
+        checks += [_Check("missing_required", c.name, "a value is required here", pl.lit(True))
+                   for c in absent_required]
+        checks.sort(key=lambda k: _PRIORITY.index(k.reason))
         return rows, checks
 
     fast, checks = evaluate(frame, forgiving=False)
