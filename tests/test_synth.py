@@ -22,7 +22,7 @@ from pipeline import schema, synth
 from pipeline.errors import UserError
 from tests.conftest import SAMPLE_DIR
 
-#: The arguments `make sample` uses (cramp synth --out data/sample --subjects 200 --days 90 --seed ...).
+#: The arguments of `make sample` (cramp synth --out data/sample --subjects 200 --days 90 ...).
 SAMPLE_ARGS = dict(n_subjects=200, n_days=90, seed=20261128)
 
 
@@ -115,7 +115,8 @@ def _assert_conforms(df: pl.DataFrame, table: schema.Table, extra=()) -> None:
             assert s.null_count() == 0, name
         v = s.drop_nulls()
         if col.minimum is not None:
-            assert (v >= col.minimum).all() if col.minimum_inclusive else (v > col.minimum).all(), name
+            above = v >= col.minimum if col.minimum_inclusive else v > col.minimum
+            assert above.all(), name
         if col.maximum is not None:
             assert (v <= col.maximum).all(), name
         if col.values:
@@ -266,7 +267,8 @@ def test_fluid_is_higher_on_hot_and_exercise_days(sample):
 
 def test_heat_follows_the_season():
     ds = synth.generate(50, 365, seed=2, custom_factor=False)
-    by_month = ds.daily.group_by(pl.col("date").dt.month()).agg(pl.col("heat_c").mean()).sort("date")
+    by_month = (ds.daily.group_by(pl.col("date").dt.month()).agg(pl.col("heat_c").mean())
+                .sort("date"))
     assert by_month["heat_c"][6] - by_month["heat_c"][0] > 12  # July is much hotter than January
 
 

@@ -2,8 +2,8 @@
 
 The reference panel here is built independently of ``pipeline.features`` (a test of the generator,
 not of the feature code): one row per logged day, episodes counted on that calendar date,
-``recent_injury`` = any injury on d-30..d-1, complete cases only (the blanking is MCAR), each feature
-divided by its documented unit.
+``recent_injury`` = any injury on d-30..d-1, complete cases only (the blanking is MCAR), each
+feature divided by its documented unit.
 
 Tolerances: with the true model, each estimate's z = (estimate - planted) / SE is ~N(0, 1). We ask
 |z| ≤ 3.5 for every feature (13 features: a family-wise false alarm rate under 1% per panel) and,

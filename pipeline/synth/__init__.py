@@ -10,8 +10,8 @@ custom_factor=True)`` returns a :class:`SynthDataset`: polars tables ``subjects`
 The model (every number in :mod:`pipeline.synth.truth`):
 
 - Episodes on each logged day ~ Poisson(rate); ``log rate = intercept + log(age multiplier) +
-  log(frailty) + sum_k log(IRR_k) * x_k / unit_k`` in the documented units of the models (exercise per
-  30 min, heat per 5 °C, caffeine per 100 mg, recent_injury = an injury on d-30..d-1, ...). Frailty
+  log(frailty) + sum_k log(IRR_k) * x_k / unit_k`` in the documented units of the models (exercise
+  per 30 min, heat per 5 °C, caffeine per 100 mg, recent_injury = an injury on d-30..d-1). Frailty
   is Gamma(2, 1/2), independent of every exposure. The intercept is calibrated to 0.19 episodes per
   logged subject-day. Some factors are planted nulls (poor_posture, caffeine_mg, alcohol_units).
 - The rate uses each day's full values as a diary would log them; a few per cent of values are then

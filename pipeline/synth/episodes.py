@@ -69,7 +69,8 @@ def simulate_attributes(rng: np.random.Generator, subject: np.ndarray,
     # Skin changes travel with swelling (as in a clot or a muscle tear).
     skin_changes = flag("skin_changes") | (swelling & (rng.random(n) < e["p_skin_given_swelling"]))
     sleep_loss = np.where(night, flag("sleep_loss_night"), flag("sleep_loss_day"))
-    er_visit = flag("er_visit") | (pain_uncontrolled & (rng.random(n) < e["p_er_given_uncontrolled"]))
+    er_visit = flag("er_visit") | (pain_uncontrolled
+                                   & (rng.random(n) < e["p_er_given_uncontrolled"]))
     numb = flag("numbness")
     both = rng.random(n) < e["numbness_both_legs_share"]
     numbness = np.where(numb, np.where(both, 2, 1), 0)

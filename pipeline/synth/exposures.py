@@ -95,7 +95,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     stress_hab = np.clip(4.0 + 1.4 * (0.6 * busy + 0.8 * rs.normal(size=n)), 0.5, 9)
     sleep_hab = np.clip(rs.normal(7.1, 0.6, size=n) - 0.15 * (stress_hab - 4.0), 4.5, 9.5)
     caffeine_hab = np.where(rs.random(n) < 0.12, 0.0,
-                            np.exp(rs.normal(np.log(180), 0.6, size=n)) * (1 + 0.08 * busy).clip(0.5))
+                            np.exp(rs.normal(np.log(180), 0.6, size=n))
+                            * (1 + 0.08 * busy).clip(0.5))
     drinker = rs.random(n) < 0.75
     drink_p = rs.beta(2.0, 5.0, size=n)
     drink_units = np.exp(rs.normal(np.log(3.0), 0.5, size=n))
@@ -114,7 +115,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     ex_day = rd.random(shape) < np.clip(col(ex_p) * np.where(weekend, 1.3, 0.88), 0, 0.97)
     ex_min = np.clip(col(ex_median) * np.exp(rd.normal(0, 0.45, shape)), 10, 240)
     ex_min = np.where(ex_day, quantize(ex_min, STEP["exercise_min"]), 0.0)
-    rpe = col(rpe_hab) + 0.8 * np.log(np.maximum(ex_min, 1) / col(ex_median)) + rd.normal(0, 1.1, shape)
+    rpe = (col(rpe_hab) + 0.8 * np.log(np.maximum(ex_min, 1) / col(ex_median))
+           + rd.normal(0, 1.1, shape))
     rpe = np.where(ex_day, np.clip(quantize(rpe, 1), 1, 10), 0.0)
 
     season = 14.0 - 10.0 * np.cos(2 * np.pi * (doy - 20.0) / 365.25)
@@ -123,7 +125,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     fluid = (col(fluid_hab) + 0.04 * (heat - 15.0) + 0.5 * ex_min / 60.0
              + rd.normal(0, 0.35, shape))
     fluid = np.clip(quantize(fluid, STEP["fluid_l"]), 0.3, 8.0)
-    electrolytes = _bernoulli_logit(rd, col(elec_logit) + 1.0 * (ex_min >= 45) + 0.05 * (heat - 15.0))
+    electrolytes = _bernoulli_logit(
+        rd, col(elec_logit) + 1.0 * (ex_min >= 45) + 0.05 * (heat - 15.0))
 
     sitting = col(sit_hab) + np.where(weekend, -2.0, 0.5) - 0.01 * ex_min + rd.normal(0, 1.2, shape)
     sitting = np.clip(quantize(sitting, STEP["sitting_h"]), 0, 18)
@@ -137,7 +140,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     caffeine = col(caffeine_hab) * rd.gamma(6.0, 1 / 6.0, shape) * np.clip(
         1 + 0.15 * (col(sleep_hab) - sleep), 0.5, 2.0)
     caffeine = np.clip(quantize(caffeine, STEP["caffeine_mg"]), 0, 1500)
-    drinks = col(drinker) & (rd.random(shape) < np.clip(col(drink_p) * np.where(weekend, 2.0, 0.7), 0, 1))
+    drink_p_day = np.clip(col(drink_p) * np.where(weekend, 2.0, 0.7), 0, 1)
+    drinks = col(drinker) & (rd.random(shape) < drink_p_day)
     alcohol = np.where(drinks, np.clip(quantize(col(drink_units) * np.exp(rd.normal(0, 0.4, shape)),
                                                 STEP["alcohol_units"]), 0.5, 30), 0.0)
 
@@ -158,7 +162,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     day = np.arange(n_days)[None, :]
     in_window = (day >= col(first)) & (day <= col(last))
     skip_p = rw.beta(*truth.LOGGING["skip_beta"], size=n)
-    logged = in_window & ((rw.random(shape) >= col(skip_p)) | (day == col(first)) | (day == col(last)))
+    logged = in_window & ((rw.random(shape) >= col(skip_p))
+                          | (day == col(first)) | (day == col(last)))
 
     # Injuries: rare, more likely on long exercise days; at most one a day (the table's key).
     hazard = (truth.INJURY["base_per_year"] / 365.25 * col(injury_prone)
@@ -167,8 +172,8 @@ def simulate_block(rngs: dict[str, np.random.Generator], n: int, doy: np.ndarray
     injury_group = ri.choice(len(truth.INJURY_GROUP_P), size=shape,
                              p=list(truth.INJURY_GROUP_P.values()))
     # recent_injury: an injury on any of d-30..d-1.
-    cum = np.concatenate([np.zeros((n, 1), dtype=np.int32), np.cumsum(injury, axis=1, dtype=np.int32)],
-                         axis=1)
+    cum = np.concatenate(
+        [np.zeros((n, 1), dtype=np.int32), np.cumsum(injury, axis=1, dtype=np.int32)], axis=1)
     lo = np.maximum(np.arange(n_days) - 30, 0)
     x["recent_injury"] = (cum[:, np.arange(n_days)] - cum[:, lo]) > 0
 

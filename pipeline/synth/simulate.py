@@ -52,7 +52,8 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 
 
 def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
-    for name, value, low in (("n_subjects", n_subjects, 1), ("n_days", n_days, 1), ("seed", seed, 0)):
+    for name, value, low in (("n_subjects", n_subjects, 1), ("n_days", n_days, 1),
+                             ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise UserError(f"synth: {name} must be an integer ≥ {low}, not {value!r}")
 
@@ -134,9 +135,10 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
 
     ep_subject = np.concatenate([np.repeat(logged["subject"], counts),
                                  np.repeat(skipped["subject"], skipped_counts)])
-    ep_day = np.concatenate([np.repeat(logged["day"], counts), np.repeat(skipped["day"], skipped_counts)])
-    episodes_df, attrs = _episodes_frame(_rng(seed, _GLOBAL_STREAMS["episodes"]), ep_subject, ep_day,
-                                         sid, start)
+    ep_day = np.concatenate([np.repeat(logged["day"], counts),
+                             np.repeat(skipped["day"], skipped_counts)])
+    episodes_df, attrs = _episodes_frame(_rng(seed, _GLOBAL_STREAMS["episodes"]), ep_subject,
+                                         ep_day, sid, start)
 
     custom = (schema.CustomFactor(**truth.CUSTOM_FACTOR),) if custom_factor else ()
     args = {"n_subjects": n_subjects, "n_days": n_days, "seed": seed, "confounded": confounded,
@@ -184,7 +186,8 @@ def _frequent_subjects(logged: dict, rate: np.ndarray, n_subjects: int) -> int:
 
 
 def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray, sid: pl.Series,
-                 start: np.datetime64, custom_factor: bool, rng: np.random.Generator) -> pl.DataFrame:
+                 start: np.datetime64, custom_factor: bool,
+                 rng: np.random.Generator) -> pl.DataFrame:
     """``daily`` rows of logged days: factor columns in schema order, a few % blanked (MCAR).
 
     A skipped diary section blanks every column of one contributing factor together; single
@@ -209,7 +212,7 @@ def _daily_frame(x: dict[str, np.ndarray], subject: np.ndarray, day: np.ndarray,
 
 def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarray, sid: pl.Series,
                     start: np.datetime64) -> tuple[pl.DataFrame, dict]:
-    """The ``episodes`` table, sorted by subject and time with ids in that order, and its summary."""
+    """The ``episodes`` table, sorted by subject and time (ids in that order), and its summary."""
     n = subject.size
     a = ep.simulate_attributes(rng, subject, len(sid))
     # Same-second episodes of one subject-day are nudged apart (t' = rank + cummax(t - rank) within
@@ -242,7 +245,9 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
         v = v.gather(row) if isinstance(v, pl.Series) else v[row]
         s = pl.Series(c, v, dtype=schema.EPISODES.column(c).dtype)
         null = a.get(f"{c}__null")
-        data[c] = s.scatter(np.nonzero(null[row])[0], None) if null is not None and null.any() else s
+        if null is not None and null.any():
+            s = s.scatter(np.flatnonzero(null[row]), None)
+        data[c] = s
     df = pl.DataFrame(data).select(schema.EPISODES.column_names)
 
     attrs = {
@@ -253,8 +258,8 @@ def _episodes_frame(rng: np.random.Generator, subject: np.ndarray, day: np.ndarr
                                for g in schema.MUSCLE_GROUPS},
         "night_share_calf": rate_of(pl.Series(a["night"]).filter(a["muscle_group"] == "calf")),
         "red_flag_rate_among_recorded": {
-            c: rate_of(df[c]) for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss",
-                                 "er_visit")},
+            c: rate_of(df[c])
+            for c in ("pain_uncontrolled", "swelling", "skin_changes", "sleep_loss", "er_visit")},
         "numbness_share_among_recorded": {
             lvl: rate_of(df["numbness"].drop_nulls() == lvl) for lvl in schema.NUMBNESS_LEVELS},
         "null_fraction": {c: round(float(df[c].is_null().mean()), 6) if n else 0.0

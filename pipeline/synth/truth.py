@@ -5,10 +5,10 @@ The daily episode count of subject i on logged day d is Poisson with
     log rate_i,d = intercept + log(age_multiplier[age_band_i]) + log(frailty_i)
                    + sum_k log(IRR_k) * x_k,d / unit_k
 
-where ``x_k,d`` is the day's full (never blanked) value of feature k and ``unit_k`` the documented unit
-of the models in issue 4 (exercise per 30 min, heat per 5 °C, caffeine per 100 mg ...). The factor
-columns a reader sees have a few per cent of values blanked *after* the rate was drawn (MCAR), so a
-complete-case analysis stays unbiased.
+where ``x_k,d`` is the day's full (never blanked) value of feature k and ``unit_k`` the documented
+unit of the models in issue 4 (exercise per 30 min, heat per 5 °C, caffeine per 100 mg ...). The
+factor columns a reader sees have a few per cent of values blanked *after* the rate was drawn
+(MCAR), so a complete-case analysis stays unbiased.
 
 Changing a number here changes the data and the bundled sample (its byte-for-byte test will say so).
 """
@@ -62,7 +62,7 @@ EFFECTS: tuple[PlantedEffect, ...] = (
     PlantedEffect("sitting_h", "daily.sitting_h", "per 1 h", 1, 1.05,
                   "Prolonged sitting."),
     PlantedEffect("poor_posture", "daily.poor_posture", "yes vs no", 1, 1.00,
-                  "Planted null, but correlated with sitting: a test of confounding by a neighbour."),
+                  "Planted null, correlated with sitting: a test of confounding by a neighbour."),
     PlantedEffect("stress", "daily.stress", "per 1 point", 1, 1.08,
                   "Stress."),
     PlantedEffect("sleep_h", "daily.sleep_h", "per 1 h", 1, 0.92,
@@ -101,8 +101,10 @@ SEX_P = {"F": 0.52, "M": 0.46, "X": 0.02}
 #: Confounded scenario: log frailty gains gamma * (habitual level - population centre) for these
 #: subject-level habitual means, i.e. a between-subject effect on top of the within-subject one.
 CONFOUNDING = {
-    "stress": {"gamma_per_unit": 0.15, "centre": 4.0, "habitual": "subject's habitual stress (points)"},
-    "sitting_h": {"gamma_per_unit": 0.10, "centre": 7.0, "habitual": "subject's habitual sitting (h)"},
+    "stress": {"gamma_per_unit": 0.15, "centre": 4.0,
+               "habitual": "subject's habitual stress (points)"},
+    "sitting_h": {"gamma_per_unit": 0.10, "centre": 7.0,
+                  "habitual": "subject's habitual sitting (h)"},
 }
 
 #: Blanking of logged factor values (MCAR: independent of every value, drawn after the rate).
@@ -132,7 +134,7 @@ INJURY = {
     "exercise_multiplier_per_hour": 2.0,
 }
 
-#: Episode attributes (red-flag probabilities are on the logit scale of a latent severity z ~ N(0,1)).
+#: Episode attributes (red-flag probabilities: logit = a + b * z, z a latent severity ~ N(0, 1)).
 EPISODES = {
     "duration_median_min": 2.0,
     "duration_log_sd": 0.9,

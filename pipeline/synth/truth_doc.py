@@ -51,9 +51,9 @@ def truth_document(*, args: dict, effects, intercept: float, confounded: bool, r
                 "Subjects with higher habitual (mean) stress and sitting have a higher frailty for "
                 "reasons outside the data (e.g. an unmeasured health condition or occupation): "
                 "log frailty[i] gains sum_j gamma_j * (habitual_j[i] - centre_j). The daily values "
-                "vary around each subject's habitual level exactly as in the unconfounded scenario, "
-                "so the within-subject (conditional Poisson) effects are the planted ones, while a "
-                "pooled Poisson that compares people with each other is biased upward for stress "
+                "vary around each subject's habitual level exactly as in the unconfounded "
+                "scenario, so the within-subject (conditional Poisson) effects are the planted "
+                "ones, while a pooled Poisson that compares people with each other is biased upward for stress "
                 "and sitting_h (and, through their correlates, possibly others)."),
             "log_frailty_gain_per_unit_of_habitual_level": {
                 k: {"gamma": v["gamma_per_unit"], "centre": v["centre"], "habitual": v["habitual"]}

@@ -75,7 +75,8 @@ def _toml_value(v) -> str:
 
 def dataset_toml(custom_factors: tuple[schema.CustomFactor, ...]) -> str:
     """``dataset.toml`` declaring the custom factors (keys of ``schema.CustomFactor``)."""
-    lines = ["# Custom daily factors of this synthetic dataset (see pipeline.schema.CustomFactor).", ""]
+    lines = ["# Custom daily factors of this synthetic dataset (see pipeline.schema.CustomFactor).",
+             ""]
     for cf in custom_factors:
         lines.append("[[custom_factors]]")
         for key, value in vars(cf).items():
@@ -116,7 +117,8 @@ def write_dataset(ds: SynthDataset, out_dir: Path, *, fmt: str = "csv") -> None:
         else:
             _atomic_write(path, lambda p, t=df: t.write_parquet(p, statistics=True))
     if ds.custom_factors:
-        _atomic_write(toml, lambda p: p.write_text(dataset_toml(ds.custom_factors), encoding="utf-8"))
+        text = dataset_toml(ds.custom_factors)
+        _atomic_write(toml, lambda p, t=text: p.write_text(t, encoding="utf-8"))
 
     doc = {**ds.truth, "written": {"format": fmt, "dataset_dir": out_dir.resolve().name}}
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
