@@ -22,10 +22,11 @@ an analyst fluent in pandas/statsmodels would write it, not tuned:
 
 Custom factors from dataset.toml are not included (core features only).
 
-Usage: ``python benchmarks/baseline_pandas_statsmodels.py DATA_DIR [--ours]``. With ``--ours`` it
-then times ``pipeline.models`` (fit_poisson + fit_conditional_poisson) on the very same numpy
-design and prints the largest IRR difference between the two, to show the scale of the gap; that
-part is not included in the baseline's own timings.
+Usage: ``python benchmarks/baseline_pandas_statsmodels.py DATA_DIR [--ours] [--scale]``. With
+``--ours`` it then times ``pipeline.models`` (fit_poisson + fit_conditional_poisson) on the very
+same numpy design and prints the largest IRR difference between the two, to show the scale of the
+gap; that part is not included in the baseline's own timings. ``--scale`` (no DATA_DIR needed)
+times ``pipeline.models`` on a complete simulated 3.65M x 12 design with 10,000 subjects.
 """
 
 from __future__ import annotations
@@ -185,12 +186,51 @@ def time_ours(panel: pd.DataFrame) -> dict:
             "within_se": within.se, "shape": X.shape, "n_groups": within.n_groups_used}
 
 
+def time_ours_simulated(n_subjects: int = 10_000, n_days: int = 365, n_features: int = 12,
+                        seed: int = 0) -> dict:
+    """Time pipeline.models on a complete simulated design of n_subjects x n_days rows (no
+    missing values, so exactly 3.65M x 12 at the defaults), subject frailty correlated with
+    three features, two yes/no features."""
+    from pipeline.models import fit_conditional_poisson, fit_poisson
+
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_subjects), n_days)
+    n = subject.size
+    frailty = rng.normal(0, 0.5, n_subjects)
+    X = rng.standard_normal((n, n_features))
+    X[:, :3] += frailty[subject, None]
+    X[:, 4] = rng.random(n) < 0.3
+    X[:, 7] = rng.random(n) < 0.5
+    beta = rng.normal(0, 0.1, n_features)
+    y = rng.poisson(np.exp(-2.5 + frailty[subject] + X @ beta)).astype(float)
+    names = [f"x{j}" for j in range(n_features)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit_poisson(X, y, clusters=subject, feature_names=names)
+    t1, c1 = time.perf_counter(), time.process_time()
+    fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=names)
+    t2, c2 = time.perf_counter(), time.process_time()
+    return {"population_s": t1 - t0, "within_s": t2 - t1, "population_cpu_s": c1 - c0,
+            "within_cpu_s": c2 - c1, "shape": X.shape, "n_groups": n_subjects}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", help="dataset directory or table files")
+    parser.add_argument("paths", nargs="*", help="dataset directory or table files")
     parser.add_argument("--ours", action="store_true",
                         help="also time pipeline.models on the same design")
+    parser.add_argument("--scale", action="store_true",
+                        help="time pipeline.models on a complete simulated 10,000 x 365 x 12 "
+                             "design (no dataset needed)")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    if args.scale:
+        o = time_ours_simulated()
+        n, p = o["shape"]
+        print(f"pipeline.models on a simulated {n:,} x {p} design, {o['n_groups']:,} subjects:")
+        print(f"  population_s     {o['population_s']:8.2f}  (cpu {o['population_cpu_s']:.2f})")
+        print(f"  within_s         {o['within_s']:8.2f}  (cpu {o['within_cpu_s']:.2f})")
+        print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GiB")
+    if not args.paths:
+        return
     r = run_baseline(*args.paths)
     print(f"baseline pandas + statsmodels on {r['n_subject_days']:,} subject-days, "
           f"{r['n_subjects']:,} subjects")

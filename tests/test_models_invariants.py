@@ -287,6 +287,24 @@ def test_the_large_data_warm_start_does_not_change_the_answer(monkeypatch):
         assert warm.n_iter <= cold.n_iter
 
 
+def test_threaded_passes_give_the_single_threaded_answer(monkeypatch):
+    """Large data is streamed in blocks split between threads; force tiny blocks and three
+    workers on small data and compare with one block per pass."""
+    import pipeline.models.poisson as poisson
+
+    X, y, subject = panel(seed=10, n_subjects=60, days=30)
+    one = (fit_poisson(X, y, clusters=subject, feature_names=NAMES),
+           fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES))
+    monkeypatch.setattr(poisson, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(poisson, "worker_count", lambda n_blocks: 3)
+    many = (fit_poisson(X, y, clusters=subject, feature_names=NAMES),
+            fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES))
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(b.coef, a.coef, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(b.cov_cluster, a.cov_cluster, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(b.fitted, a.fitted, rtol=1e-10)
+
+
 def test_no_subject_with_episodes_is_refused():
     X, y, subject = panel()
     with pytest.raises(EstimationError, match="no events"):

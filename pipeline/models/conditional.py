@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.models import poisson
 from pipeline.models.poisson import (
-    CHUNK_ROWS,
     WARM_START_TOL,
     EstimationError,
     as_design,
@@ -48,6 +48,7 @@ from pipeline.models.poisson import (
     count_constants,
     encode_labels,
     inference,
+    map_blocks,
     maximize,
     pearson_chi2,
     raise_if_not_finite,
@@ -124,7 +125,7 @@ class _Groups:
         # Groups numbered in row order (already so for sorted labels).
         self.codes = np.repeat(np.arange(n_groups, dtype=np.int32), self.counts)
         # Blocks of whole groups of about CHUNK_ROWS rows each.
-        targets = np.arange(0, n, CHUNK_ROWS)
+        targets = np.arange(0, n, poisson.CHUNK_ROWS)
         first = np.unique(np.searchsorted(self.starts, targets, side="left"))
         first = first[first < n_groups]
         bounds = np.r_[first, n_groups]
@@ -267,22 +268,25 @@ def fit_conditional_poisson(
     y_sum = float(Yg.sum())
 
     m = max(int(G.rows(g0, g1).stop - G.rows(g0, g1).start) for g0, g1 in G.blocks)
-    # Work buffers reused by every block (fresh temporaries per block cost page faults).
-    eta_buf, e_buf, r_buf, tmp_buf = (np.empty(m) for _ in range(4))
-    z_buf, wT_buf = np.empty((m, p)), np.empty((p, m))
+    # Work buffers per worker, reused by every block (fresh temporaries per block cost page
+    # faults): eta, exp, residual, scratch, z = x - centre, and mu-weighted z transposed.
+    buffers = [(np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty((m, p)),
+                np.empty((p, m))) for _ in range(poisson.worker_count(len(G.blocks)))]
     centre = (R["lo"].min(axis=0) + R["hi"].max(axis=0)) / 2
     codes = G.codes
 
-    def evaluate(beta: np.ndarray, hessian: bool):
-        """One pass over blocks of whole groups: profile log-likelihood kernel, gradient,
-        optionally the Hessian (storing the weighted group means in ``xbar``), the largest change
-        of x'beta since the last pass; fills ``fitted`` and updates ``log_scale``."""
+    def work(part, worker: int, beta: np.ndarray, hessian: bool):
+        """Profile log-likelihood kernel, gradient, optionally the total and between-subject
+        parts of the Hessian (storing the weighted group means in ``xbar``), and the largest
+        change of x'beta since the last pass, over some blocks of whole groups; fills ``fitted``
+        and updates ``log_scale`` for those groups."""
+        eta_buf, e_buf, r_buf, tmp_buf, z_buf, wT_buf = buffers[worker]
         grad = np.zeros(p)
-        H = np.zeros((p, p)) if hessian else None
-        between = np.zeros((p, p))
+        total = np.zeros((p, p)) if hessian else None
+        between = np.zeros((p, p)) if hessian else None
         ll = 0.0
         drift = 0.0
-        for g0, g1 in G.blocks:
+        for g0, g1 in part:
             rs = G.rows(g0, g1)
             rows = rs.stop - rs.start
             Xc, yc, cc = X[rs], y[rs], codes[rs]
@@ -317,25 +321,33 @@ def fit_conditional_poisson(
                 # the fixed centre (mid-range) keeps the subtraction well conditioned.
                 z = np.subtract(Xc, centre, out=z_buf[:rows])
                 wT = np.multiply(z.T, mu, out=wT_buf[:, :rows])
-                H += wT @ z
+                total += wT @ z
                 B = np.add.reduceat(wT, loc, axis=1).T
-                Ysafe = np.where(ok, Yg[g0:g1], 1.0)[:, None]
-                Bs = B / Ysafe
+                Bs = B / np.where(ok, Yg[g0:g1], 1.0)[:, None]
                 between += B.T @ Bs
                 xbar[g0:g1] = Bs + centre
+        return ll, grad, total, between, drift
+
+    def evaluate(beta: np.ndarray, hessian: bool):
+        """One pass over all blocks (split between workers)."""
+        parts = map_blocks(lambda part, w: work(part, w, beta, hessian), G.blocks, len(buffers))
+        ll = sum(q[0] for q in parts) - y_sum
+        grad = sum(q[1] for q in parts)
+        H = None
         if hessian:
-            gross = np.diag(H).copy()
-            H -= between
-            # Digits lost to the subtraction: log10 of gross / within, per feature.
+            total = sum(q[2] for q in parts)
+            H = total - sum(q[3] for q in parts)
+            # Digits lost to the subtraction: log10 of total / within, per feature.
             with np.errstate(divide="ignore", invalid="ignore"):
-                cancellation[0] = float(np.nanmax(gross / np.diag(H)))
-        return ll - y_sum, grad, H, drift
+                cancellation[0] = float(np.nanmax(np.diag(total) / np.diag(H)))
+        return ll, grad, H, max(q[4] for q in parts)
 
     cancellation = [1.0]
 
     def exact_hessian() -> np.ndarray:
         """sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)' by explicit demeaning, for designs whose
         between-subject spread dwarfs the within-subject one (see CANCELLATION_LIMIT)."""
+        *_, z_buf, wT_buf = buffers[0]
         H = np.zeros((p, p))
         for g0, g1 in G.blocks:
             rs = G.rows(g0, g1)
@@ -371,6 +383,8 @@ def fit_conditional_poisson(
 
     mu = fitted
     r = y - mu
+
+    z_buf = buffers[0][4]
 
     def scores(sl):
         xt = np.take(xbar, codes[sl], axis=0, out=z_buf[:sl.stop - sl.start])

@@ -29,7 +29,9 @@ as statsmodels GLM does by default (``use_t=False``): z = coef/se, two-sided p f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +61,9 @@ FREEZE_HESSIAN_ETA_STEP = 0.05
 WARM_START_MIN_ROWS = 500_000
 WARM_START_STRIDE = 16
 WARM_START_TOL = 1e-6
+# Threads per streamed pass (each with single-threaded BLAS), and blocks each must have at least.
+MAX_WORKERS = 4
+MIN_BLOCKS_PER_WORKER = 8
 # A Newton decrement (log-likelihood units) below which the next step is expected to be the last.
 FINAL_STEP_DECREMENT = 1e-4
 
@@ -186,7 +191,8 @@ def pearson_chi2(y: np.ndarray, mu: np.ndarray) -> float:
     return float(np.divide(r2, mu, out=np.zeros_like(r2), where=mu > 0).sum())
 
 
-def row_chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
+def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
+    size = size or CHUNK_ROWS
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -263,6 +269,30 @@ def newton_step(H: np.ndarray, grad: np.ndarray) -> np.ndarray:
         return linalg.cho_solve(linalg.cho_factor(H), grad)
     except linalg.LinAlgError:
         return np.linalg.lstsq(H, grad, rcond=None)[0]
+
+
+def worker_count(n_blocks: int) -> int:
+    """Threads for a streamed pass: one per available core (at most MAX_WORKERS), and one only
+    for small data, where a thread costs more than it saves. numpy's ufuncs, reductions and
+    BLAS release the GIL, so block work runs in parallel."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores, n_blocks // MIN_BLOCKS_PER_WORKER))
+
+
+def map_blocks(work, blocks: list, n_workers: int) -> list:
+    """``work(part, worker)`` on ``n_workers`` contiguous parts of ``blocks``; results in block
+    order, so sums over them are deterministic whatever the thread timing."""
+    if n_workers <= 1:
+        return [work(blocks, 0)]
+    bounds = np.linspace(0, len(blocks), n_workers + 1).round().astype(int)
+    parts = [blocks[bounds[i]:bounds[i + 1]] for i in range(n_workers)]
+    with ThreadPoolExecutor(max_workers=n_workers - 1) as pool:
+        futures = [pool.submit(work, parts[i], i) for i in range(1, n_workers)]
+        first = work(parts[0], 0)
+        return [first] + [f.result() for f in futures]
 
 
 def single_threaded_blas():
@@ -493,14 +523,16 @@ def fit_poisson(
     ic = 1 if add_intercept else 0
 
     m = min(n, CHUNK_ROWS)
-    # Work buffers reused by every block: fresh multi-megabyte temporaries per block cost page
-    # faults that dominate the arithmetic.
-    eta_buf, r_buf, tmp_buf = np.empty(m), np.empty(m), np.empty(m)
-    w_buf = np.empty((m, p))
+    slices = list(row_chunks(n))
+    # Work buffers per worker, reused by every block: fresh multi-megabyte temporaries per block
+    # cost page faults that dominate the arithmetic.
+    buffers = [(np.empty(m), np.empty(m), np.empty(m), np.empty((m, p)))
+               for _ in range(worker_count(len(slices)))]
 
-    def evaluate(beta: np.ndarray, hessian: bool):
-        """One streamed pass: log-likelihood kernel, gradient, optionally the Hessian, and the
-        largest change of the linear predictor since the last pass; fills ``fitted``."""
+    def work(part: list[slice], worker: int, beta: np.ndarray, hessian: bool):
+        """Log-likelihood kernel pieces, gradient, optionally Hessian, and the largest change of
+        the linear predictor since the last pass, over some blocks; fills ``fitted``."""
+        eta_buf, r_buf, tmp_buf, w_buf = buffers[worker]
         b = beta[ic:]
         b0 = beta[0] if add_intercept else 0.0
         grad = np.zeros(k)
@@ -508,7 +540,7 @@ def fit_poisson(
         sum_yeta = 0.0
         sum_mu = 0.0
         drift = 0.0
-        for sl in row_chunks(n):
+        for sl in part:
             Xc = X[sl]
             rows = sl.stop - sl.start
             eta, r, tmp = eta_buf[:rows], r_buf[:rows], tmp_buf[:rows]
@@ -538,6 +570,14 @@ def fit_poisson(
                     H[0, 1:] += xmu
                     H[1:, 0] += xmu
         return sum_yeta - sum_mu, grad, H, drift
+
+    def evaluate(beta: np.ndarray, hessian: bool):
+        """One streamed pass over all blocks (split between workers)."""
+        parts = map_blocks(lambda part, w: work(part, w, beta, hessian), slices, len(buffers))
+        ll = sum(q[0] for q in parts)
+        grad = sum(q[1] for q in parts)
+        H = sum(q[2] for q in parts) if hessian else None
+        return ll, grad, H, max(q[3] for q in parts)
 
     beta = np.zeros(k)
     if add_intercept:
