@@ -145,7 +145,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             quarantines.append(quarantine)
             table_reports[name] = _table_report(per_file, quarantine, resolved.accepted,
                                                 resolved.duplicates, unknown)
-            _add_file_counts(per_file, quarantine, resolved.accepted, resolved.duplicates)
+            _add_file_counts(per_file, quarantine, resolved.duplicates)
             file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
@@ -179,16 +179,17 @@ def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.D
     }
 
 
-def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.DataFrame,
+def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
                      duplicates: pl.DataFrame) -> None:
-    acc = dict(accepted.group_by(SOURCE_FILE).len().iter_rows())
+    """Per-file counts; accepted is what remains, so each file's rows add up by construction."""
     qua = dict(quarantine.group_by("source_file").len().iter_rows())
     dup = dict(duplicates.iter_rows())
     for entry in per_file:
         ingested = entry["status"] == "ingested"
-        entry["accepted"] = int(acc.get(entry["path"], 0)) if ingested else 0
         entry["quarantined"] = int(qua.get(entry["path"], 0)) if ingested else 0
         entry["duplicates"] = int(dup.get(entry["path"], 0)) if ingested else 0
+        entry["accepted"] = (entry["rows"] - entry["quarantined"] - entry["duplicates"]
+                             if ingested else 0)
 
 
 @contextmanager

@@ -37,6 +37,11 @@ def check_accounting(result: IngestResult) -> None:
                             f"{t['quarantined']} + duplicates {t['duplicates']} (= {total})")
         if sum(t["quarantined_by_reason"].values()) != t["quarantined"]:
             problems.append(f"{name}: quarantined_by_reason does not add up to quarantined")
+        files_accepted = sum(f.get("accepted", 0) for f in result.summary.get("files", [])
+                             if f["table"] == name and f["status"] == "ingested")
+        if files_accepted != t["accepted"]:
+            problems.append(f"{name}: the files' accepted rows add up to {files_accepted}, "
+                            f"not {t['accepted']}")
         if per_table.get(name, 0) != t["quarantined"]:
             problems.append(f"{name}: quarantine.csv has {per_table.get(name, 0)} rows, "
                             f"summary says {t['quarantined']}")
