@@ -285,6 +285,13 @@ def test_the_large_data_warm_start_does_not_change_the_answer(monkeypatch):
         np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(warm.cov_cluster, cold.cov_cluster, rtol=1e-7, atol=1e-14)
         assert warm.n_iter <= cold.n_iter
+    # An explicit start (e.g. a related model's estimates) is honoured and changes nothing.
+    restarted = fit_conditional_poisson(X, y, groups=subject, clusters=subject,
+                                        feature_names=NAMES, start=cold_fe.coef)
+    np.testing.assert_allclose(restarted.coef, cold_fe.coef, rtol=1e-9, atol=1e-12)
+    assert restarted.n_iter <= 2  # one step, to see the deviance settle
+    with pytest.raises(EstimationError, match="start must hold 4"):
+        fit_poisson(X, y, clusters=subject, feature_names=NAMES, start=np.zeros(3))
 
 
 def test_threaded_passes_give_the_single_threaded_answer(monkeypatch):

@@ -190,12 +190,14 @@ def fit_conditional_poisson(
     feature_names: Sequence[str],
     tol: float = 1e-10,
     max_iter: int = 100,
+    start: np.ndarray | None = None,
 ) -> ConditionalPoissonFit:
     """Poisson regression with a fixed effect per group, concentrated out; clustered sandwich.
 
     Rows need not be sorted by group; when they are not, one group-sorted copy of X is made
     (sorted input, as a subject-day panel is, is used in place). Convergence: relative deviance
-    change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``.
+    change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``. ``start``
+    (optional): starting coefficients, e.g. from a related model (a dose-response refit).
 
     Raises ``EstimationError`` for features with no within-group variation (among groups with
     events), within-group separation (every day with events at the subject's lowest, or highest,
@@ -359,9 +361,14 @@ def fit_conditional_poisson(
         return H
 
     # Every 16th row of the group-sorted data is still group-sorted.
-    beta0 = warm_start(lambda sl: fit_conditional_poisson(
-        X[sl], y[sl], groups=G.codes[sl], clusters=cl_codes[sl], feature_names=names,
-        tol=WARM_START_TOL).coef, n)
+    if start is not None:
+        beta0 = np.asarray(start, dtype=np.float64)
+        if beta0.shape != (p,) or not np.all(np.isfinite(beta0)):
+            raise EstimationError(f"start must hold {p} finite values", reason="invalid_input")
+    else:
+        beta0 = warm_start(lambda sl: fit_conditional_poisson(
+            X[sl], y[sl], groups=G.codes[sl], clusters=cl_codes[sl], feature_names=names,
+            tol=WARM_START_TOL).coef, n)
     if beta0 is None:
         beta0 = np.zeros(p)
 

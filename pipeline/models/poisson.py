@@ -474,6 +474,7 @@ def fit_poisson(
     add_intercept: bool = True,
     tol: float = 1e-10,
     max_iter: int = 100,
+    start: np.ndarray | None = None,
 ) -> PoissonFit:
     """Poisson regression of ``y`` on ``X`` (log link) with a cluster-robust covariance.
 
@@ -482,6 +483,9 @@ def fit_poisson(
     and each coefficient within ~sqrt(tol) (1e-5 at the default) model-based standard errors of
     the MLE. The deviance criterion alone can stop early on a flat likelihood. ``converged`` is
     always True on a returned fit (a fit that does not converge raises).
+
+    ``start`` (optional) gives starting coefficients, aligned with the result's ``names``, e.g. a
+    related model's estimates; by default a null model, or a subsample fit on large data.
 
     Raises ``EstimationError`` for constant or all-zero features, single-feature separation (e.g.
     a yes/no level without episodes), a rank-deficient design (naming the collinear features),
@@ -584,10 +588,14 @@ def fit_poisson(
         beta[0] = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
     if not np.all(np.isfinite(beta)):
         raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
-    warm = warm_start(lambda sl: fit_poisson(
+    warm = np.asarray(start, dtype=np.float64) if start is not None else warm_start(
+        lambda sl: fit_poisson(
         X[sl], y[sl], clusters=codes[sl], offset=None if offset is None else offset[sl],
-        feature_names=fnames, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
+            feature_names=fnames, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
     if warm is not None:
+        if warm.shape != (k,) or not np.all(np.isfinite(warm)):
+            raise EstimationError(f"start must hold {k} finite values (intercept first when "
+                                  "added)", reason="invalid_input")
         beta = warm
 
     def first_hessian_check(H):
