@@ -61,6 +61,8 @@ def run_job(
         custom_factors=config.custom_factors,
     )
     summary["panel"] = panel.summary
+    # The report reads the rules a run used from here (None: the shipped rules).
+    summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
     atomic.write_json(out_dir / "summary.json", summary)
     if panel.summary.get("episodes_outside_logged_days"):
         messages.append(
