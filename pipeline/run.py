@@ -54,10 +54,13 @@ def run_job(
     n_flagged = flags.flags.height
     messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")
 
+    # No injuries file ever ingested means injuries were not logged (recent_injury unknown),
+    # which is not the same as "no injuries".
+    injuries_logged = any(f.table == "injuries" for f in store.manifest.files)
     panel = build_panel(
         store.read("daily"),
         store.read("episodes"),
-        store.read("injuries"),
+        store.read("injuries") if injuries_logged else None,
         custom_factors=config.custom_factors,
     )
     summary["panel"] = panel.summary
