@@ -138,3 +138,20 @@ def test_random_json_lines_are_all_accounted_for(lines, crlf):
     counted, duplicates = _counted_lines(result, "daily")
     assert len(counted) + duplicates == len(expected)
     assert set(counted) <= set(expected)
+
+
+@SETTINGS
+@given(values=st.lists(st.one_of(values, st.sampled_from(
+    ["TRUE", "True", "tRuE", " yes", "Y", "calf", "Calf", " CALF ", "lower back", "none",
+     "2025-1-5", " 2025-01-05", "2025-01-05T10:00", "2025-01-05 10:00:00+01:00", "3", " 3 ",
+     "3.0", "1e1", "inf", "-0"])), min_size=1, max_size=20))
+def test_quick_parse_never_disagrees_with_forgiving_parse(values):
+    from pipeline.ingest.validate import clean, parse
+    from pipeline.schema import TABLES
+
+    frame = pl.DataFrame({"v": pl.Series(values, dtype=pl.String)})
+    for column in (*TABLES["daily"].columns, *TABLES["episodes"].columns):
+        quick = frame.select(parse(column, pl.col("v"), forgiving=False)).to_series()
+        forgiving = frame.select(parse(column, clean(pl.col("v")), forgiving=True)).to_series()
+        both = pl.DataFrame({"q": quick, "f": forgiving}).filter(pl.col("q").is_not_null())
+        assert both["q"].to_list() == both["f"].to_list(), column.name

@@ -109,11 +109,24 @@ def _enum_key_py(value: str) -> str:
     return re.sub(r"[\s\-]+", "_", value.strip().lower())
 
 
-def parse(column: Column, text: pl.Expr) -> pl.Expr:
-    """Parse cleaned text into the column's dtype; null where it cannot be read."""
+def parse(column: Column, text: pl.Expr, *, forgiving: bool = True) -> pl.Expr:
+    """Parse cleaned text into the column's dtype; null where it cannot be read.
+
+    ``forgiving=False`` is the quick first pass: enums and booleans must be spelled exactly
+    as declared (or in lower/upper/title case); anything else is left to the forgiving pass,
+    which accepts the same values and more, so the two passes never disagree on a value.
+    """
     kind = column.kind
     if kind in ("token", "string"):
         return text
+    if kind == "enum" and not forgiving:
+        return pl.when(text.is_in(list(column.values))).then(text)
+    if kind == "bool" and not forgiving:
+        def spellings(words):
+            return sorted({v for w in words for v in (w, w.upper(), w.title())})
+        return (pl.when(text.is_in(spellings(TRUE_SPELLINGS))).then(True)
+                .when(text.is_in(spellings(FALSE_SPELLINGS))).then(False)
+                .otherwise(None).cast(pl.Boolean))
     if kind == "enum":
         mapping = {_enum_key_py(v): v for v in column.values}
         assert len(mapping) == len(column.values), f"{column.name}: ambiguous enum spellings"
@@ -198,7 +211,8 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
 
     def evaluate(rows: pl.DataFrame, forgiving: bool) -> tuple[pl.DataFrame, list[_Check]]:
         text = {c.name: clean(pl.col(c.name)) if forgiving else pl.col(c.name) for c in present}
-        rows = rows.with_columns(parse(c, text[c.name]).alias(_parsed(c.name)) for c in present)
+        rows = rows.with_columns(parse(c, text[c.name], forgiving=forgiving).alias(_parsed(c.name))
+                                 for c in present)
         checks = _checks(present, text, identifier_values, bad_tokens, forgiving)
         checks += [_Check("missing_required", c.name, "a value is required here", pl.lit(True))
                    for c in absent_required]
