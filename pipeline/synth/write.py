@@ -26,6 +26,8 @@ _TABLE_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".ndjson", ".parquet")
 DECIMALS = {c: (0 if step >= 1 else (1 if round(step * 10) == step * 10 else 2))
             for c, step in STEP.items()} | {"duration_min": 1}
 DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+#: Rows converted to text at a time when writing CSV (bounds memory; the bytes do not depend on it).
+CSV_CHUNK_ROWS = 1_000_000
 
 
 def truth_path(out_dir: Path) -> Path:
@@ -57,6 +59,13 @@ def _as_text(df: pl.DataFrame) -> pl.DataFrame:
         else:
             exprs.append(pl.col(name))
     return df.select(exprs)
+
+
+def _write_csv(df: pl.DataFrame, path: Path) -> None:
+    with open(path, "wb") as f:
+        for offset in range(0, max(df.height, 1), CSV_CHUNK_ROWS):
+            _as_text(df.slice(offset, CSV_CHUNK_ROWS)).write_csv(
+                f, include_header=offset == 0, line_terminator="\n")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -108,8 +117,7 @@ def write_dataset(ds: SynthDataset, out_dir: Path, *, fmt: str = "csv") -> None:
     for name, df in ds.tables().items():
         path = out_dir / f"{name}{FORMATS[fmt]}"
         if fmt == "csv":
-            text = _as_text(df)
-            _atomic_write(path, lambda p, t=text: t.write_csv(p, line_terminator="\n"))
+            _atomic_write(path, lambda p, t=df: _write_csv(t, p))
         elif fmt == "jsonl":
             frame = df.with_columns(pl.col(pl.Datetime).dt.strftime(DATETIME_FORMAT),
                                     pl.col(pl.Date).dt.strftime("%Y-%m-%d"))
