@@ -76,7 +76,8 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
     for f in fd.SECONDARY_FEATURES:
         missing = [c for c in f.source_columns if c not in daily_cols]
         if missing:
-            absent[f.name] = "daily has no " + ", ".join(repr(c) for c in missing) + " column"
+            absent[f.name] = ("daily has no " + " or ".join(repr(c) for c in missing)
+                              + (" columns" if len(missing) > 1 else " column"))
             continue
         available.append(f)
 

@@ -78,7 +78,11 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
     for model, conditional, features, reported in model_specs(custom_factors):
         # One model's design in memory at a time: each is released before the next is built.
         design = prepare_design(frame, panel, model, conditional, features, reported)
-        fit, failure = _fit(design)
+        if model not in PRIMARY_MODELS and not set(design.names) & {f.name for f in reported}:
+            # Nothing this model reports survived the checks: its rows say why; skip the fit.
+            fit, failure = None, "none of the model's own features can be estimated"
+        else:
+            fit, failure = _fit(design)
         if model in PRIMARY_MODELS and fit is None:
             reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items()
                                 if name not in panel.absent)
