@@ -370,3 +370,60 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(f"pipeline.models.{module}"))
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------ any input: a fit or a reason
+
+
+@st.composite
+def small_designs(draw):
+    """Tiny panels: 2-8 subjects of 1-12 days, 1-3 features (continuous, yes/no, sparse
+    integer, constant, subject-level, or a copy of the previous one), sparse counts."""
+    n_subjects = draw(st.integers(2, 8))
+    days = draw(st.lists(st.integers(1, 12), min_size=n_subjects, max_size=n_subjects))
+    subject = np.repeat(np.arange(n_subjects), days)
+    n = subject.size
+    p = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    cols = []
+    kinds = ["normal", "binary", "count", "constant", "subject", "copy"]
+    for kind in draw(st.lists(st.sampled_from(kinds), min_size=p, max_size=p)):
+        if kind == "copy" and cols:
+            cols.append(2 * cols[-1])
+        elif kind == "constant":
+            cols.append(np.full(n, 1.5))
+        elif kind == "subject":
+            cols.append(rng.normal(size=n_subjects)[subject])
+        elif kind == "normal":
+            cols.append(rng.normal(size=n))
+        elif kind == "binary":
+            cols.append((rng.random(n) < draw(st.floats(0.05, 0.95))).astype(float))
+        else:
+            cols.append(rng.poisson(0.5, n).astype(float))
+    X = np.column_stack(cols)
+    y = (rng.poisson(draw(st.floats(0.05, 2.0)), n) * (rng.random(n) < 0.7)).astype(float)
+    return X, y, subject
+
+
+@settings(max_examples=40, deadline=None)
+@given(small_designs())
+def test_any_small_panel_gives_a_fit_or_a_stated_reason(design):
+    """Never a solver traceback: either a finite estimate satisfying the score equations, or an
+    EstimationError saying why."""
+    X, y, subject = design
+    names = [f"f{j}" for j in range(X.shape[1])]
+    for fit, kwargs in ((fit_poisson, {"clusters": subject}),
+                        (fit_conditional_poisson, {"groups": subject, "clusters": subject})):
+        try:
+            result = fit(X, y, feature_names=names, **kwargs)
+        except EstimationError as err:
+            assert err.reason and str(err)
+            continue
+        assert np.all(np.isfinite(result.coef)) and np.all(np.isfinite(result.se))
+        assert np.all(result.se >= 0)
+        if fit is fit_poisson:
+            assert result.fitted.sum() == pytest.approx(y.sum(), rel=1e-8)
+        else:
+            np.testing.assert_allclose(np.bincount(subject, weights=result.fitted),
+                                       np.bincount(subject, weights=y), rtol=1e-8, atol=1e-10)
