@@ -64,7 +64,11 @@ from pipeline.models.poisson import (
 class ConditionalPoissonFit:
     """A fitted within-subject Poisson model; arrays aligned with ``names`` (features only).
     ``fitted`` (in the caller's row order) includes the concentrated subject effects, so it sums
-    to the observed count within every subject (0 for subjects without events)."""
+    to the observed count within every subject (0 for subjects without events).
+    ``group_labels`` lists every group (in row order of first appearance after grouping) and
+    ``fixed_effects`` its log baseline rate alpha_g (-inf for a group without events).
+    ``n_obs``/``df_resid`` count only rows of groups with events; ``small_sample_factor`` is the
+    CRV1 factor applied (see the module docstring)."""
 
     names: tuple[str, ...]
     coef: np.ndarray

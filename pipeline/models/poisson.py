@@ -289,9 +289,15 @@ def map_blocks(work, blocks: list, n_workers: int) -> list:
         return [work(blocks, 0)]
     bounds = np.linspace(0, len(blocks), n_workers + 1).round().astype(int)
     parts = [blocks[bounds[i]:bounds[i + 1]] for i in range(n_workers)]
+
+    def run(i):
+        # numpy's error state is per thread: trial steps may overflow exp() (see maximize).
+        with np.errstate(over="ignore", invalid="ignore"):
+            return work(parts[i], i)
+
     with ThreadPoolExecutor(max_workers=n_workers - 1) as pool:
-        futures = [pool.submit(work, parts[i], i) for i in range(1, n_workers)]
-        first = work(parts[0], 0)
+        futures = [pool.submit(run, i) for i in range(1, n_workers)]
+        first = run(0)
         return [first] + [f.result() for f in futures]
 
 
