@@ -100,6 +100,7 @@ E6,S1,2025-01-01,5,calf,3,none,no
 E7,S1,2025-01-01T10:40,5,elbow,3,none,no
 E8,S1,2025-01-01T10:50:00.250Z,1440,lower back,10.0,both_legs,0
 E9,S1,2025-01-01T11:00,5,calf,3,none,sometimes
+E10,S1,2025-01-01T12:00,5,calf,1E100,none,no
 """})
     result = validate_dataset(data)
     assert _quarantine(result, "episodes") == spec_table("""
@@ -111,6 +112,7 @@ E9,S1,2025-01-01T11:00,5,calf,3,none,sometimes
         | 7    | started_at   | 2025-01-01 | type          |
         | 8    | muscle_group | elbow      | invalid_value |
         | 10   | er_visit     | sometimes  | type          |
+        | 11   | pain         | 1E100      | type          |
     """)
     accepted = result.accepted["episodes"].sort("source_line")
     assert accepted.select("episode_id", "started_at", "muscle_group", "pain", "numbness",

@@ -44,6 +44,8 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 _CHECK = "__check"
+#: Whole numbers are read through Float64, exact up to 2**53; larger ones are not whole numbers.
+_MAX_EXACT_INT = 2**53
 _DATE_SHAPE = r"^\d{4}-\d{1,2}-\d{1,2}$"
 # ISO 8601 local date-time: 'T' or space, optional seconds and fraction, optional UTC offset
 # (dropped: the contract keeps the local wall-clock time).
@@ -136,8 +138,8 @@ def parse(column: Column, text: pl.Expr, *, forgiving: bool = True) -> pl.Expr:
         return text.cast(pl.Float64, strict=False)
     if kind == "int":
         number = text.cast(pl.Float64, strict=False)
-        return (pl.when(number.is_finite() & (number == number.floor())).then(number)
-                .otherwise(None).cast(pl.Int64))
+        whole = number.is_finite() & (number == number.floor()) & (number.abs() <= _MAX_EXACT_INT)
+        return pl.when(whole).then(number).otherwise(None).cast(pl.Int64, strict=False)
     if kind == "bool":
         mapping = {**{s: True for s in TRUE_SPELLINGS}, **{s: False for s in FALSE_SPELLINGS}}
         return text.str.to_lowercase().replace_strict(mapping, default=None,
