@@ -271,13 +271,13 @@ def test_separation_by_a_combination_of_features_is_refused():
 def test_the_large_data_warm_start_does_not_change_the_answer(monkeypatch):
     """Above WARM_START_MIN_ROWS Newton starts from a fit on every 16th row; force that path on
     small data and compare with the cold start."""
-    import pipeline.models.poisson as poisson
+    import pipeline.models.estimation as estimation
 
     X, y, subject = panel(seed=9, n_subjects=200, days=40)
     cold_pop = fit_poisson(X, y, clusters=subject, feature_names=NAMES)
     cold_fe = fit_conditional_poisson(X, y, groups=subject, clusters=subject,
                                       feature_names=NAMES)
-    monkeypatch.setattr(poisson, "WARM_START_MIN_ROWS", 1000)
+    monkeypatch.setattr(estimation, "WARM_START_MIN_ROWS", 1000)
     warm_pop = fit_poisson(X, y, clusters=subject, feature_names=NAMES)
     warm_fe = fit_conditional_poisson(X, y, groups=subject, clusters=subject,
                                       feature_names=NAMES)
@@ -297,13 +297,13 @@ def test_the_large_data_warm_start_does_not_change_the_answer(monkeypatch):
 def test_threaded_passes_give_the_single_threaded_answer(monkeypatch):
     """Large data is streamed in blocks split between threads; force tiny blocks and three
     workers on small data and compare with one block per pass."""
-    import pipeline.models.poisson as poisson
+    import pipeline.models.estimation as estimation
 
     X, y, subject = panel(seed=10, n_subjects=60, days=30)
     one = (fit_poisson(X, y, clusters=subject, feature_names=NAMES),
            fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES))
-    monkeypatch.setattr(poisson, "CHUNK_ROWS", 50)
-    monkeypatch.setattr(poisson, "worker_count", lambda n_blocks: 3)
+    monkeypatch.setattr(estimation, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(estimation, "worker_count", lambda n_blocks: 3)
     many = (fit_poisson(X, y, clusters=subject, feature_names=NAMES),
             fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES))
     for a, b in zip(one, many):

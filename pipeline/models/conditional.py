@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.models import poisson
-from pipeline.models.poisson import (
+from pipeline.models import estimation
+from pipeline.models.estimation import (
     WARM_START_TOL,
     EstimationError,
     as_design,
@@ -129,7 +129,7 @@ class _Groups:
         # Groups numbered in row order (already so for sorted labels).
         self.codes = np.repeat(np.arange(n_groups, dtype=np.int32), self.counts)
         # Blocks of whole groups of about CHUNK_ROWS rows each.
-        targets = np.arange(0, n, poisson.CHUNK_ROWS)
+        targets = np.arange(0, n, estimation.CHUNK_ROWS)
         first = np.unique(np.searchsorted(self.starts, targets, side="left"))
         first = first[first < n_groups]
         bounds = np.r_[first, n_groups]
@@ -277,7 +277,7 @@ def fit_conditional_poisson(
     # Work buffers per worker, reused by every block (fresh temporaries per block cost page
     # faults): eta, exp, residual, scratch, z = x - centre, and mu-weighted z transposed.
     buffers = [(np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty((m, p)),
-                np.empty((p, m))) for _ in range(poisson.worker_count(len(G.blocks)))]
+                np.empty((p, m))) for _ in range(estimation.worker_count(len(G.blocks)))]
     centre = (R["lo"].min(axis=0) + R["hi"].max(axis=0)) / 2
     codes = G.codes
 
