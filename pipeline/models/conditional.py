@@ -409,7 +409,7 @@ def fit_conditional_poisson(
         clusters is groups) else True
     k = p if nested else p + n_used_groups
     factor = cluster_correction(n_clusters, n_obs, k)
-    cov = sandwich(H, S, factor)
+    cov, cov_model = sandwich(H, S, factor)
 
     pearson = pearson_chi2(y, mu)
     deviance = 2 * (sum_ylogy - y_sum - ll)
@@ -424,7 +424,7 @@ def fit_conditional_poisson(
         out[G.order] = mu
         mu = out
     return ConditionalPoissonFit(
-        names=names, coef=beta, cov_cluster=cov, cov_model=np.linalg.inv(H),
+        names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
         **inference(beta, cov), fitted=mu, group_labels=labels, fixed_effects=fe, n_obs=n_obs, n_obs_dropped=n - n_obs,
         n_groups_used=n_used_groups, n_groups_dropped_all_zero=G.n_groups - n_used_groups,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),

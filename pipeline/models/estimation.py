@@ -178,13 +178,20 @@ def raise_if_rank_deficient(H: np.ndarray, names: Sequence[str]) -> None:
             reason="collinear", features=flat)
 
 
-def sandwich(H: np.ndarray, score_sums: np.ndarray, factor: float) -> np.ndarray:
-    """factor * H^-1 M H^-1 with M = sum_g s_g s_g' (H symmetric positive definite)."""
-    cho = linalg.cho_factor(H)
+def sandwich(H: np.ndarray, score_sums: np.ndarray,
+             factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(factor * H^-1 M H^-1, H^-1) with M = sum_g s_g s_g': the cluster-robust and the
+    model-based covariance (H symmetric positive definite)."""
+    try:
+        cho = linalg.cho_factor(H)
+    except linalg.LinAlgError:
+        raise EstimationError(
+            "the information matrix is singular at the solution (features nearly collinear "
+            "on the days that carry weight)", reason="collinear") from None
     bread = linalg.cho_solve(cho, np.eye(H.shape[0]))
     meat = score_sums.T @ score_sums
     V = factor * bread @ meat @ bread
-    return (V + V.T) / 2
+    return (V + V.T) / 2, (bread + bread.T) / 2
 
 
 def inference(coef: np.ndarray, cov: np.ndarray) -> dict[str, np.ndarray]:
@@ -354,5 +361,5 @@ def warm_start(fit_subsample, n: int) -> np.ndarray | None:
         return None
     try:
         return fit_subsample(slice(None, None, WARM_START_STRIDE))
-    except EstimationError:
+    except (EstimationError, np.linalg.LinAlgError, FloatingPointError, ValueError):
         return None

@@ -311,11 +311,11 @@ def fit_poisson(
 
     S = cluster_score_sums(scores, row_chunks(n), codes, n_clusters, k)
     factor = cluster_correction(n_clusters, n, k)
-    cov = sandwich(H, S, factor)
+    cov, cov_model = sandwich(H, S, factor)
     deviance = 2 * (sum_ylogy - y_sum - ll)
     pearson = pearson_chi2(y, mu)
     return PoissonFit(
-        names=names, coef=beta, cov_cluster=cov, cov_model=np.linalg.inv(H),
+        names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
         **inference(beta, cov), fitted=mu, n_obs=n,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
         pearson_chi2=pearson, df_resid=n - k, loglik=float(ll - sum_lgamma),
