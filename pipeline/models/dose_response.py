@@ -57,17 +57,24 @@ def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
     design, subset = _subset(design, MAX_SUBJECT_DAYS)
     if subset:
         notes["subset"] = subset
+    from pipeline.models.poisson import EstimationError
+
+    # One working design for all curves: the linear design plus room for the extra spline
+    # columns. Curve j writes its first spline column over feature j and the others at the end,
+    # then puts feature j back, so no curve copies the whole design again.
+    n, p = design.X.shape
+    work = np.empty((n, p + len(KNOT_QUANTILES) - 2), order="F")
+    work[:, :p] = design.X
     for j, feature in enumerate(design.kept):
         if feature.kind != "numeric" or feature.role != "core":
             continue
         try:
-            curve, note = _curve(design, j)
-        except Exception as exc:  # noqa: BLE001 - a failed curve must not sink the whole run
-            from pipeline.models.poisson import EstimationError
-
-            if not isinstance(exc, (EstimationError, ValueError, np.linalg.LinAlgError)):
-                raise
+            curve, note = _curve(design, j, work)
+        except (EstimationError, ValueError, np.linalg.LinAlgError) as exc:
+            # A curve that cannot be fitted is reported as such; it must not sink the run.
             curve, note = None, {"status": "not_estimated", "reason": f"spline fit failed ({exc})"}
+        finally:
+            work[:, j] = design.X[:, j]
         notes[feature.name] = note
         if curve is not None:
             frames.append(curve)
@@ -130,7 +137,7 @@ def natural_spline(knots: np.ndarray) -> tuple[SplineTransformer, np.ndarray]:
     return spline, linalg.null_space(constraints)
 
 
-def _curve(design, j: int):
+def _curve(design, j: int, work: np.ndarray):
     from pipeline.models.conditional import fit_conditional_poisson
 
     feature = design.kept[j]
@@ -142,19 +149,20 @@ def _curve(design, j: int):
                       f"{', '.join(f'{q:.0%}' for q in KNOT_QUANTILES)} percentiles"}
     spline, natural = natural_spline(knots)
     basis = spline.transform(x[:, None]) @ natural
-    others = [i for i in range(design.X.shape[1]) if i != j]
-    X = np.empty((x.shape[0], basis.shape[1] + len(others)), order="F")
-    X[:, : basis.shape[1]] = basis
-    X[:, basis.shape[1]:] = design.X[:, others]
-    spline_names = [f"{feature.name}__s{k}" for k in range(basis.shape[1])]
-    names = spline_names + [design.kept[i].name for i in others]
-    fit = fit_conditional_poisson(X, design.y, groups=design.groups, clusters=design.groups,
-                                  feature_names=names)
+    k = basis.shape[1]
+    p = design.X.shape[1]
+    work[:, j] = basis[:, 0]
+    work[:, p:p + k - 1] = basis[:, 1:]
+    names = design.names
+    spline_names = [f"{feature.name}__s{i}" for i in range(k)]
+    names = names[:j] + spline_names[:1] + names[j + 1:] + spline_names[1:]
+    fit = fit_conditional_poisson(work[:, :p + k - 1], design.y, groups=design.groups,
+                                  clusters=design.groups, feature_names=names)
+    idx = [names.index(name) for name in spline_names]
     if not fit.converged:
         return None, {"status": "not_estimated", "reason": "the solver did not converge"}
-    k = basis.shape[1]
-    beta = np.asarray(fit.coef)[:k]
-    cov = np.asarray(fit.cov_cluster)[:k, :k]
+    beta = np.asarray(fit.coef)[idx]
+    cov = np.asarray(fit.cov_cluster)[np.ix_(idx, idx)]
 
     low, reference, high = (float(v) for v in np.quantile(
         x, [RANGE_QUANTILES[0], REFERENCE_QUANTILE, RANGE_QUANTILES[1]]))
