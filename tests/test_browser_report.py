@@ -22,9 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report_render import rendered  # noqa: F401  (session fixture)
+from tests.test_report_render import rendered_reports
 
 pytestmark = pytest.mark.xdist_group("report")
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    return rendered_reports(tmp_path_factory)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "reports" / "screenshots"
@@ -118,7 +123,7 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def page(chromium, rendered):  # noqa: F811
+def page(chromium, rendered):
     report = rendered["full"] / "report.html"
     tools = DevTools(chromium)
     try:

@@ -81,3 +81,9 @@ def test_no_disclosed_count_is_small_and_rounding_moves_at_most_half_a_multiple(
         assert out == disclose_count(raw)
         if out is not None:
             assert out % 5 == 0 and abs(out - raw) <= 2
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(disclosure).failed == 0

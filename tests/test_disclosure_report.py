@@ -11,9 +11,14 @@ import polars as pl
 import pytest
 
 from pipeline.disclosure import violations
-from tests.test_report_render import rendered  # noqa: F401  (session fixture)
+from tests.test_report_render import rendered_reports
 
 pytestmark = pytest.mark.xdist_group("report")
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    return rendered_reports(tmp_path_factory)
 
 #: Aggregates the report must show (so the scan cannot pass by finding nothing).
 EXPECTED_AGGREGATES = {"effects", "flags_by_rule", "flags_over_time", "flags_not_recorded",
@@ -22,7 +27,7 @@ EXPECTED_AGGREGATES = {"effects", "flags_by_rule", "flags_over_time", "flags_not
 
 
 @pytest.mark.parametrize("variant", ["full", "shareable"])
-def test_no_aggregate_table_in_the_report_holds_a_count_from_1_to_7(rendered, variant):  # noqa: F811
+def test_no_aggregate_table_in_the_report_holds_a_count_from_1_to_7(rendered, variant):
     directory = rendered[variant] / "report_tables" / "aggregate"
     paths = sorted(directory.glob("*.csv"))
     assert {p.stem for p in paths} >= EXPECTED_AGGREGATES

@@ -7,6 +7,7 @@ per session; the disclosure scan and the browser test reuse it (same xdist group
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import nbformat
 import polars as pl
 import pytest
+from filelock import FileLock
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from pipeline.report.render import REQUIRED_SECTIONS, notebook_sections, render_report, slug
@@ -22,17 +24,35 @@ from pipeline.report.sample import ensure_sample_run
 pytestmark = pytest.mark.xdist_group("report")
 
 
+def rendered_reports(tmp_path_factory) -> dict[str, Path]:
+    """{"full": run dir with report.html (identifiers), "shareable": without identifiers}.
+
+    Rendered once per test session, shared by every module and every xdist worker: the first to
+    ask renders under a file lock in the session's common temporary directory, the rest reuse it.
+    (A fixture imported into another module is a separate fixture there, and xdist groups cannot be
+    relied on with pytest 9, so a plain session fixture would render several times.)
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory above popen-gwN
+    shared = root / "cramp-rendered-reports"
+    runs = {"full": shared / "full", "shareable": shared / "shareable"}
+    with FileLock(str(root / "cramp-rendered-reports.lock")):
+        if not (shared / "complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            sample = ensure_sample_run()
+            store = shared / "store"
+            shutil.copytree(sample / "store", store)
+            for name, identifiers in (("full", True), ("shareable", False)):
+                shutil.copytree(sample, runs[name], ignore=shutil.ignore_patterns("store"))
+                render_report(runs[name], identifiers=identifiers, store_dir=store)
+            (shared / "complete").touch()
+    return runs
+
+
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory) -> dict[str, Path]:
-    """{"full": run dir with report.html (identifiers), "shareable": without identifiers}."""
-    sample = ensure_sample_run()
-    out = {}
-    for name, identifiers in (("full", True), ("shareable", False)):
-        run_dir = tmp_path_factory.mktemp(name)
-        shutil.copytree(sample, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("store"))
-        render_report(run_dir, identifiers=identifiers, store_dir=sample / "store")
-        out[name] = run_dir
-    return out
+    return rendered_reports(tmp_path_factory)
 
 
 def _html(run_dir: Path) -> str:

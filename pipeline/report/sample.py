@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from filelock import FileLock
@@ -24,6 +25,8 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"
 #: Where cached sample runs live (``reports/`` is git-ignored); override with CRAMP_SAMPLE_CACHE.
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "reports" / ".sample-run-cache"
+#: Cached runs of other keys are removed once this old (seconds since built or last used).
+STALE_AFTER_S = 3600
 
 
 def _files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -59,6 +62,7 @@ def ensure_sample_run(cache_dir: Path | None = None, data_dir: Path = SAMPLE_DAT
     target = cache_dir / sample_key(data_dir)
     with FileLock(str(cache_dir / ".lock")):
         if all((target / name).is_file() for name in REQUIRED_FILES):
+            os.utime(target)  # mark as recently used
             return target
         from pipeline.run import run_job
 
@@ -70,7 +74,9 @@ def ensure_sample_run(cache_dir: Path | None = None, data_dir: Path = SAMPLE_DAT
             building.rename(target)
         finally:
             shutil.rmtree(building, ignore_errors=True)
-        for stale in cache_dir.iterdir():  # keep only the current key
-            if stale.is_dir() and stale != target and not stale.name.startswith(".build-"):
+        # Drop runs of older code or data, unless recently used (another process may be reading).
+        cutoff = time.time() - STALE_AFTER_S
+        for stale in cache_dir.iterdir():
+            if stale.is_dir() and stale != target and stale.stat().st_mtime < cutoff:
                 shutil.rmtree(stale, ignore_errors=True)
     return target
