@@ -141,15 +141,29 @@ def effects_frame(effects: pl.DataFrame) -> pl.DataFrame:
     }, schema_overrides={"subjects": pl.Int64, "subject-days": pl.Int64, "episodes": pl.Int64})
 
 
+def footnote_notes(frame: pl.DataFrame, column: str = "note") -> tuple[pl.DataFrame, str]:
+    """Replace repeated long notes by markers ``[1]``, ``[2]``… and return the footnote text."""
+    notes = [n for n in dict.fromkeys(frame[column].to_list()) if n]
+    marker = {n: f"[{i}]" for i, n in enumerate(notes, start=1)}
+    marked = frame.with_columns(pl.col(column).replace_strict(marker, default=None,
+                                                              return_dtype=pl.String))
+    text = " ".join(f"{marker[n]} {n.rstrip('.')}." for n in notes)
+    return marked, text
+
+
 def effects_table(effects: pl.DataFrame, *, tables_dir=None,
                   policy: DisclosurePolicy = DEFAULT_POLICY) -> ShownTable:
     """The effects table (estimates as fitted; the group sizes disclosure-controlled)."""
-    return aggregate_table(
-        "effects", effects_frame(effects), ["subjects", "subject-days", "episodes"],
+    frame, notes = footnote_notes(effects_frame(effects))
+    shown = aggregate_table(
+        "effects", frame, ["subjects", "subject-days", "episodes"],
         "Incidence rate ratios (IRR) per documented unit, 95% CIs from subject-clustered robust "
         "errors; q is the Benjamini–Hochberg false discovery rate within each model.",
         tables_dir=tables_dir, policy=policy,
     )
+    if not notes:
+        return shown
+    return ShownTable(shown.frame, f"{shown.caption} Notes: {notes}", shown.null_labels)
 
 
 # --- data quality ---------------------------------------------------------------------------------
