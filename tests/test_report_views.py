@@ -174,3 +174,24 @@ def test_subject_timeline_marks_flagged_days():
     assert len(fig.axes) == 2  # episodes + sitting; the all-empty fluid column is left out
     markers = [c for c in fig.axes[0].collections if c.get_label() == "day with a flagged episode"]
     assert len(markers) == 1 and len(markers[0].get_offsets()) == 1
+
+
+def test_a_run_with_no_flags_and_no_curves_still_shows_every_table_and_figure(tmp_path):
+    run_dir = write_demo_run(tmp_path / "run")
+    header_only = {"red_flags.csv": "episode_id,subject_id,started_at,rule_id,severity,evidence\n",
+                   "dose_response.csv": "model,feature,unit,x,reference_x,irr,ci_low,ci_high\n",
+                   "red_flags_not_recorded.csv":
+                       "rule_id,severity,subject_id,n_episodes,n_not_recorded,missing_fields\n"}
+    for name, text in header_only.items():
+        (run_dir / name).write_text(text)
+    run = load_run(run_dir)
+    assert views.flag_counts_table(run).frame.height == 0
+    assert views.flags_over_time_table(run).frame.height == 0
+    assert views.not_recorded_table(run).frame.height == 0
+    assert views.default_subject(run) is None
+    figures.show(figures.counts_over_time_plot(views.flags_over_time_table(run).frame)).png()
+    figures.show(figures.dose_response_plot(run.dose_response)).png()
+    no_estimates = run.effects.with_columns(pl.lit(None, pl.Float64).alias(c)
+                                            for c in ("irr", "ci_low", "ci_high"))
+    figures.show(figures.forest_plot(no_estimates)).png()
+    assert "no estimate" in views.sentences(no_estimates).text

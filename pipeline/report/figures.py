@@ -125,7 +125,8 @@ def forest_plot(effects: pl.DataFrame, models: tuple[str, ...] = ("within_subjec
     ax.set_ylim(len(features) - 0.5, -0.5)
     ax.set_xlabel("Incidence rate ratio, 95% CI (log scale; <1 fewer cramps, >1 more cramps)")
     ax.set_title("Each factor's association with daily cramp frequency")
-    fig.legend(loc="lower center", ncol=2, frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
