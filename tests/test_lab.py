@@ -91,3 +91,13 @@ def test_lab_serves_a_notebook_page_with_the_project_kernel_available(lab_server
     assert "python3" in specs
     # The token is required: without it the API refuses.
     assert _get(f"{base}/api/contents/{NOTEBOOK}")[0] in (401, 403)
+
+
+def test_the_project_kernel_registers_with_this_environments_python(tmp_path):
+    """What `make lab` does first (there with --user): the kernel it registers runs this venv."""
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(tmp_path),
+                    "--name", "cramp", "--display-name", "Python (cramp)"],
+                   check=True, capture_output=True, timeout=60)
+    spec = json.loads((tmp_path / "share" / "jupyter" / "kernels" / "cramp" / "kernel.json")
+                      .read_text())
+    assert spec["argv"][0] == sys.executable and spec["display_name"] == "Python (cramp)"
