@@ -232,3 +232,21 @@ def test_parquet_column_of_an_unreadable_type_is_refused(tmp_path):
     data = write_dataset(tmp_path, {"daily.csv": None, "daily.parquet": buffer.getvalue()})
     with pytest.raises(UserError, match=r"daily\.parquet.*'pause'"):
         validate_dataset(data)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 9, 50, 10_000])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_unquoted_csv_read_in_pieces_gives_the_same_rows_and_lines(tmp_path, chunk_bytes, newline):
+    from pipeline.ingest.discover import discover_tables
+    from pipeline.ingest.read import read_table_chunks, read_table_file
+
+    lines = ["", "subject_id,date,sleep_h", "S1,2025-01-01,7", "", "S1,2025-01-02", "S1,x,y,z"]
+    lines += [f"S2,2025-02-{d:02d},{d % 9}" for d in range(1, 20)] + ["", ""]
+    data = write_dataset(tmp_path, {"daily.csv": newline.join(lines)})
+    file = discover_tables(data)["daily"][0]
+    whole = read_table_file(file).frame
+    pieces = [p.frame for p in read_table_chunks(file, chunk_bytes=chunk_bytes)]
+    assert pl.concat(pieces).equals(whole)
+    assert whole["__line"].to_list()[:4] == [3, 5, 6, 7]
+    assert whole["__malformed"].to_list()[1:3] == ["expected 3 fields, found 2",
+                                                    "expected 3 fields, found 4"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     quarantines: list[pl.DataFrame] = []
     accepted: dict[str, pl.DataFrame] = {}
     known_subjects: pl.Series | None = None
-    with _progress(progress, found) as advance:
+    with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
         for name in TABLE_ORDER:
             table = TABLES[name]
             columns = table_columns(name, config)
@@ -103,17 +104,18 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             per_file: list[dict] = []
             for file in found.get(name, []):
                 data = read_bytes(file)
-                sha256 = hashlib.sha256(data).hexdigest()
-                entry = {"path": file.relative_path, "table": name, "format": file.format,
-                         "sha256": sha256}
-                if sha256 in known_hashes:
-                    previous = manifest.file_for(sha256)
-                    per_file.append({**entry, "rows": previous.rows if previous else 0,
+                # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
+                # store that already holds files needs the hash first, to skip known files.
+                digest = hasher.submit(_sha256, data)
+                if known_hashes and digest.result() in known_hashes:
+                    previous = manifest.file_for(digest.result())
+                    per_file.append({**_entry(file, digest.result()),
+                                     "rows": previous.rows if previous else 0,
                                      "status": "skipped_already_ingested"})
                     advance(file)
                     continue
                 rows = 0
-                for raw in read_table_chunks(file, data, sha256):
+                for raw in read_table_chunks(file, data):
                     checked = validate_file(raw, table, columns)
                     del raw
                     valid_parts.append(checked.valid)
@@ -121,7 +123,8 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                     unknown.update(checked.unknown_columns)
                     rows += checked.rows
                 del data
-                per_file.append({**entry, "rows": rows, "status": "ingested"})
+                per_file.append({**_entry(file, digest.result()), "rows": rows,
+                                 "status": "ingested"})
                 advance(file)
             stored = (store.read(name).collect() if store is not None and valid_parts else None)
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
@@ -159,6 +162,15 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         "reasons": dict(REASONS),
     }
     return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _entry(file: TableFile, sha256: str) -> dict:
+    return {"path": file.relative_path, "table": file.table, "format": file.format,
+            "sha256": sha256}
 
 
 def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.DataFrame,

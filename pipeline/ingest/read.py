@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -57,7 +56,6 @@ class RawTable:
     header: tuple[str, ...]
     #: The same names normalised (the frame's column names), in file order.
     columns: tuple[str, ...]
-    sha256: str
 
 
 def normalise_header(name: str, position: int) -> str:
@@ -78,15 +76,14 @@ def read_bytes(file: TableFile) -> bytes:
         raise UserError(f"cannot read file: {error.strerror}", path=file.relative_path) from None
 
 
-def read_table_file(file: TableFile, data: bytes | None = None,
-                    sha256: str | None = None) -> RawTable:
+def read_table_file(file: TableFile, data: bytes | None = None) -> RawTable:
     """Read ``file`` (all formats) into one :class:`RawTable` of strings."""
-    chunks = list(read_table_chunks(file, data, sha256, chunk_bytes=None))
+    chunks = list(read_table_chunks(file, data, chunk_bytes=None))
     assert len(chunks) == 1
     return chunks[0]
 
 
-def read_table_chunks(file: TableFile, data: bytes | None = None, sha256: str | None = None,
+def read_table_chunks(file: TableFile, data: bytes | None = None,
                       *, chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[RawTable]:
     """Read ``file`` as one or more :class:`RawTable` s, in row order.
 
@@ -95,8 +92,6 @@ def read_table_chunks(file: TableFile, data: bytes | None = None, sha256: str | 
     """
     if data is None:
         data = read_bytes(file)
-    if sha256 is None:
-        sha256 = hashlib.sha256(data).hexdigest()
     if file.format == "csv.gz":
         try:
             data = gzip.decompress(data)
@@ -116,8 +111,28 @@ def read_table_chunks(file: TableFile, data: bytes | None = None, sha256: str | 
         columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
         _check_unique(header, columns, file)
         frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
-        yield RawTable(file=file, frame=frame, header=tuple(header), columns=columns,
-                       sha256=sha256)
+        yield RawTable(file=file, frame=frame, header=tuple(header), columns=columns)
+
+
+def _read_plain_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int):
+    """Pieces of a CSV without quotes: cut after the first LF past each ``chunk_bytes`` mark."""
+    start, line = 0, 1
+    while data.startswith(b"\n", start) or data.startswith(b"\r\n", start):
+        start = data.index(b"\n", start) + 1
+        line += 1
+    end = data.find(b"\n", start)
+    if end < 0:
+        yield _read_csv(data, file)
+        return
+    header_bytes = data[start:end].removesuffix(b"\r")
+    a, line = end + 1, line + 1
+    while a < len(data):
+        cut = data.find(b"\n", a + chunk_bytes)
+        b = len(data) if cut < 0 else cut + 1
+        header, frame = _read_csv(header_bytes + b"\n" + data[a:b], file)
+        yield header, frame.with_columns(pl.col(LINE) + (line - 2))
+        line += data.count(b"\n", a, b)
+        a = b
 
 
 def _read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
@@ -126,6 +141,10 @@ def _read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
         data = data[len(BOM):]
     if chunk_bytes is None or len(data) <= chunk_bytes:
         yield _read_csv(data, file)
+        return
+    if b'"' not in data and data.count(b"\r") == data.count(b"\r\n"):
+        # No quoting and no lone CR: every LF ends a row, so cut points need no scan.
+        yield from _read_plain_csv_chunks(data, file, chunk_bytes)
         return
     buf = np.frombuffer(data, dtype=np.uint8)
     records = _scan_records(buf, per_record=False)
