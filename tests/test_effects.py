@@ -36,7 +36,7 @@ def diary(n_subjects: int = 60, n_days: int = 60, seed: int = 0, *, log_irr=None
         "electrolytes": (rng.random((n_subjects, n_days)) < 0.3).astype(float),
     })
     log_irr = log_irr or {}
-    eta = np.log(base_rate) + rng.normal(0, 0.3, n_subjects)[:, None] + np.zeros((n_subjects, n_days))
+    eta = np.log(base_rate) + rng.normal(0, 0.3, (n_subjects, 1)) + np.zeros((n_subjects, n_days))
     for name, b in log_irr.items():
         feature = ef.fd.FEATURES.get(name)
         scale = feature.scale if feature else 1.0

@@ -1,7 +1,8 @@
 """The feature dictionary: every model feature declared once, with its meaning and unit.
 
-The panel builder (``panel.py``), the models (``pipeline/models``) and ``docs/feature-dictionary.md``
-all read these declarations; nothing else restates a feature's unit or scale.
+The panel builder (``panel.py``), the models (``pipeline/models``) and
+``docs/feature-dictionary.md`` all read these declarations; nothing else restates a feature's unit
+or scale.
 
 A feature's value in the panel is in *model units*: the source value divided by ``scale``, so the
 model's incidence-rate ratio (IRR) is "per ``scale`` ``source_unit``" (``exercise_min`` = 2.0 means
@@ -211,7 +212,8 @@ def custom_feature(custom: schema.CustomFactor) -> Feature:
     )
 
 
-def model_features(model: str, custom_factors=()) -> tuple[tuple[Feature, ...], tuple[Feature, ...]]:
+def model_features(model: str,
+                   custom_factors=()) -> tuple[tuple[Feature, ...], tuple[Feature, ...]]:
     """``(design, reported)`` features of a model, before availability and sufficiency checks."""
     core = CORE_FEATURES + tuple(custom_feature(c) for c in custom_factors)
     if model in (POPULATION, WITHIN_SUBJECT):
@@ -240,10 +242,11 @@ def render_feature_dictionary() -> str:
         "",
         "Every model feature, its definition, the unit its incidence-rate ratio (IRR) is reported "
         "in, and the columns it is computed from. The panel has one row per accepted `daily` row "
-        "(a logged day is a day at risk); the outcome `episodes` is the number of accepted episodes "
-        "whose `started_at` falls on that calendar date. Episodes on unlogged days are counted in "
-        "the panel summary (`episodes_outside_logged_days`) and left out of the models. In the "
-        "panel a numeric feature holds its source value divided by its scale (model units: "
+        "(a logged day is a day at risk); the outcome `episodes` is the number of accepted "
+        "episodes whose `started_at` falls on that calendar date. Episodes on unlogged days are "
+        "counted in the panel summary (`episodes_outside_logged_days`) and left out of the "
+        "models. In the panel a numeric feature holds its source value divided by its scale "
+        "(model units: "
         "`exercise_min` = 2 means 60 minutes); a binary feature holds 1 (yes) or 0 (no).",
         "",
         "A feature whose source column a dataset lacks is left out of every model with a note in "

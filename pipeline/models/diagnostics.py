@@ -1,9 +1,9 @@
 """diagnostics.json: how well each model fits and which features had enough data.
 
-Per model: Pearson dispersion (Pearson χ² / residual df; well above 1 means overdispersion, which the
-subject-clustered sandwich errors allow for but which a reader should know about), observed versus
-predicted episodes by decile of the predicted rate, the complete-case accounting, and per-feature
-data sufficiency with reasons.
+Per model: Pearson dispersion (Pearson χ² / residual df; well above 1 means overdispersion, which
+the subject-clustered sandwich errors allow for but which a reader should know about), observed
+versus predicted episodes by decile of the predicted rate, the complete-case accounting, and
+per-feature data sufficiency with reasons.
 """
 
 from __future__ import annotations

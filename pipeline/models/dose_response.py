@@ -1,7 +1,7 @@
 """dose_response.csv: a spline curve per continuous core feature, within subject.
 
-For each continuous feature estimated in the ``within_subject`` model, the linear term is replaced by
-a natural cubic spline while every other feature stays linear, and the model is refitted by
+For each continuous feature estimated in the ``within_subject`` model, the linear term is replaced
+by a natural cubic spline while every other feature stays linear, and the model is refitted by
 conditional Poisson with subject-clustered errors. The curve is the IRR at x relative to the
 reference value (the median), with pointwise 95% bands from the cluster-robust covariance, over the
 1st–99th percentile range of the feature.
