@@ -162,7 +162,7 @@ def _flag_callout(run_dir: Path) -> str:
     subjects = disclose_count(red["subject_id"].n_unique() if red.height else 0)
     label = DEFAULT_POLICY.suppressed_label
     shown = lambda n: label if n is None else f"{n:,}"
-    return (f'<p class="notice identifying"><strong>Red flags:</strong> {shown(episodes)} episode(s) '
+    return (f'<p class="notice flags"><strong>Red flags:</strong> {shown(episodes)} episode(s) '
             f"in {shown(subjects)} subject(s) met a rule that means \u201ccall your doctor\u201d. "
             '<a href="#red-flags">See the red-flag section.</a></p>')
 

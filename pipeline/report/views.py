@@ -156,7 +156,8 @@ def flags_over_time_table(run: RunOutputs, tables_dir=None, every: str = "1mo",
                           policy=DEFAULT_POLICY) -> ShownTable:
     """Flagged episodes per rule per period (research aggregate)."""
     return aggregate_table("flags_over_time", flags_over_time(run.red_flags, every),
-                           ["episodes"], f"Flagged episodes per rule per period ({every}).",
+                           ["episodes"], f"Flagged episodes per rule per period ({every}); the first "
+                           "and last periods may cover only part of their length.",
                            tables_dir=tables_dir, policy=policy)
 
 
