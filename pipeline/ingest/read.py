@@ -142,7 +142,7 @@ def _read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
     if chunk_bytes is None or len(data) <= chunk_bytes:
         yield _read_csv(data, file)
         return
-    if b'"' not in data and data.count(b"\r") == data.count(b"\r\n"):
+    if b'"' not in data and (b"\r" not in data or data.count(b"\r") == data.count(b"\r\n")):
         # No quoting and no lone CR: every LF ends a row, so cut points need no scan.
         yield from _read_plain_csv_chunks(data, file, chunk_bytes)
         return
