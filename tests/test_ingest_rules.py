@@ -244,3 +244,15 @@ def test_custom_factor_columns_are_validated_and_typed(tmp_path):
     assert daily.schema["airq"] == pl.Float64 and daily.schema["pollen_high"] == pl.Boolean
     assert daily.select("airq", "pollen_high").rows() == [(40.0, True)]
     assert result.summary["tables"]["daily"]["unknown_columns"] == []
+
+
+def test_identifier_shaped_column_names_are_masked_everywhere(tmp_path):
+    data = write_dataset(tmp_path, {"daily.csv": "subject_id,date,jane@example.com\n"
+                                                 "S1,2025-01-01,x\nS1,2025-01-02,07700 900123\n"})
+    result = validate_dataset(data)
+    assert result.summary["tables"]["daily"]["unknown_columns"] == ["j***@***.com"]
+    assert result.quarantine.select("column", "value").rows() == [("j***@***.com", "0**** ******")]
+    refused = write_dataset(tmp_path / "refused", {"daily.csv": "date,jane@example.com\nx,y\n"})
+    with pytest.raises(UserError) as error:
+        validate_dataset(refused)
+    assert "jane" not in str(error.value) and "j***@***.com" in str(error.value)

@@ -24,6 +24,7 @@ from pipeline.ingest.identifiers import (
     is_identifier_column_name,
     looks_like_identifier,
     mask_identifiers,
+    mask_text,
 )
 from pipeline.ingest.read import LINE, MALFORMED, RECORD, RawTable
 from pipeline.schema import (
@@ -91,7 +92,7 @@ def check_header(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> tu
         # No line decoded to an object with keys: the rows (if any) are quarantined one by one.
         missing = []
     if missing:
-        found = ", ".join(raw.header) if raw.header else "none"
+        found = ", ".join(mask_text(h) for h in raw.header) if raw.header else "none"
         raise UserError(f"required column(s) missing from the {table.name} table: "
                         f"{', '.join(missing)} (columns found: {found})", path=where)
     return tuple(c for c in raw.columns if c not in known)
@@ -343,7 +344,9 @@ def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, 
         .when(pl.col("reason") == "malformed_row").then(malformed_message)
         .otherwise(pl.col("message")).alias("message"),
     )
-    return out.with_columns(mask_identifiers(pl.col("value")).alias("value"))
+    # Column names are output too (an unknown column could be named after a person's address).
+    return out.with_columns(mask_identifiers(pl.col("value")).alias("value"),
+                            mask_identifiers(pl.col("column")).alias("column"))
 
 
 def empty_quarantine() -> pl.DataFrame:
