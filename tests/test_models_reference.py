@@ -10,8 +10,11 @@ Tolerances, and why:
 - population clustered CI bounds: rtol 1e-4 (asked for; seen ~1e-12). Same small-sample
   correction on both sides: statsmodels' default for cov_type="cluster",
   G/(G-1) * (N-1)/(N-K), normal reference distribution.
-- within-subject IRRs vs ConditionalPoisson: rtol 1e-5 (asked for). ConditionalPoisson's default
-  BFGS stops at gtol 1e-5, far looser than that; we run it with Newton, which it supports.
+- within-subject IRRs vs ConditionalPoisson: rtol 1e-5 (asked for; seen ~1e-12).
+  ConditionalPoisson's default BFGS stops at gtol 1e-5, far looser than that; we run it with
+  Newton, which it supports. It also drops subjects whose count never varies, even when positive,
+  so the comparison data have none (a separate test shows the difference and that we match the
+  dummy-variable MLE there).
 - within-subject clustered SEs vs a GLM with explicit subject dummies: rtol 1e-6 after the
   documented df factor (the dummy GLM counts the G subject effects in K; we do not, as they are
   nested in the clusters), see pipeline/models/conditional.py.
@@ -104,6 +107,11 @@ def test_population_with_offset_and_without_intercept_match_statsmodels(data):
 
 def test_within_subject_matches_statsmodels_conditional_poisson(data):
     X, y, subject = data
+    # ConditionalPoisson also drops subjects whose count is the same positive number every day
+    # (see the next test); the comparison is only like for like without such subjects.
+    sd = np.array([y[subject == s].std() for s in np.unique(subject)])
+    totals = np.bincount(subject, weights=y)
+    assert not np.any((sd == 0) & (totals > 0))
     ours = fit_conditional_poisson(X, y, groups=subject, clusters=subject, feature_names=NAMES)
     with pytest.warns(Warning, match="no within-group variance"):  # the silent subjects
         ref = ConditionalPoisson(y, X, groups=subject).fit(method="newton", maxiter=100)
@@ -120,6 +128,30 @@ def test_within_subject_matches_statsmodels_conditional_poisson(data):
     assert ours.n_groups_dropped_all_zero == silent.sum()
     assert ours.n_groups_used == (~silent).sum()
     assert ours.n_obs == int((~silent[subject]).sum()) == ours.fitted.size - ours.n_obs_dropped
+
+
+def test_a_subject_with_the_same_positive_count_every_day_still_informs_the_estimate():
+    """statsmodels' ConditionalPoisson drops every group whose outcome has no variance (right for
+    conditional logit, not for Poisson: with one episode on each of a subject's days, the
+    conditional likelihood prod_i p_i still depends on beta whenever x varies). We keep them, as
+    the fixed-effects Poisson MLE does: ours equals the GLM with subject dummies, and differs
+    from ConditionalPoisson here by construction."""
+    rng = np.random.default_rng(1)
+    subject = np.repeat(np.arange(30), 8)
+    x = rng.normal(size=subject.size)
+    y = rng.poisson(np.exp(0.5 * x)).astype(float)
+    y[subject < 6] = 1.0                       # six subjects: one episode every day
+    ours = fit_conditional_poisson(x[:, None], y, groups=subject, clusters=subject,
+                                   feature_names=["x"])
+    used = np.bincount(subject, weights=y)[subject] > 0
+    dummies = np.eye(30)[np.unique(subject[used], return_inverse=True)[1]]
+    glm = sm.GLM(y[used], np.column_stack([x[used], dummies]),
+                 family=sm.families.Poisson()).fit(tol=1e-13)
+    np.testing.assert_allclose(ours.coef, glm.params[:1], rtol=1e-8)
+    with pytest.warns(Warning, match="no within-group variance"):
+        dropped = ConditionalPoisson(y, x[:, None], groups=subject).fit(method="newton")
+    assert abs(dropped.params[0] - ours.coef[0]) > 0.01
+    assert ours.n_groups_used == 30 - int((np.bincount(subject, weights=y) == 0).sum())
 
 
 def test_within_subject_clustered_se_matches_glm_with_subject_dummies():

@@ -19,7 +19,10 @@ around a fixed centre, and recomputed by explicit demeaning when that subtractio
 than 6 digits (a feature whose between-subject spread dwarfs its within-subject spread).
 
 Subjects with no events carry no information (their alpha is -inf, fitted rates 0): they are
-dropped from the counts and reported (``n_groups_dropped_all_zero``).
+dropped from the counts and reported (``n_groups_dropped_all_zero``). Subjects with the same
+positive count every day are kept: they do inform beta when x varies. (statsmodels'
+``ConditionalPoisson`` drops every group whose outcome has no variance, so it differs from the FE
+MLE when such subjects exist; tests/test_models_reference.py shows both cases.)
 
 Small-sample correction of the clustered sandwich: G/(G-1) * (N-1)/(N-K), CRV1 as statsmodels,
 with N the rows of subjects used and K the number of slope coefficients only when the subjects are
