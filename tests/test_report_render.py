@@ -100,6 +100,17 @@ def test_a_shareable_report_leaves_out_cells_tagged_identifiers():
     assert "S00042" not in "".join(p for s in sections for p in s.parts)
 
 
+def test_an_incomplete_run_directory_is_a_user_error_naming_the_missing_files(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.report.demo import write_demo_run
+
+    run_dir = write_demo_run(tmp_path / "run")
+    (run_dir / "effects.csv").unlink()
+    with pytest.raises(UserError, match="missing effects.csv"):
+        render_report(run_dir)
+    assert not (run_dir / "report.html").exists()
+
+
 def test_slugs():
     assert [slug(t) for t in ("Effects", "Dose-response", "Red flags", "Data quality")] == \
         list(REQUIRED_SECTIONS)

@@ -197,7 +197,10 @@ def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | 
     The aggregate tables shown are also written to ``run_dir/report_tables/aggregate/`` (and, with
     identifiers, the follow-up lists to ``report_tables/follow_up/``). Returns the report's path.
     """
+    from pipeline.report.load import load_run
+
     run_dir = Path(run_dir).resolve()
+    load_run(run_dir, store_dir=store_dir)  # a missing output is a UserError before any kernel
     tables_dir = run_dir / "report_tables"
     shutil.rmtree(tables_dir, ignore_errors=True)
     parameters = {"run_dir": str(run_dir), "tables_dir": str(tables_dir),
