@@ -194,3 +194,17 @@ def test_sigkill_during_first_ingest_leaves_an_empty_readable_store(tmp_path):
     assert all(frame.height == 0 for frame in _snapshot(store_dir).values())
     ingest_dataset(data, store_dir)
     assert Store(store_dir).read("daily").collect().height == 3
+
+
+def test_a_custom_factor_declared_later_is_added_to_the_stored_table(tmp_path):
+    data = write_dataset(tmp_path, {"daily.csv": "subject_id,date\nS1,2025-01-01\n"})
+    store_dir = tmp_path / "store"
+    ingest_dataset(data, store_dir)
+    (data / "dataset.toml").write_text(TOML)
+    (data / "daily").mkdir()
+    (data / "daily" / "new.csv").write_text("subject_id,date,airq\nS1,2025-01-01,\nS1,2025-01-02,9\n")
+    result = ingest_dataset(data, store_dir)
+    assert result.summary["tables"]["daily"]["duplicates"] == 1
+    daily = Store(store_dir).read("daily").collect()
+    assert daily.select("source_file", "airq").rows() == [("daily.csv", None),
+                                                          ("daily/new.csv", 9.0)]

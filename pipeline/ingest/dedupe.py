@@ -73,8 +73,12 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.DataFrame | None,
     has_stored = stored is not None and stored.height > 0
     rows = new.with_columns(pl.lit(True).alias(_NEW))
     if has_stored:
-        rows = pl.concat([stored.select(new.columns).with_columns(pl.lit(False).alias(_NEW)),
-                          rows], how="vertical_relaxed")
+        # A custom column declared since the stored rows were written is null in them.
+        earlier = stored.select(
+            (pl.col(c) if c in stored.columns else pl.lit(None)).cast(dtype).alias(c)
+            for c, dtype in new.schema.items())
+        rows = pl.concat([earlier.with_columns(pl.lit(False).alias(_NEW)), rows],
+                         how="vertical_relaxed")
     keys = key_columns(table, rows)
     key_names = [k.meta.output_name() for k in keys]
     keyed = rows.select(*keys) if table.fallback_key else rows.select(key_names)
