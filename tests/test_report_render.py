@@ -164,3 +164,27 @@ def test_follow_up_list_holds_every_flag_unsuppressed(rendered):
                          schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
     assert shown.height == source.height
     assert shown.select("episode_id", "rule_id").equals(source.select("episode_id", "rule_id"))
+
+
+def test_a_failing_notebook_fails_the_render_with_its_cell_and_keeps_the_executed_copy(tmp_path):
+    from pipeline.report.demo import write_demo_run
+    from pipeline.report.render import REPORT_NOTEBOOKS
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in REPORT_NOTEBOOKS:
+        cells = [new_code_cell("run_dir = None\ntables_dir = None\nstore_dir = None\n"
+                               "identifiers = True", metadata={"tags": ["parameters"]})]
+        if name == "02-factor-associations":
+            cells.append(new_code_cell("raise ValueError('effects.csv has no rows')"))
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    run_dir = write_demo_run(tmp_path / "run")
+    # Cell 3 in execution order: parameters, the parameters papermill injects, the failing cell.
+    with pytest.raises(RuntimeError, match=r"02-factor-associations failed in cell 3: "
+                                           r"ValueError: effects.csv has no rows"):
+        render_report(run_dir, notebooks_dir=notebooks)
+    assert not (run_dir / "report.html").exists()
+    assert (run_dir / "02-factor-associations.failed.ipynb").is_file()

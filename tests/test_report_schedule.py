@@ -16,7 +16,7 @@ import pipeline.report.render as render_module
 import pipeline.run as run_module
 from pipeline.errors import UserError
 from pipeline.report.demo import write_demo_run
-from pipeline.report.schedule import LOCK_NAME, list_reports, scheduled_report
+from pipeline.report.schedule import FAILED_NAME, LOCK_NAME, list_reports, scheduled_report
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -55,7 +55,7 @@ def day(d: int) -> dt.datetime:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+            if p.is_file() and p.name != LOCK_NAME and FAILED_NAME not in p.parts}
 
 
 def test_publishes_a_dated_report_and_an_index_of_every_report(tmp_path, fake_job):
@@ -99,6 +99,9 @@ def test_a_failed_run_raises_and_leaves_previous_reports_and_index_intact(
         scheduled_report(SAMPLE, reports, now=day(2))
     assert snapshot(reports) == before
     assert not (reports / "2026-03-02").exists()
+    # The failed build is kept aside for diagnosis, never listed.
+    assert (reports / FAILED_NAME / "partial.html").read_text() == "half"
+    assert FAILED_NAME not in (reports / "index.html").read_text()
 
 
 def test_a_missing_dataset_is_a_user_error(tmp_path, fake_job):

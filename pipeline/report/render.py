@@ -67,8 +67,16 @@ def execute_notebook(name: str, out_path: Path, parameters: dict, *,
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except papermill.PapermillExecutionError as error:
+        kept = notebooks_failed_copy(out_path)
         raise RuntimeError(f"notebook {name} failed in cell {error.exec_count}: {error.ename}: "
-                           f"{error.evalue} (executed copy: {out_path})") from error
+                           f"{error.evalue} (executed copy kept at {kept})") from error
+
+
+def notebooks_failed_copy(executed: Path) -> Path:
+    """Keep a failed notebook's executed copy beside the run (outside the temporary directory)."""
+    kept = executed.parent.parent / f"{executed.stem}.failed.ipynb"
+    shutil.copyfile(executed, kept)
+    return kept
 
 
 def _output_html(output: dict, alt: str) -> str:

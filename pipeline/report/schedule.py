@@ -9,6 +9,8 @@ the ingest stage's job), refits, renders, and publishes ``REPORTS/<YYYY-MM-DD>/`
   run raises and leaves the previous reports and the index exactly as they were.
 - **No overlap.** A lock file (``REPORTS/.cramp-report.lock``, via ``filelock``) is taken without
   waiting; a second run while one is in progress stops with a clear message.
+- The last failed build is kept in ``REPORTS/.failed-last/`` for diagnosis (with the executed
+  copy of a failed notebook); it is never listed in the index.
 - A second run on the same day replaces that day's report (the old one is kept until the new one
   is in place).
 """
@@ -32,6 +34,8 @@ from pipeline.errors import UserError
 LOCK_NAME = ".cramp-report.lock"
 STORE_NAME = "store"
 INDEX_NAME = "index.html"
+#: Where the last failed build is kept for diagnosis (replaced by the next failure).
+FAILED_NAME = ".failed-last"
 _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -63,6 +67,13 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
             render_report(building, identifiers=identifiers, store_dir=store_dir)
             _apply_umask(building)
             target = _publish(building, reports_dir / day)
+        except BaseException:
+            # Keep the last failed build for diagnosis (hidden; never listed in the index).
+            failed = reports_dir / FAILED_NAME
+            shutil.rmtree(failed, ignore_errors=True)
+            if building.exists():
+                building.rename(failed)
+            raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
         write_index(reports_dir)
