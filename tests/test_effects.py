@@ -105,7 +105,7 @@ def test_estimates_and_unit_labels(basic):
 def test_features_a_study_did_not_log_get_a_row_with_the_reason(basic):
     sitting = row(basic, "population", "sitting_h")
     assert sitting["irr"] is None and sitting["p_value"] is None
-    assert sitting["note"] == "not estimated: daily has no 'sitting_h' column"
+    assert sitting["note"] == "not estimated: not logged in this dataset (daily has no 'sitting_h' values)"
     # secondary models say so too
     lagged = row(basic, "within_subject_lagged", "training_load_prev_day")
     assert lagged["irr"] is None and "exercise_min" in lagged["note"]

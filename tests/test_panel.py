@@ -142,7 +142,7 @@ def test_factor_columns_a_study_did_not_log_are_left_out_with_a_note():
     """)
     panel = build_panel(days, pl.LazyFrame(schema=EPISODE_TYPES), NO_INJURIES)
     assert set(panel.features) == {"fluid_l", "stress", "recent_injury", "fluid_below_usual"}
-    assert panel.absent["sitting_h"] == "daily has no 'sitting_h' column"
+    assert panel.absent["sitting_h"] == "not logged in this dataset (daily has no 'sitting_h' values)"
     assert "exercise_min" in panel.absent["training_load_prev_day"]
     assert panel.summary["features_absent"] == panel.absent
     assert set(panel.frame.columns) == {"subject_id", "date", "episodes", "fluid_l", "stress",
@@ -283,3 +283,16 @@ def test_unsorted_input_gives_a_sorted_panel():
     assert panel.frame.select("subject_id", pl.col("date").cast(pl.String), "stress").rows() == [
         ("a", "2026-01-01", 4.0), ("a", "2026-01-02", 2.0),
         ("b", "2026-01-01", 3.0), ("b", "2026-01-02", 1.0)]
+
+
+def test_a_factor_column_with_no_values_at_all_counts_as_not_logged():
+    # The store returns every contract column; a factor the study never logged is all-null there.
+    days = daily("""
+        | subject_id | date       | fluid_l | stress |
+        |------------|------------|---------|--------|
+        | a          | 2026-01-01 | 2       |        |
+        | a          | 2026-01-02 | 3       |        |
+    """)
+    panel = build_panel(days, pl.LazyFrame(schema=EPISODE_TYPES), NO_INJURIES)
+    assert "stress" not in panel.features
+    assert panel.absent["stress"] == "not logged in this dataset (daily has no 'stress' values)"

@@ -54,6 +54,7 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
     for required in KEY_COLUMNS:
         if required not in daily_cols:
             raise UserError(f"the daily table has no {required!r} column", column=required)
+    daily_cols = _logged_columns(daily, daily_cols)
     _check_custom_names(custom_factors)
 
     absent: dict[str, str] = {}
@@ -64,20 +65,21 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
                 absent[f.name] = "no injuries table in this dataset"
                 continue
         elif f.name not in daily_cols:
-            absent[f.name] = f"daily has no {f.name!r} column"
+            absent[f.name] = f"not logged in this dataset (daily has no {f.name!r} values)"
             continue
         available.append(f)
     for c in custom_factors:
         f = fd.custom_feature(c)
         if c.column not in daily_cols:
-            absent[f.name] = f"daily has no {c.column!r} column (declared in dataset.toml)"
+            absent[f.name] = (f"not logged in this dataset (daily has no {c.column!r} values; "
+                              "declared in dataset.toml)")
             continue
         available.append(f)
     for f in fd.SECONDARY_FEATURES:
         missing = [c for c in f.source_columns if c not in daily_cols]
         if missing:
-            absent[f.name] = ("daily has no " + " or ".join(repr(c) for c in missing)
-                              + (" columns" if len(missing) > 1 else " column"))
+            absent[f.name] = ("not logged in this dataset (daily has no "
+                              + " or ".join(repr(c) for c in missing) + " values)")
             continue
         available.append(f)
 
@@ -128,6 +130,17 @@ def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
     if frame.height < 2 or frame.select(in_order.slice(1).all()).item():
         return frame
     return frame.sort(KEY_COLUMNS)
+
+
+def _logged_columns(daily: pl.LazyFrame, columns: set[str]) -> set[str]:
+    """The columns that hold at least one value. The store gives every contract column, so a
+    factor a study never logged arrives as an all-null column: that is "not logged", not 100%
+    missing, and the factor is left out with a note like a column the files lack."""
+    factor_cols = sorted(columns - set(KEY_COLUMNS))
+    if not factor_cols:
+        return columns
+    has_values = daily.select(pl.col(c).is_not_null().any() for c in factor_cols).collect().row(0)
+    return set(KEY_COLUMNS) | {c for c, logged in zip(factor_cols, has_values) if logged}
 
 
 def _check_custom_names(custom_factors) -> None:
