@@ -54,7 +54,7 @@ def unknown_subjects(table: Table, valid: pl.DataFrame,
     return valid.filter(is_known), quarantine
 
 
-def key_columns(table: Table, frame: pl.DataFrame) -> list[pl.Expr]:
+def key_columns(table: Table) -> list[pl.Expr]:
     """Expressions giving each row's key; rows with a null primary key use the fallback key."""
     if not table.fallback_key:
         return [pl.col(c) for c in table.key]
@@ -65,45 +65,53 @@ def key_columns(table: Table, frame: pl.DataFrame) -> list[pl.Expr]:
     return exprs
 
 
-def resolve(table: Table, new: pl.DataFrame, stored: pl.DataFrame | None,
+def resolve(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
             content: list[str]) -> Resolved:
-    """Find duplicates and conflicts among ``new`` rows, given the ``stored`` rows."""
+    """Find duplicates and conflicts among ``new`` rows, given the ``stored`` rows.
+
+    Works on narrow frames (key, content hash, provenance) so that comparing a big new export
+    with a big store does not copy whole rows.
+    """
     if new.height == 0:
         return Resolved(new, empty_quarantine(), _no_duplicates())
-    has_stored = stored is not None and stored.height > 0
-    rows = new.with_columns(pl.lit(True).alias(_NEW))
-    if has_stored:
-        # A custom column declared since the stored rows were written is null in them.
-        earlier = stored.select(
-            (pl.col(c) if c in stored.columns else pl.lit(None)).cast(dtype).alias(c)
-            for c, dtype in new.schema.items())
-        rows = pl.concat([earlier.with_columns(pl.lit(False).alias(_NEW)), rows],
-                         how="vertical_relaxed")
-    keys = key_columns(table, rows)
+    keys = key_columns(table)
     key_names = [k.meta.output_name() for k in keys]
-    keyed = rows.select(*keys) if table.fallback_key else rows.select(key_names)
+    earlier = None
+    if stored is not None:
+        # A custom column declared since the stored rows were written is null in them.
+        present = stored.collect_schema().names()
+        earlier = stored.select((pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
+                                for c, dtype in new.schema.items())
+    parts = [earlier.select(keys).collect()] if earlier is not None else []
+    parts.append(new.select(keys))
     # Most keys are unique: find the few rows whose key hash repeats (a hash collision only adds
     # rows to this subset; the comparison inside it uses the real key values).
-    shared = keyed.select(pl.struct(key_names).hash(seed=0).is_duplicated()).to_series()
-    del keyed
+    shared = (pl.concat(parts).select(pl.struct(key_names).hash(seed=0).is_duplicated())
+              .to_series())
+    n_earlier = parts[0].height if earlier is not None else 0
+    del parts
     if not shared.any():
         return Resolved(new, empty_quarantine(), _no_duplicates())
-    single = rows.filter(~shared & pl.col(_NEW)).select(new.columns)
-    group = rows.filter(shared).with_columns(*keys)
     # -0.0 and 0.0 are the same value; so are 'yes' and '1' (already parsed to True).
-    normalised = [pl.col(c) + 0.0 if rows.schema[c] == pl.Float64 else pl.col(c)
-                  for c in content]
-    group = group.with_columns(pl.struct(normalised).hash(seed=0).alias(_HASH))
-    group = group.with_columns(
+    content_hash = pl.struct([pl.col(c) + 0.0 if new.schema[c] == pl.Float64 else pl.col(c)
+                              for c in content]).hash(seed=0).alias(_HASH)
+
+    def narrow(frame: pl.LazyFrame, is_new: bool) -> pl.LazyFrame:
+        return frame.with_row_index("__i").select(
+            *keys, content_hash, SOURCE_FILE, SOURCE_LINE, "__i", pl.lit(is_new).alias(_NEW))
+
+    group_parts = []
+    if earlier is not None:
+        group_parts.append(narrow(earlier, False).collect().filter(shared[:n_earlier]))
+    group_parts.append(narrow(new.lazy(), True).collect().filter(shared[n_earlier:]))
+    group = pl.concat(group_parts).with_columns(
         (pl.col(_HASH).n_unique().over(key_names) > 1).alias("__conflict"),
         pl.struct([*key_names, _HASH]).is_first_distinct().alias("__first"),
     )
     new_group = group.filter(pl.col(_NEW))
-    kept = new_group.filter(~pl.col("__conflict") & pl.col("__first"))
-    accepted = single
-    if kept.height:
-        accepted = pl.concat([accepted, kept.select(new.columns)]).sort(
-            [SOURCE_FILE, SOURCE_LINE], maintain_order=True)
+    dropped = new_group.filter(pl.col("__conflict") | ~pl.col("__first"))["__i"]
+    keep = pl.Series([True]).extend_constant(True, new.height - 1).scatter(dropped, False)
+    accepted = new.filter(keep)
     duplicates = (new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
                   .group_by(SOURCE_FILE).len("duplicates"))
     conflicts = group.filter(pl.col("__conflict"))
