@@ -15,11 +15,13 @@ What this applies to, and what it never touches:
   flag would be a clinical safety failure, not a privacy gain. They are labelled as identifying and
   left out of a shareable (``identifiers=False``) report instead.
 
-A suppressed count becomes null; :data:`SUPPRESSED_LABEL` is how tables show it.
+A suppressed count becomes null; :data:`SUPPRESSED_LABEL` is how tables show it. Counts written in
+prose (model notes such as "3 subject(s) without episodes") go through :func:`disclose_text`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -98,6 +100,35 @@ def disclose_counts(
     not_int = [c for c in names if not schema[c].is_integer()]
     assert not not_int, f"count columns must be integers: {not_int}"
     return lazy.with_columns(disclose_expr(c, policy) for c in names).collect()
+
+
+#: A count written in prose: a whole number followed by what it counts ("3 subject(s)",
+#: "3,411 of 15,755 subject-days"). Numbers that are not counts (thresholds, units) do not match.
+COUNT_IN_TEXT = re.compile(
+    r"(?<![\d.,≤<])(\d{1,3}(?:,\d{3})+|\d+)(?![\d.,]\d)"
+    r"(?=(?:\s+of\s+[\d,]+)?\s+(?:subjects?|subject\(s\)|subject-days?|episodes?|"
+    r"episode\(s\)|rows?|row\(s\)|people|persons?|days?)\b)"
+)
+
+
+def disclose_text(text: str, policy: DisclosurePolicy = DEFAULT_POLICY) -> str:
+    """Apply the policy to counts written in prose (model notes, sufficiency reasons).
+
+    >>> disclose_text("3,411 of 15,755 subject-days dropped; 3 subject(s) without episodes")
+    '3,410 of 15,755 subject-days dropped; ≤7 subject(s) without episodes'
+    """
+
+    def replace(match: re.Match) -> str:
+        shown = disclose_count(int(match.group(1).replace(",", "")), policy)
+        return policy.suppressed_label if shown is None else f"{shown:,}"
+
+    return COUNT_IN_TEXT.sub(replace, text)
+
+
+def text_violations(text: str, policy: DisclosurePolicy = DEFAULT_POLICY) -> list[str]:
+    """Counts from 1 to the threshold written in prose (for tests that scan report text)."""
+    return [m.group(0) for m in COUNT_IN_TEXT.finditer(text)
+            if 1 <= int(m.group(1).replace(",", "")) <= policy.threshold]
 
 
 def violations(frame: pl.DataFrame, policy: DisclosurePolicy = DEFAULT_POLICY) -> pl.DataFrame:

@@ -7,10 +7,13 @@ shows.
 
 from __future__ import annotations
 
+import html
+import re
+
 import polars as pl
 import pytest
 
-from pipeline.disclosure import violations
+from pipeline.disclosure import disclose_text, text_violations, violations
 from tests.test_report_render import rendered_reports
 
 pytestmark = pytest.mark.xdist_group("report")
@@ -39,3 +42,26 @@ def test_no_aggregate_table_in_the_report_holds_a_count_from_1_to_7(rendered, va
 
 def test_the_scan_would_catch_a_small_count():
     assert violations(pl.DataFrame({"rule_id": ["x"], "episodes": [3]})).height == 1
+
+
+def _research_text(page: str) -> str:
+    """The report's prose and captions outside the follow-up section and the rule definitions
+    (table cells are scanned as the CSVs above)."""
+    page = re.sub(r'<section id="red-flag-follow-up">.*?</section>', "", page, flags=re.S)
+    page = re.sub(r'<table class="cramp-table rules">.*?</table>', "", page, flags=re.S)
+    page = re.sub(r"<details class=\"code\">.*?</details>", "", page, flags=re.S)
+    page = re.sub(r"<tbody>.*?</tbody>", "", page, flags=re.S)
+    page = re.sub(r'src="data:[^"]*"', "", page)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+@pytest.mark.parametrize("variant", ["full", "shareable"])
+def test_no_count_from_1_to_7_is_written_in_the_reports_research_prose(rendered, variant):
+    text = _research_text((rendered[variant] / "report.html").read_text(encoding="utf-8"))
+    assert "subject-days" in text  # the notes were scanned, not stripped
+    assert text_violations(text) == []
+
+
+def test_counts_in_prose_are_disclosed():
+    assert text_violations("3 subject(s) without episodes; 12 episodes") == ["3 subject(s)"[:1]]
+    assert disclose_text("3 subject(s) without episodes") == "≤7 subject(s) without episodes"

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import atomic
-from pipeline.disclosure import DEFAULT_POLICY, DisclosurePolicy, disclose_counts
+from pipeline.disclosure import DEFAULT_POLICY, DisclosurePolicy, disclose_counts, disclose_text
 from pipeline.report.sentences import feature_label
 
 NULL_TEXT = "—"
@@ -154,7 +154,11 @@ def footnote_notes(frame: pl.DataFrame, column: str = "note") -> tuple[pl.DataFr
 def effects_table(effects: pl.DataFrame, *, tables_dir=None,
                   policy: DisclosurePolicy = DEFAULT_POLICY) -> ShownTable:
     """The effects table (estimates as fitted; the group sizes disclosure-controlled)."""
-    frame, notes = footnote_notes(effects_frame(effects))
+    frame = effects_frame(effects)
+    notes = {n: disclose_text(n, policy) for n in frame["note"].drop_nulls().unique()}
+    frame = frame.with_columns(pl.col("note").replace_strict(notes, default=None,
+                                                             return_dtype=pl.String))
+    frame, notes = footnote_notes(frame)
     shown = aggregate_table(
         "effects", frame, ["subjects", "subject-days", "episodes"],
         "Incidence rate ratios (IRR) per documented unit, 95% CIs from subject-clustered robust "

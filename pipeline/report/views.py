@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
-from pipeline.disclosure import DEFAULT_POLICY
+from pipeline.disclosure import DEFAULT_POLICY, disclose_text
 from pipeline.report import figures
 from pipeline.report.load import RunOutputs, load_run, read_store_table
 from pipeline.report.sentences import describe_effect, effect_sentences, feature_label
@@ -93,7 +93,7 @@ def dispersion_table(diagnostics: dict) -> ShownTable:
     rows = [{
         "model": m,
         "kind": d.get("kind"),
-        "fitted": "yes" if d.get("fitted", True) else f"no: {d.get('failure')}",
+        "fitted": "yes" if d.get("fitted", True) else f"no: {disclose_text(str(d.get('failure')))}",
         "converged": {True: "yes", False: "no"}.get(d.get("converged")),
         "Pearson dispersion": (None if d.get("pearson_dispersion") is None
                                else round(float(d["pearson_dispersion"]), 2)),
@@ -122,7 +122,7 @@ def calibration_frame(diagnostics: dict) -> pl.DataFrame:
 def sufficiency_table(diagnostics: dict) -> ShownTable:
     """Features that got no estimate, per model, and why."""
     rows = [{"model": m, "factor": feature_label(f), "status": s.get("status"),
-             "reason": s.get("reason")}
+             "reason": disclose_text(s["reason"]) if s.get("reason") else None}
             for m, d in _models(diagnostics)
             for f, s in (d.get("sufficiency") or {}).items()
             if s.get("status") not in (None, "estimated")]
@@ -140,9 +140,11 @@ def rules_table(run: RunOutputs) -> ShownTable:
 
     rules_path = run.summary.get("rules_path")
     frame = load_rules(Path(rules_path) if rules_path else None).to_frame()
+    # Policy text, not data: its numbers are thresholds ("3 episodes a week"), not counts.
     return ShownTable(frame.select("rule_id", "title", "severity", "condition", "parameters",
                                    "source"),
-                      "Red-flag rules (red_flag: call your doctor; advisory: worth a look).")
+                      "Red-flag rules (red_flag: call your doctor; advisory: worth a look).",
+                      css_class="cramp-table rules")
 
 
 def flag_counts_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -> ShownTable:
