@@ -44,6 +44,8 @@ WARM_START_TOL = 1e-6
 # Threads per streamed pass (each with single-threaded BLAS), and blocks each must have at least.
 MAX_WORKERS = 4
 MIN_BLOCKS_PER_WORKER = 8
+# Environment variable overriding the number of cores used (e.g. 1 on a busy shared machine).
+THREADS_ENV = "CRAMP_FIT_THREADS"
 # A Newton decrement (log-likelihood units) below which the next step is expected to be the last.
 FINAL_STEP_DECREMENT = 1e-4
 
@@ -216,13 +218,17 @@ def newton_step(H: np.ndarray, grad: np.ndarray) -> np.ndarray:
 
 
 def worker_count(n_blocks: int) -> int:
-    """Threads for a streamed pass: one per available core (at most MAX_WORKERS), and one only
-    for small data, where a thread costs more than it saves. numpy's ufuncs, reductions and
+    """Threads for a streamed pass: one per available core (at most MAX_WORKERS; the environment
+    variable CRAMP_FIT_THREADS overrides the core count), and one only for small data, where a
+    thread costs more than it saves. numpy's ufuncs, reductions and
     BLAS release the GIL, so block work runs in parallel."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        cores = int(wanted)
     return max(1, min(MAX_WORKERS, cores, n_blocks // MIN_BLOCKS_PER_WORKER))
 
 
