@@ -125,9 +125,11 @@ def count_constants(y: np.ndarray) -> tuple[float, float]:
 
 
 def pearson_chi2(y: np.ndarray, mu: np.ndarray) -> float:
-    """sum (y - mu)^2 / mu over rows with mu > 0 (rows of dropped groups have mu = y = 0)."""
-    r2 = np.square(y - mu)
-    return float(np.divide(r2, mu, out=np.zeros_like(r2), where=mu > 0).sum())
+    """sum (y - mu)^2 / mu = sum_{y>0} y^2/mu - 2 sum y + sum mu: only rows with events need a
+    division (rows of dropped groups have mu = y = 0 and add nothing)."""
+    pos = y > 0
+    yp = y[pos]
+    return float((yp * yp / mu[pos]).sum() - 2 * yp.sum() + mu.sum())
 
 
 def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
