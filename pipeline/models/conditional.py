@@ -201,6 +201,11 @@ def fit_conditional_poisson(
 ) -> ConditionalPoissonFit:
     """Poisson regression with a fixed effect per group, concentrated out; clustered sandwich.
 
+    ``cov_cluster``: CRV1 sandwich, factor G/(G-1) * (N-1)/(N-K) with N the rows of groups with
+    events, G the clusters among them, and K = the number of features when groups are nested in
+    clusters (the subject effects are not counted, as in fixest), K = features + groups used
+    otherwise. Normal reference for z, p-values and 95% CIs.
+
     Rows need not be sorted by group; when they are not, one group-sorted copy of X is made
     (sorted input, as a subject-day panel is, is used in place). Convergence: relative deviance
     change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``. ``start``

@@ -162,6 +162,10 @@ def fit_poisson(
 ) -> PoissonFit:
     """Poisson regression of ``y`` on ``X`` (log link) with a cluster-robust covariance.
 
+    ``cov_cluster`` is the CRV1 sandwich with statsmodels' default small-sample factor for GLM
+    ``cov_type="cluster"``: G/(G-1) * (N-1)/(N-K), K counting the intercept; z, p-values and
+    95% CIs use the normal reference (statsmodels GLM's default, ``use_t=False``).
+
     Convergence requires both a relative deviance change ``|D_old - D|/(|D| + 0.1) < tol`` and a
     Newton decrement ``g' H^-1 g < tol``: the log-likelihood is then within ~tol/2 of its maximum
     and each coefficient within ~sqrt(tol) (1e-5 at the default) model-based standard errors of
