@@ -330,7 +330,8 @@ def fit_conditional_poisson(
             ll += float(yc @ eta) + float(Yg[g0:g1][ok] @ a[ok])
             grad += Xc.T @ np.subtract(yc, mu, out=r)
             if hessian:
-                # sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)' = sum_i mu_i z_i z_i' - sum_g B_g B_g'/Y_g
+                # sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)'
+                #   = sum_i mu_i z_i z_i' - sum_g B_g B_g' / Y_g
                 # with z = x - centre and B_g = sum_{i in g} mu_i z_i: no per-row demeaning, and
                 # the fixed centre (mid-range) keeps the subtraction well conditioned.
                 z = np.subtract(Xc, centre, out=z_buf[:rows])
@@ -433,7 +434,8 @@ def fit_conditional_poisson(
         mu = out
     return ConditionalPoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
-        **inference(beta, cov), fitted=mu, group_labels=labels, fixed_effects=fe, n_obs=n_obs, n_obs_dropped=n - n_obs,
+        **inference(beta, cov), fitted=mu, group_labels=labels, fixed_effects=fe,
+        n_obs=n_obs, n_obs_dropped=n - n_obs,
         n_groups_used=n_used_groups, n_groups_dropped_all_zero=G.n_groups - n_used_groups,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
         pearson_chi2=pearson, df_resid=n_obs - p - n_used_groups, loglik=float(loglik),
