@@ -22,7 +22,7 @@ CHECK = "nbval-check-output"
 #: Cells that show key results must be compared with their stored outputs.
 KEY_CELLS = {
     "02-factor-associations": ["views.sentences(run.effects)", "views.effects_table("],
-    "03-red-flags": ["views.flag_counts_table(", "views.rules_table(run)"],
+    "03-red-flags": ["views.flag_counts_table(", "views.rules_table(run"],
     "01-data-quality": ["views.ingest_table(", "views.quarantine_reasons_table("],
 }
 

@@ -33,7 +33,7 @@ def fake_job(monkeypatch):
         write_demo_run(Path(out_dir))
         return {"summary": {}, "messages": []}
 
-    def render_report(run_dir, *, identifiers=True, store_dir=None, **_):
+    def render_report(run_dir, *, identifiers=True, store_dir=None, rules_path=None, **_):
         path = Path(run_dir) / "report.html"
         path.write_text(f"<html>report identifiers={identifiers}</html>")
         return path

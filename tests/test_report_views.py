@@ -195,3 +195,14 @@ def test_a_run_with_no_flags_and_no_curves_still_shows_every_table_and_figure(tm
                                             for c in ("irr", "ci_low", "ci_high"))
     figures.show(figures.forest_plot(no_estimates)).png()
     assert "no estimate" in views.sentences(no_estimates).text
+
+
+def test_rules_table_shows_the_rule_file_the_run_used(demo_run, tmp_path):
+    from importlib import resources
+
+    shipped = resources.files("pipeline.redflags").joinpath("rules.toml").read_text()
+    assert "pain_threshold = { value = 7" in shipped
+    custom = tmp_path / "rules.toml"
+    custom.write_text(shipped.replace("pain_threshold = { value = 7", "pain_threshold = { value = 8"))
+    assert "pain >= (7)" in repr(views.rules_table(demo_run))
+    assert "pain >= (8)" in repr(views.rules_table(demo_run, custom))

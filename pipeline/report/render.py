@@ -199,8 +199,11 @@ def _header(run_dir: Path, identifiers: bool) -> str:
 
 
 def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | None = None,
-                  notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+                  rules_path: Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
     """Execute the report notebooks against ``run_dir`` and write ``run_dir/report.html``.
+
+    ``store_dir``: the run's store when it is not ``run_dir/store`` (for missingness and days
+    logged). ``rules_path``: the rule file the run used when it is not the shipped one.
 
     The aggregate tables shown are also written to ``run_dir/report_tables/aggregate/`` (and, with
     identifiers, the follow-up lists to ``report_tables/follow_up/``). Returns the report's path.
@@ -212,7 +215,8 @@ def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | 
     tables_dir = run_dir / "report_tables"
     shutil.rmtree(tables_dir, ignore_errors=True)
     parameters = {"run_dir": str(run_dir), "tables_dir": str(tables_dir),
-                  "store_dir": str(store_dir) if store_dir else None, "identifiers": identifiers}
+                  "store_dir": str(store_dir) if store_dir else None, "identifiers": identifiers,
+                  "rules_path": str(rules_path) if rules_path else None}
     sections: list[Section] = []
     with tempfile.TemporaryDirectory(prefix=".report-", dir=run_dir) as work:
         # Kernels start and import in parallel: most of a notebook's run time is start-up.

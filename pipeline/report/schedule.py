@@ -40,7 +40,7 @@ _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | None = None,
-                     identifiers: bool = True) -> Path:
+                     identifiers: bool = True, rules_path: Path | None = None) -> Path:
     """Run the whole job on ``data_dir`` and publish ``reports_dir/<date>/``; returns that path."""
     from pipeline.report.render import render_report
     from pipeline.run import run_job
@@ -62,9 +62,10 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
         building = Path(tempfile.mkdtemp(prefix=f".building-{day}-", dir=reports_dir))
         try:
             store_dir = reports_dir / STORE_NAME
-            run_job(data_dir, building, store_dir=store_dir, report=False,
-                    identifiers=identifiers)
-            render_report(building, identifiers=identifiers, store_dir=store_dir)
+            run_job(data_dir, building, store_dir=store_dir, rules_path=rules_path,
+                    report=False, identifiers=identifiers)
+            render_report(building, identifiers=identifiers, store_dir=store_dir,
+                          rules_path=rules_path)
             _apply_umask(building)
             target = _publish(building, reports_dir / day)
         except BaseException:

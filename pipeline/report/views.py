@@ -134,11 +134,12 @@ def sufficiency_table(diagnostics: dict) -> ShownTable:
 
 # --- red flags ------------------------------------------------------------------------------------
 
-def rules_table(run: RunOutputs) -> ShownTable:
-    """The rules this run applied, with thresholds and their source quotes."""
+def rules_table(run: RunOutputs, rules_path: Path | str | None = None) -> ShownTable:
+    """The rules this run applied (``rules_path``, else one recorded in the summary, else the
+    shipped rules), with thresholds and their source quotes."""
     from pipeline.redflags import load_rules
 
-    rules_path = run.summary.get("rules_path")
+    rules_path = rules_path or run.summary.get("rules_path")
     frame = load_rules(Path(rules_path) if rules_path else None).to_frame()
     # Policy text, not data: its numbers are thresholds ("3 episodes a week"), not counts.
     return ShownTable(frame.select("rule_id", "title", "severity", "condition", "parameters",
