@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-from-lock
 DATA   ?= data/sample
 OUT    ?= reports/latest
 
-.PHONY: run test test-fast lab bench lock docs sample clean help
+.PHONY: run test test-fast lab bench lock docs sample refresh-notebooks clean help
 
 help:
 	@echo "make run    - ingest, model, flag and report on $(DATA) into $(OUT)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - benchmark figures (by hand; not part of CI)"
 	@echo "make docs   - regenerate docs/ from the schema and feature dictionary"
 	@echo "make lock   - re-pin requirements.lock from pyproject.toml"
+	@echo "make refresh-notebooks - re-run notebooks/ in place after a reviewed change of results"
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=...")'
@@ -29,7 +30,7 @@ run: $(STAMP)
 	$(VENV)/bin/cramp run --data $(DATA) --out $(OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist load
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -x -m "not slow"
@@ -46,6 +47,9 @@ docs: $(STAMP)
 
 sample: $(STAMP)
 	$(VENV)/bin/cramp synth --out data/sample --subjects 200 --days 90 --seed 20261128
+
+refresh-notebooks: $(STAMP)
+	scripts/refresh-notebooks
 
 lock:
 	rm -rf /tmp/cramp-lock-venv && $(PYTHON) -m venv /tmp/cramp-lock-venv

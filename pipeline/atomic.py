@@ -27,10 +27,19 @@ def atomic_path(destination: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode an ordinary open() would (umask applies).
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, destination)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than an instant)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_with(destination: Path, write: Callable[[Path], None]) -> Path:

@@ -132,12 +132,15 @@ def run(
 def scheduled_report(
     data: DataDir,
     reports: Annotated[Path, typer.Option("--reports", help="Directory of dated reports.")],
-    identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers")] = True,
+    rules: Annotated[Optional[Path], typer.Option("--rules", help="Red-flag rule file (TOML) to "
+                                                  "use instead of the shipped rules.")] = None,
+    identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers", help="Include the "
+                                              "red-flag follow-up list of pseudonymous ids.")] = True,
 ) -> None:
     """The scheduled job: ingest what is new, refit, write REPORTS/<YYYY-MM-DD>/ and the index."""
     from pipeline.report import scheduled_report as run_scheduled
 
-    path = run_scheduled(data, reports, identifiers=identifiers)
+    path = run_scheduled(data, reports, identifiers=identifiers, rules_path=rules)
     out.print(f"Report written to {path}")
 
 

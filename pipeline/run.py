@@ -80,6 +80,7 @@ def run_job(
     if report:
         from pipeline.report import render_report
 
-        path = render_report(out_dir, identifiers=identifiers)
+        path = render_report(out_dir, identifiers=identifiers, store_dir=store_dir,
+                             rules_path=rules_path)
         messages.append(f"Report: {path}")
     return {"summary": summary, "messages": messages}

@@ -29,6 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline import atomic
+from pipeline.atomic import current_umask
 from pipeline.errors import UserError
 
 LOCK_NAME = ".cramp-report.lock"
@@ -83,16 +84,10 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
         lock.release()
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def _apply_umask(root: Path) -> None:
     """Temporary files and directories are created private (0600/0700); published reports get the
     permissions the process's umask allows (for example group-readable under ``UMask=0027``)."""
-    mask = _umask()
+    mask = current_umask()
     for path in [root, *root.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
@@ -144,5 +139,5 @@ def write_index(reports_dir: Path) -> Path:
         f"<h1>Cramp diary reports</h1><ul>{body}</ul></body></html>\n"
     )
     index = atomic.write_text(Path(reports_dir) / INDEX_NAME, page)
-    index.chmod(0o666 & ~_umask())
+    index.chmod(0o666 & ~current_umask())
     return index
