@@ -22,6 +22,16 @@ import time
 from pathlib import Path
 
 TARGET_SECONDS = 10.0
+
+
+def cpu_pressure() -> str:
+    """Linux PSI ``some avg10`` for CPU: how much of the last 10 s runnable tasks waited."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return line.split()[1].split("=")[1] + "%"
+    except (OSError, IndexError):
+        return "n/a"
+
 TARGET_RSS_GIB = 2.0
 
 _CHILD = """
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         env = {**os.environ, "POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", "2")}
         load_before = os.getloadavg()[0]
+        pressure_before = cpu_pressure()
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(data), str(work / "store"),
                                str(work / "out")], env=env, capture_output=True, text=True)
@@ -85,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ingest_dataset: {child['ingest_s']:.2f} s; write_ingest_outputs: "
           f"{child['outputs_s']:.2f} s; process wall (incl. interpreter start): {wall:.2f} s")
     print(f"child CPU time (user+sys): {cpu:.2f} s; load average before/after: "
-          f"{load_before:.1f}/{os.getloadavg()[0]:.1f} (other processes inflate wall time)")
+          f"{load_before:.1f}/{os.getloadavg()[0]:.1f}; CPU pressure (PSI avg10) before/after: "
+          f"{pressure_before}/{cpu_pressure()} (other processes inflate wall time)")
     print(f"peak RSS: {rss_gib:.2f} GiB (target < {TARGET_RSS_GIB} GiB); "
           f"cores: {os.cpu_count()}, POLARS_MAX_THREADS={env['POLARS_MAX_THREADS']}")
     ok = child["ingest_s"] < TARGET_SECONDS and rss_gib < TARGET_RSS_GIB
