@@ -119,8 +119,10 @@ def test_directory_of_exports_in_mixed_formats(tmp_path):
         "daily/2025-02.jsonl": '{"subject_id": "S1", "date": "2025-02-01"}\n',
         "daily/2025-03.csv.gz": gzip.compress(b"date,subject_id\n2025-03-01,S1\n2025-13-01,S1\n"),
         "daily/README.txt": "not a table",
+        "episode.csv": "subject_id,started_at,muscle_group\n",
     })
     result = validate_dataset(data)
+    assert result.summary["ignored_files"] == ["episode.csv"]
     daily = result.accepted["daily"]
     assert daily.select("source_file", "source_line").rows() == [
         ("daily/2025-01.csv", 2), ("daily/2025-01.csv", 3), ("daily/2025-02.jsonl", 1),

@@ -20,7 +20,7 @@ import polars as pl
 
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.dedupe import resolve, unknown_subjects
-from pipeline.ingest.discover import TableFile, discover_tables
+from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
 from pipeline.ingest.read import read_bytes, read_table_chunks
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
@@ -159,6 +159,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         "tables": table_reports,
         "files": file_reports,
         "custom_factors": [f.column for f in config.custom_factors],
+        "ignored_files": ignored_files(data_dir),
         "reasons": dict(REASONS),
     }
     return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)

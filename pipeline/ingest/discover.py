@@ -44,6 +44,20 @@ def split_format(name: str) -> tuple[str, str] | None:
     return None
 
 
+def ignored_files(data_dir: Path) -> list[str]:
+    """Files in ``data_dir`` with a table format's suffix but no contract table's name.
+
+    Reported in the summary so that a misnamed export (``episode.csv``) is noticed, not lost.
+    """
+    out = []
+    for entry in sorted(Path(data_dir).iterdir(), key=lambda p: p.name):
+        split = split_format(entry.name)
+        if entry.is_file() and split is not None and split[0] not in TABLES \
+                and not entry.name.startswith("."):
+            out.append(entry.name)
+    return out
+
+
 def discover_tables(data_dir: Path) -> dict[str, list[TableFile]]:
     """Map each contract table present in ``data_dir`` to its files.
 
