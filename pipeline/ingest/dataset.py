@@ -159,7 +159,8 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         "tables": table_reports,
         "files": file_reports,
         "custom_factors": [f.column for f in config.custom_factors],
-        "ignored_files": ignored_files(data_dir),
+        "ignored_files": [mask_text(n) if find_identifier(n) else n
+                          for n in ignored_files(data_dir)],
         "reasons": dict(REASONS),
     }
     return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)
