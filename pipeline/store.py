@@ -137,6 +137,15 @@ class Store:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def remove_if_empty(self) -> None:
+        """Delete the store directory if it holds nothing but its lock file."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
+            (self.path / LOCK).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
     def lock(self) -> FileLock:
         self.path.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.path / LOCK))

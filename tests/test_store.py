@@ -208,3 +208,14 @@ def test_a_custom_factor_declared_later_is_added_to_the_stored_table(tmp_path):
     daily = Store(store_dir).read("daily").collect()
     assert daily.select("source_file", "airq").rows() == [("daily.csv", None),
                                                           ("daily/new.csv", 9.0)]
+
+
+def test_a_refused_first_ingest_creates_no_store(tmp_path):
+    from pipeline.errors import UserError
+
+    data = write_dataset(tmp_path, {"daily.csv": "subject_id,date,email\nS1,2025-01-01,x\n"})
+    with pytest.raises(UserError):
+        ingest_dataset(data, tmp_path / "store")
+    with pytest.raises(UserError):
+        ingest_dataset(tmp_path / "missing", tmp_path / "store")
+    assert not (tmp_path / "store").exists()

@@ -68,18 +68,31 @@ def ingest_dataset(data_dir: Path, store_dir: Path, *, progress: bool = False) -
     against the stored rows as well as against each other.
     """
     store = Store(store_dir)
-    with store.lock():
-        result = _run(Path(data_dir), store=store, progress=progress)
-        files = [
-            ManifestFile(path=f["path"], table=f["table"], format=f["format"],
-                         sha256=f["sha256"], rows=f["rows"], accepted=f["accepted"],
-                         ingested_at=now_utc())
-            for f in result.summary["files"] if f["status"] == "ingested"
-        ]
-        if files:
-            custom = {f.column: f.kind for f in result.config.custom_factors}
-            store.append(result.accepted, files, custom)
-        result.stored = True
+    # Refuse a missing or incomplete dataset before the store directory is created.
+    load_dataset_config(Path(data_dir))
+    discover_tables(Path(data_dir))
+    created = not store.path.exists()
+    try:
+        with store.lock():
+            result = _ingest_locked(Path(data_dir), store, progress)
+    except BaseException:
+        if created:  # leave no empty store behind a refused ingest
+            store.remove_if_empty()
+        raise
+    return result
+
+
+def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult:
+    result = _run(data_dir, store=store, progress=progress)
+    files = [
+        ManifestFile(path=f["path"], table=f["table"], format=f["format"], sha256=f["sha256"],
+                     rows=f["rows"], accepted=f["accepted"], ingested_at=now_utc())
+        for f in result.summary["files"] if f["status"] == "ingested"
+    ]
+    if files:
+        custom = {f.column: f.kind for f in result.config.custom_factors}
+        store.append(result.accepted, files, custom)
+    result.stored = True
     return result
 
 
