@@ -21,7 +21,11 @@ the local wall-clock time kept.
 
 Every input row ends as exactly one of: **accepted**, **quarantined** (with table, source file, line,
 column, value, reason and message in `quarantine.csv`), or an **exact duplicate** of an accepted row
-(counted in `summary.json`).
+(counted in `summary.json`). A quarantined row is recorded once, with its first problem.
+
+`line` is where the row starts, 1-based as an editor shows it, counting the header line, blank lines
+and newlines inside quoted fields (CSV) or the line of the JSON object (JSON Lines); for Parquet it
+is the 0-based row index. Accepted rows keep their `source_file` and `source_line` in the store.
 """
 
 
@@ -83,8 +87,18 @@ def _identifier_section() -> str:
         "is stored. Names are compared after lower-casing and removing everything but letters and "
         f"digits: {names}.\n\n"
         "A value anywhere that looks like an e-mail address, phone number or national id number "
-        "quarantines its row with reason `identifier`; the quarantine stores the value masked.\n"
+        "quarantines its row with reason `identifier`; the quarantine stores the value masked. "
+        "The shapes looked for (`pipeline/ingest/identifiers.py`):\n\n"
+        + "".join(f"- {p.label}: `{p.name}`, masked as `{p.mask}`\n" for p in _patterns())
+        + "\nPseudonymous ids such as `P0012345` or `E070000002`, plain numbers, dates and "
+        "date-times are not identifiers.\n"
     )
+
+
+def _patterns():
+    from pipeline.ingest.identifiers import IDENTIFIER_PATTERNS
+
+    return IDENTIFIER_PATTERNS
 
 
 def _custom_factor_section() -> str:
