@@ -13,6 +13,7 @@ the within-subject model. Two things are checked against what is known of the so
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,9 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-SOURCE = PROJECT_ROOT.parent / "shared" / "external" / "kostecki-dillon" / "KosteckiDillon.csv"
-if not SOURCE.exists():  # CI lays shared/ beside the clone; elsewhere look beside the work tree
-    SOURCE = PROJECT_ROOT.parents[1] / "shared" / "external" / "kostecki-dillon" / "KosteckiDillon.csv"
+# CI lays shared/ beside the clone; CRAMP_SHARED_DIR points elsewhere when it is not there.
+SHARED = Path(os.environ.get("CRAMP_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+SOURCE = SHARED / "external" / "kostecki-dillon" / "KosteckiDillon.csv"
 
 pytestmark = pytest.mark.skipif(not SOURCE.exists(), reason=f"{SOURCE} is not on this machine")
 
