@@ -6,6 +6,7 @@ flagged episode written: no statistics ever stand between a clinician and a red 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pipeline import atomic
@@ -38,11 +39,21 @@ def run_job(
     if not data_dir.is_dir():
         raise UserError("dataset directory not found (expected a directory of tables)",
                         path=str(data_dir))
-    store_dir = Path(store_dir) if store_dir is not None else out_dir / "store"
+    if store_dir is None:
+        # The default store belongs to this run directory: rebuilt on every run, so the run's
+        # summary, quarantine and data-quality section describe the whole dataset, not only the
+        # files that are new since the last run. A --store given by the user is incremental.
+        store_dir = out_dir / "store"
+        fresh_store = True
+    else:
+        store_dir = Path(store_dir)
+        fresh_store = False
     # Fail fast on bad options before touching the store.
     rules = load_rules(rules_path)
     config = load_dataset_config(data_dir)
 
+    if fresh_store and store_dir.exists():
+        shutil.rmtree(store_dir)
     result = ingest_dataset(data_dir, store_dir, progress=progress)
     write_ingest_outputs(result, out_dir)
     summary = dict(result.summary)

@@ -55,3 +55,20 @@ def test_unknown_option_is_a_usage_error(tmp_path):
 def test_bad_synth_format_is_a_user_error(tmp_path):
     result = cramp("synth", "--out", str(tmp_path / "d"), "--format", "xlsx")
     assert_user_error(result, "--format")
+
+
+def test_running_twice_into_the_same_directory_gives_the_same_outputs(tmp_path):
+    from tests.conftest import SAMPLE_DIR
+
+    out = tmp_path / "run"
+    for _ in range(2):
+        result = cramp("run", "--data", str(SAMPLE_DIR), "--out", str(out), "--no-report")
+        assert result.returncode == 0, result.stderr
+        if _ == 0:
+            first = {p.name: p.read_bytes() for p in out.glob("*.*")}
+    second = {p.name: p.read_bytes() for p in out.glob("*.*")}
+    assert first == second
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tables"]["episodes"]["read"] == summary["tables"]["episodes"]["accepted"] > 0
