@@ -24,12 +24,14 @@ effects.csv always use every subject-day.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 from scipy import linalg, stats
-from sklearn.preprocessing import SplineTransformer
+
+if TYPE_CHECKING:  # sklearn costs ~0.5 s to import: only when a curve is fitted
+    from sklearn.preprocessing import SplineTransformer
 
 KNOT_QUANTILES = (0.05, 0.35, 0.65, 0.95)
 RANGE_QUANTILES = (0.01, 0.99)
@@ -128,6 +130,8 @@ def place_knots(x: np.ndarray) -> tuple[np.ndarray, str]:
 def natural_spline(knots: np.ndarray) -> tuple[SplineTransformer, np.ndarray]:
     """A fitted cubic B-spline transformer on ``knots`` and the matrix N mapping its basis to a
     natural spline without the constant (``len(knots) - 1`` columns)."""
+    from sklearn.preprocessing import SplineTransformer
+
     spline = SplineTransformer(knots=np.asarray(knots, dtype=float)[:, None], degree=DEGREE,
                                extrapolation="linear", include_bias=True)
     spline.fit(np.asarray(knots, dtype=float)[:, None])
