@@ -30,6 +30,7 @@ def atomic_path(destination: Path) -> Iterator[Path]:
         # mkstemp creates 0600; give the file the mode an ordinary open() would (umask applies).
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, destination)
+        _fsync_directory(destination.parent)  # make the rename itself durable
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,7 +43,19 @@ def current_umask() -> int:
     return mask
 
 
-def _write_with(destination: Path, write: Callable[[Path], None]) -> Path:
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_with(destination: Path, write: Callable[[Path], None]) -> Path:
+    """Atomically write ``destination`` with ``write(temporary_path)``."""
     with atomic_path(destination) as tmp:
         write(tmp)
     return Path(destination)
@@ -50,7 +63,7 @@ def _write_with(destination: Path, write: Callable[[Path], None]) -> Path:
 
 def write_text(destination: Path, text: str) -> Path:
     """Atomically write UTF-8 text."""
-    return _write_with(destination, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_with(destination, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(destination: Path, data: Any) -> Path:
@@ -61,9 +74,9 @@ def write_json(destination: Path, data: Any) -> Path:
 
 def write_csv(destination: Path, frame: pl.DataFrame) -> Path:
     """Atomically write a CSV (ISO dates, LF line endings)."""
-    return _write_with(destination, lambda tmp: frame.write_csv(tmp))
+    return write_with(destination, lambda tmp: frame.write_csv(tmp))
 
 
 def write_parquet(destination: Path, frame: pl.DataFrame) -> Path:
     """Atomically write a Parquet file."""
-    return _write_with(destination, lambda tmp: frame.write_parquet(tmp))
+    return write_with(destination, lambda tmp: frame.write_parquet(tmp))

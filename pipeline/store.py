@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from filelock import FileLock
 
+from pipeline import atomic
 from pipeline.errors import UserError
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, TABLES
 
@@ -163,8 +164,8 @@ class Store:
             name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
             directory = self._table_dir(table)
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(directory / name,
-                          lambda tmp, f=frame: f.write_parquet(tmp, compression=PARQUET_COMPRESSION))
+            atomic.write_with(directory / name,
+                             lambda tmp, f=frame: f.write_parquet(tmp, compression=PARQUET_COMPRESSION))
             parts.setdefault(table, []).append(name)
         custom = dict(manifest.custom_columns)
         for column, kind in custom_columns.items():
@@ -173,7 +174,7 @@ class Store:
                        parts={t: tuple(p) for t, p in parts.items()},
                        custom_columns=custom)
         text = json.dumps(new.to_json(), indent=2, sort_keys=True) + "\n"
-        _write_atomic(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text, "utf-8"))
+        atomic.write_text(self.path / MANIFEST, text)
         return new
 
     def _table_dir(self, table: str) -> Path:
@@ -195,41 +196,3 @@ class Store:
 
 def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not supported on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (UTF-8). Shared with the ingest outputs."""
-    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_atomic(path: Path, write) -> None:
-    """Atomically replace ``path`` with what ``write(temp_path)`` writes."""
-    _write_atomic(Path(path), write)

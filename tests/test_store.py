@@ -121,9 +121,9 @@ def test_a_refused_file_leaves_the_store_untouched(tmp_path):
 
 _KILLABLE = textwrap.dedent("""
     import sys, time
-    import pipeline.store as store
+    import pipeline.atomic as atomic
 
-    original = store._write_atomic
+    original = atomic.write_with
     mode = sys.argv[3]
 
     def paused(path, write):
@@ -138,7 +138,7 @@ _KILLABLE = textwrap.dedent("""
             return original(path, half_written)
         return original(path, write)
 
-    store._write_atomic = paused
+    atomic.write_with = paused
     from pipeline.ingest import ingest_dataset
     ingest_dataset(sys.argv[1], sys.argv[2])
 """)

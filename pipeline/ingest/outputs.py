@@ -16,7 +16,7 @@ import polars as pl
 from pipeline.ingest.dataset import IngestResult
 from pipeline.ingest.identifiers import mask_identifiers
 from pipeline.ingest.validate import QUARANTINE_COLUMNS
-from pipeline.store import write_atomic, write_text_atomic
+from pipeline import atomic
 
 SUMMARY_FILE = "summary.json"
 QUARANTINE_FILE = "quarantine.csv"
@@ -59,5 +59,5 @@ def write_ingest_outputs(result: IngestResult, out_dir: Path) -> None:
     # Values were masked when quarantined; masking again is idempotent and costs nothing.
     quarantine = result.quarantine.select(QUARANTINE_COLUMNS).with_columns(
         mask_identifiers(pl.col("value")).alias("value"))
-    write_atomic(out_dir / QUARANTINE_FILE, lambda tmp: quarantine.write_csv(tmp))
-    write_text_atomic(out_dir / SUMMARY_FILE, text)
+    atomic.write_csv(out_dir / QUARANTINE_FILE, quarantine)
+    atomic.write_text(out_dir / SUMMARY_FILE, text)
