@@ -1,17 +1,18 @@
 """Run every benchmark and print its figures (by hand: `make bench`; not part of CI).
 
-Usage: python benchmarks/run.py [NAME ...]   (names: ingest, redflags, models, run, synth)
+Usage: python benchmarks/run.py [NAME ...]   (names: synth, ingest, redflags, models, report, run)
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ("synth", "ingest", "redflags", "models", "run")
+BENCHMARKS = ("synth", "ingest", "redflags", "models", "report", "run")
 
 
 def main(argv: list[str]) -> None:
@@ -23,7 +24,9 @@ def main(argv: list[str]) -> None:
             print(f"[{name}] no benchmark module bench_{name}.py")
             continue
         print(f"=== {name} ===", flush=True)
-        module.main()
+        parameters = inspect.signature(module.main).parameters
+        # argparse-based benchmarks take their own argv: give them none (their defaults).
+        module.main([]) if "argv" in parameters else module.main()
 
 
 if __name__ == "__main__":
