@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 N_CALIBRATION_BINS = 10
 
@@ -71,22 +70,46 @@ def model_diagnostics(design, fit, failure: str | None) -> dict[str, Any]:
 def calibration(y: np.ndarray, fitted: np.ndarray, bins: int = N_CALIBRATION_BINS) -> list[dict]:
     """Observed versus predicted episodes by bin (decile) of the predicted rate.
 
-    Bins are equal-count groups of subject-days ordered by predicted rate (ties broken by order)."""
+    Bins are equal-count groups of subject-days ordered by predicted rate (ties broken by order):
+    the subject-day at 0-based position r of that order is in bin r * bins // n + 1.
+
+    No full sort: one ``np.partition`` finds the predicted rates at the bin edges, each row is
+    placed by comparison with them, and only rows tied with an edge value are placed by their
+    row order. Counts and sums are ``np.bincount``s over the bin numbers."""
+    y = np.asarray(y, dtype=float)
+    mu = np.asarray(fitted, dtype=float)
     n = y.shape[0]
     if n == 0:
         return []
-    frame = pl.DataFrame({"y": y, "mu": fitted}).with_columns(
-        ((pl.col("mu").rank("ordinal") - 1) * bins // n + 1).cast(pl.Int64).alias("decile")
-    )
-    table = (
-        frame.group_by("decile")
-        .agg(
-            pl.len().alias("n_subject_days"),
-            pl.col("mu").sum().alias("predicted_episodes"),
-            pl.col("y").sum().alias("observed_episodes"),
-            pl.col("mu").min().alias("predicted_rate_min"),
-            pl.col("mu").max().alias("predicted_rate_max"),
-        )
-        .sort("decile")
-    )
-    return table.to_dicts()
+    # First position of each bin 1..bins-1 in the sorted order, and the last of the bin before.
+    # (With n < bins some coincide; each still counts, as the bins between them are empty.)
+    first = np.array([(b * n + bins - 1) // bins for b in range(1, bins)], dtype=np.int64)
+    first = first[first < n]
+    kth = np.unique(np.r_[0, n - 1, first, first - 1])
+    part = np.partition(mu, kth)
+    sorted_at = dict(zip(kth.tolist(), part[kth].tolist()))
+    # Rows strictly between edge values: bin = number of edges (first positions) at or below.
+    edges = part[first]
+    decile = np.zeros(n, dtype=np.uint8 if bins < 256 else np.intp)
+    for edge in edges:
+        decile += mu > edge
+    # Rows equal to an edge value take the positions below/above it in row order.
+    for v in np.unique(edges):
+        tied = np.flatnonzero(mu == v)
+        below = int(np.count_nonzero(mu < v))
+        decile[tied] = (below + np.arange(tied.size)) * bins // n
+    counts = np.bincount(decile, minlength=bins)
+    predicted = np.bincount(decile, weights=mu, minlength=bins)
+    observed = np.bincount(decile, weights=y, minlength=bins)
+    starts = np.r_[0, np.cumsum(counts)]
+    table = []
+    for b in np.flatnonzero(counts):
+        table.append({
+            "decile": int(b) + 1,
+            "n_subject_days": int(counts[b]),
+            "predicted_episodes": float(predicted[b]),
+            "observed_episodes": float(observed[b]),
+            "predicted_rate_min": sorted_at[int(starts[b])],
+            "predicted_rate_max": sorted_at[int(starts[b + 1]) - 1],
+        })
+    return table
