@@ -151,75 +151,97 @@ def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: b
                 d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
                                          "n_missing": int(nulls[f.name])}
 
-    # Only the columns the model needs travel through the filters below.
-    base = frame.select(SUBJECT_CODE, OUTCOME, *[f.name for f in candidates])
+    # The model's rows are a boolean mask over the frame; X is filled column by column straight
+    # from the frame's columns (no filtered copy of the frame, one column temporary at a time).
+    codes = frame[SUBJECT_CODE].to_numpy()
+    outcome = frame[OUTCOME].to_numpy()
     # Dropping a feature can only enlarge the complete-case sample, which can change another
     # feature's verdict; iterate to a fixed point (a few rounds at most).
     while True:
-        rows, n_complete, n_zero = _model_rows(base, candidates, conditional)
-        failures = _check_sufficiency(rows, candidates, conditional, d)
+        mask, n_complete, n_zero = _model_rows(frame, codes, outcome, candidates, conditional)
+        X = _build_X(frame, [f.name for f in candidates], mask)
+        groups = codes[mask]
+        failures = _check_sufficiency(X, groups, candidates, conditional, d)
         if not failures:
             break
+        del X
         for f in failures:
             candidates.remove(f)
 
     d.n_dropped_incomplete = n_days - n_complete
+    n_rows = X.shape[0]
     if conditional:
         d.n_subjects_without_episodes = n_zero
-        d.n_days_without_episodes_subject = n_complete - rows.height
-    d.y = rows[OUTCOME].cast(pl.Float64).to_numpy()
-    d.groups = rows[SUBJECT_CODE].to_numpy()
-    names = [f.name for f in candidates]
-    if names:
-        # One float64, column-major copy: the estimators read it in row blocks.
-        d.X = np.asfortranarray(rows.select(pl.col(names).cast(pl.Float64)).to_numpy())
-    else:
-        d.X = np.empty((rows.height, 0), order="F")
+        d.n_days_without_episodes_subject = n_complete - n_rows
+    d.y = outcome[mask].astype(np.float64)
+    d.groups = groups
+    d.X = X
     d.kept = list(candidates)
-    del rows
+    del mask
     _drop_collinear(d)
     for f in d.kept:
         d.sufficiency.setdefault(f.name, {}).update({"status": "estimated", "reason": None})
     return d
 
 
-def _model_rows(base: pl.DataFrame, features, conditional: bool):
+def _model_rows(frame: pl.DataFrame, codes: np.ndarray, outcome: np.ndarray, features,
+                conditional: bool) -> tuple[np.ndarray, int, int]:
     """The model's subject-days: complete cases, and for a within-subject model only subjects
-    with at least one episode on them. Returns (rows, n complete, n subjects without episodes)."""
-    rows = base
+    with at least one episode on them. Returns (row mask, n complete, n subjects without
+    episodes)."""
     if features:
-        rows = rows.filter(pl.all_horizontal(pl.col([f.name for f in features]).is_not_null()))
-    n_complete = rows.height
+        mask = frame.select(
+            pl.all_horizontal(pl.col([f.name for f in features]).is_not_null())
+        ).to_series().to_numpy()
+    else:
+        mask = np.ones(frame.height, dtype=bool)
+    n_complete = int(np.count_nonzero(mask))
     n_zero = 0
-    if conditional:
+    if conditional and codes.size:
         # A subject with no episode on any complete day carries no within-subject information.
-        has = pl.col(OUTCOME).sum().over(SUBJECT_CODE) > 0
-        n_zero = rows.filter(~has).select(pl.col(SUBJECT_CODE).n_unique()).item()
-        rows = rows.filter(has)
-    return rows, n_complete, n_zero
+        n_codes = int(codes.max()) + 1
+        days = np.bincount(codes, weights=mask, minlength=n_codes)
+        events = np.bincount(codes, weights=np.where(mask, outcome, 0), minlength=n_codes)
+        has = events > 0
+        n_zero = int(np.count_nonzero((days > 0) & ~has))
+        mask &= has[codes]
+    return mask, n_complete, n_zero
 
 
-def _check_sufficiency(rows: pl.DataFrame, features, conditional: bool, d: Design) -> list:
+def _build_X(frame: pl.DataFrame, names: list[str], mask: np.ndarray) -> np.ndarray:
+    """The float64, column-major design of ``names`` on the rows of ``mask`` (the estimators
+    read it in row blocks)."""
+    rows = np.flatnonzero(mask)  # np.take on row numbers beats np.compress per column
+    X = np.empty((rows.size, len(names)), order="F")
+    for j, name in enumerate(names):
+        column = frame[name]
+        if column.dtype != pl.Float64:
+            column = column.cast(pl.Float64)
+        if column.null_count():
+            # Masked-out rows only; filling is several times cheaper than to_numpy's NaN copy.
+            column = column.fill_null(0.0)
+        np.take(column.to_numpy(), rows, out=X[:, j])
+    return X
+
+
+def _check_sufficiency(X: np.ndarray, groups: np.ndarray, features, conditional: bool,
+                       d: Design) -> list:
     if not features:
         return []
-    names = [f.name for f in features]
-    stats = rows.select(
-        *[pl.col(n).sum().alias(f"{n}__yes") for n in names],
-        *[pl.col(n).std().alias(f"{n}__sd") for n in names],
-    ).row(0, named=True) if rows.height else {}
-    varying: dict[str, int] = {}
-    if conditional and rows.height:
-        varying = rows.group_by(SUBJECT_CODE).agg(
-            *[(pl.col(n).max() > pl.col(n).min()).alias(n) for n in names]
-        ).select(pl.col(names).sum()).row(0, named=True)
+    n_rows = X.shape[0]
+    starts = None
+    if conditional and n_rows:
+        # groups are sorted (the panel is sorted by subject): one run per subject
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
     failures = []
-    for f in features:
-        info: dict[str, Any] = {"n_subject_days": rows.height}
+    for j, f in enumerate(features):
+        column = X[:, j]
+        info: dict[str, Any] = {"n_subject_days": n_rows}
         reason = None
-        sd = stats.get(f"{f.name}__sd")
+        sd = pl.Series(f.name, column).std() if n_rows else None
         if f.kind == "binary":
-            yes = int(stats.get(f"{f.name}__yes") or 0)
-            no = rows.height - yes
+            yes = int(column.sum())
+            no = n_rows - yes
             info.update(n_days_yes=yes, n_days_no=no)
             if min(yes, no) < MIN_DAYS_PER_LEVEL:
                 level = "yes" if yes < no else "no"
@@ -227,8 +249,9 @@ def _check_sufficiency(rows: pl.DataFrame, features, conditional: bool, d: Desig
                           f"(need at least {MIN_DAYS_PER_LEVEL} at each level)")
         if reason is None and (sd is None or not sd > 0):
             reason = "no variation in the model's subject-days"
-        if conditional and rows.height:
-            n_vary = int(varying.get(f.name) or 0)
+        if starts is not None:
+            n_vary = int(np.count_nonzero(np.maximum.reduceat(column, starts)
+                                          > np.minimum.reduceat(column, starts)))
             info["n_subjects_with_variation"] = n_vary
             if reason is None and n_vary < MIN_SUBJECTS_WITH_VARIATION:
                 reason = (f"varies within only {n_vary} subject(s) with episodes (need at least "
