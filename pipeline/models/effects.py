@@ -75,6 +75,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
     rows: list[dict[str, Any]] = []
     diagnostics: dict[str, Any] = {"models": {}, "policy": dg.policy()}
     dose, dose_notes = pl.DataFrame(schema=DOSE_SCHEMA), {"skipped": True}
+    within: dict[str, float] = {}  # within_subject estimates: the secondary models' start
     for model, conditional, features, reported in model_specs(custom_factors):
         # One model's design in memory at a time: each is released before the next is built.
         design = prepare_design(frame, panel, model, conditional, features, reported)
@@ -82,7 +83,9 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
             # Nothing this model reports survived the checks: its rows say why; skip the fit.
             fit, failure = None, "none of the model's own features can be estimated"
         else:
-            fit, failure = _fit(design)
+            fit, failure = _fit(design, within if conditional else None)
+        if model == fd.WITHIN_SUBJECT and fit is not None:
+            within = dict(zip(fit.names, (float(b) for b in fit.coef)))
         if model in PRIMARY_MODELS and fit is None:
             reasons = "; ".join(f"{name}: {why}" for name, why in design.excluded.items()
                                 if name not in panel.absent)
@@ -119,11 +122,13 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
-def _fit(design: Design):
+def _fit(design: Design, start: dict[str, float] | None = None):
     """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
 
     When the estimator rejects particular features (no variation, separation, collinearity) they
-    are dropped from the design with the reason, and the rest is refitted."""
+    are dropped from the design with the reason, and the rest is refitted. ``start`` (optional,
+    within-subject designs): starting coefficients by feature name (0 for a name it lacks),
+    e.g. the within_subject estimates for a secondary model, instead of a subsample fit."""
     from pipeline.models.conditional import fit_conditional_poisson
     from pipeline.models.poisson import EstimationError, fit_poisson
 
@@ -138,8 +143,11 @@ def _fit(design: Design):
             return None, "no feature has enough data for this model"
         try:
             if design.conditional:
+                beta0 = None if not start else np.array(
+                    [start.get(name, 0.0) for name in design.names])
                 fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
-                                              clusters=design.groups, feature_names=design.names)
+                                              clusters=design.groups, feature_names=design.names,
+                                              start=beta0)
             else:
                 fit = fit_poisson(design.X, design.y, clusters=design.groups,
                                   feature_names=design.names)
