@@ -82,11 +82,14 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
 
     # Each stage separately (the steps fit_models runs), then fit_models end to end.
     frame = ef.with_subject_codes(panel.frame)
+    within: dict[str, float] = {}  # as fit_models: the secondary models start from these
     for model, conditional, features, reported in ef.model_specs(custom):
         timer.lap()
         design = ef.prepare_design(frame, panel, model, conditional, features, reported)
         prep = timer.lap()
-        fit, failure = ef._fit(design)
+        fit, failure = ef._fit(design, within if conditional else None)
+        if model == ef.fd.WITHIN_SUBJECT and fit is not None:
+            within = dict(zip(fit.names, (float(b) for b in fit.coef)))
         fit_s = timer.lap()
         figures[f"{model}_design_s"], figures[f"{model}_fit_s"] = prep[0], fit_s[0]
         print(f"{model:27s} design {prep[0]:6.2f} s ({prep[1]:5.2f} CPU)  fit {fit_s[0]:6.2f} s "
@@ -94,7 +97,7 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
               f"features{'' if fit is not None else '; ' + str(failure)}", flush=True)
         if model == ef.fd.WITHIN_SUBJECT:
             timer.lap()
-            _, notes = fit_dose_response(design)
+            _, notes = fit_dose_response(design, within)
             wall, cpu = timer.lap()
             figures["dose_response_s"] = wall
             subset = notes.get("subset") or {}

@@ -48,10 +48,14 @@ DOSE_SCHEMA = {"model": pl.String, "feature": pl.String, "unit": pl.String, "x":
                "ci_high": pl.Float64}
 
 
-def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
+def fit_dose_response(design, start: dict[str, float] | None = None
+                      ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Curves for the continuous core features of a fitted within-subject ``Design``.
 
-    Returns the dose_response table and, per feature, a note (knots used, or why no curve)."""
+    ``start`` (optional): the linear model's coefficients by feature name, used as starting
+    values of each curve's fit (the other features keep them; the spline terms start as the
+    least-squares spline fit of the linear term). Returns the dose_response table and, per
+    feature, a note (knots used, or why no curve)."""
     frames: list[pl.DataFrame] = []
     notes: dict[str, Any] = {}
     if design.X is None or not design.kept:
@@ -71,7 +75,7 @@ def fit_dose_response(design) -> tuple[pl.DataFrame, dict[str, Any]]:
         if feature.kind != "numeric" or feature.role != "core":
             continue
         try:
-            curve, note = _curve(design, j, work)
+            curve, note = _curve(design, j, work, start)
         except (EstimationError, ValueError, np.linalg.LinAlgError) as exc:
             # A curve that cannot be fitted is reported as such; it must not sink the run.
             curve, note = None, {"status": "not_estimated", "reason": f"spline fit failed ({exc})"}
@@ -141,7 +145,7 @@ def natural_spline(knots: np.ndarray) -> tuple[SplineTransformer, np.ndarray]:
     return spline, linalg.null_space(constraints)
 
 
-def _curve(design, j: int, work: np.ndarray):
+def _curve(design, j: int, work: np.ndarray, start: dict[str, float] | None = None):
     from pipeline.models.conditional import fit_conditional_poisson
 
     feature = design.kept[j]
@@ -160,8 +164,19 @@ def _curve(design, j: int, work: np.ndarray):
     names = design.names
     spline_names = [f"{feature.name}__s{i}" for i in range(k)]
     names = names[:j] + spline_names[:1] + names[j + 1:] + spline_names[1:]
+    beta0 = None
+    if start and all(name in start for name in design.names):
+        # The natural spline spans linear functions of x (constants aside, absorbed by the
+        # subject effects): its least-squares fit to start[feature] * x starts the curve at
+        # the linear model's answer.
+        centred = basis - basis.mean(axis=0)
+        coef = np.linalg.lstsq(centred, start[feature.name] * (x - x.mean()), rcond=None)[0]
+        linear = [start[name] for name in design.names]
+        beta0 = np.array(linear[:j] + [coef[0]] + linear[j + 1:] + list(coef[1:]))
+        if not np.all(np.isfinite(beta0)):
+            beta0 = None
     fit = fit_conditional_poisson(work[:, :p + k - 1], design.y, groups=design.groups,
-                                  clusters=design.groups, feature_names=names)
+                                  clusters=design.groups, feature_names=names, start=beta0)
     idx = [names.index(name) for name in spline_names]
     if not fit.converged:
         return None, {"status": "not_estimated", "reason": "the solver did not converge"}

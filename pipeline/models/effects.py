@@ -94,7 +94,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
         rows.extend(_effect_rows(design, fit, failure))
         diagnostics["models"][model] = dg.model_diagnostics(design, fit, failure)
         if model == fd.WITHIN_SUBJECT and dose_response:
-            dose, dose_notes = fit_dose_response(design)
+            dose, dose_notes = fit_dose_response(design, within)
         del design, fit
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
