@@ -33,22 +33,21 @@ def _progress() -> bool:
 
 def _print_ingest_summary(summary: dict, title: str) -> None:
     table = RichTable(title=title, title_justify="left")
-    for name in ("table", "read", "accepted", "quarantined", "duplicates", "top reasons",
-                 "unknown columns"):
-        table.add_column(name, justify="right" if name in {"read", "accepted", "quarantined",
-                                                           "duplicates"} else "left")
+    table.add_column("table")
+    for name in ("read", "accepted", "quarantined", "duplicates"):
+        table.add_column(name, justify="right")
+    notes: list[str] = []
     for name, t in summary["tables"].items():
+        table.add_row(name, *(f"{t[k]:,}" for k in ("read", "accepted", "quarantined",
+                                                     "duplicates")))
         reasons = sorted(t["quarantined_by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
-        table.add_row(
-            name,
-            f"{t['read']:,}",
-            f"{t['accepted']:,}",
-            f"{t['quarantined']:,}",
-            f"{t['duplicates']:,}",
-            ", ".join(f"{r} {n:,}" for r, n in reasons[:3]),
-            ", ".join(t["unknown_columns"]),
-        )
+        if reasons:
+            notes.append(f"{name}: quarantined " + ", ".join(f"{r} {n:,}" for r, n in reasons))
+        if t["unknown_columns"]:
+            notes.append(f"{name}: unknown columns not stored: " + ", ".join(t["unknown_columns"]))
     out.print(table)
+    for note in notes:
+        out.print(note, highlight=False)
     skipped = [f for f in summary.get("files", []) if f.get("status") != "ingested"]
     if skipped:
         out.print(f"{len(skipped)} file(s) already in the store were skipped (same sha256).")
