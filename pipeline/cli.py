@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from pipeline.errors import UserError
 
@@ -47,7 +48,7 @@ def _print_ingest_summary(summary: dict, title: str) -> None:
             notes.append(f"{name}: unknown columns not stored: " + ", ".join(t["unknown_columns"]))
     out.print(table)
     for note in notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
     skipped = [f for f in summary.get("files", []) if f.get("status") != "ingested"]
     if skipped:
         out.print(f"{len(skipped)} file(s) already in the store were skipped (same sha256).")
@@ -173,7 +174,9 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # The message is plain text: rich must not read "[guidance]" in it as markup.
+        err.print(Text.assemble(("error: ", "bold red"), str(error)), highlight=False,
+                  soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("aborted")
@@ -181,9 +184,10 @@ def main() -> None:
     except Exception as error:
         if os.environ.get("CRAMP_DEBUG"):
             raise
-        err.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}\n"
-                  "This is a bug in cramp, not a problem with your data. Re-run with CRAMP_DEBUG=1 "
-                  "for the traceback and report it.", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(
+            ("internal error: ", "bold red"), f"{type(error).__name__}: {error}\n"
+            "This is a bug in cramp, not a problem with your data. Re-run with CRAMP_DEBUG=1 "
+            "for the traceback and report it."), highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -72,3 +72,16 @@ def test_running_twice_into_the_same_directory_gives_the_same_outputs(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tables"]["episodes"]["read"] == summary["tables"]["episodes"]["accepted"] > 0
+
+
+def test_error_messages_are_printed_verbatim_not_as_markup(tmp_path):
+    # "[guidance]" in a message must reach the user as written (rich would swallow it as a tag).
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "x"\ntitle = "t"\nseverity = "red_flag"\n'
+                     'source = "numbness in one or both legs"\ncondition = ["numbness"]\n'
+                     'columns = ["numbness"]\n')
+    from tests.conftest import SAMPLE_DIR
+
+    result = cramp("run", "--data", str(SAMPLE_DIR), "--out", str(tmp_path / "o"),
+                   "--rules", str(rules), "--no-report")
+    assert_user_error(result, "rules.toml", "rule 'x'", "[guidance]")
