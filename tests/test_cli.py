@@ -72,6 +72,9 @@ def test_running_twice_into_the_same_directory_gives_the_same_outputs(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tables"]["episodes"]["read"] == summary["tables"]["episodes"]["accepted"] > 0
+    # The default store is this run's own, so the store's totals are this run's counts.
+    for name, counts in summary["store_totals"].items():
+        assert counts["accepted"] == summary["tables"][name]["accepted"]
 
 
 def test_error_messages_are_printed_verbatim_not_as_markup(tmp_path):

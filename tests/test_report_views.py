@@ -206,3 +206,15 @@ def test_rules_table_shows_the_rule_file_the_run_used(demo_run, tmp_path):
     custom.write_text(shipped.replace("pain_threshold = { value = 7", "pain_threshold = { value = 8"))
     assert "pain >= (7)" in repr(views.rules_table(demo_run))
     assert "pain >= (8)" in repr(views.rules_table(demo_run, custom))
+
+
+def test_store_totals_count_every_file_in_the_store_not_only_this_runs(tmp_path):
+    from pipeline.report.tables import store_counts
+
+    summary = {
+        "tables": {"daily": {"read": 0, "accepted": 0, "quarantined": 0, "duplicates": 0}},
+        "store_totals": {"daily": {"files": 2, "rows": 120, "accepted": 118}},
+    }
+    frame = store_counts(summary)
+    assert frame.to_dicts() == [{"table": "daily", "rows": 120, "accepted": 118}]
+    assert store_counts({"tables": {}}).height == 0

@@ -184,6 +184,17 @@ def ingest_counts(summary: dict) -> pl.DataFrame:
                "quarantined": pl.Int64, "duplicates": pl.Int64})
 
 
+def store_counts(summary: dict) -> pl.DataFrame:
+    """Rows and accepted rows per table over every file in the store, from ``summary.json``
+    (``store_totals``); empty for runs written before it existed."""
+    totals = summary.get("store_totals") or {}
+    names = sorted(totals)
+    return pl.DataFrame({
+        "table": names,
+        **{k: [int(totals[n][k]) for n in names] for k in ("rows", "accepted")},
+    }, schema={"table": pl.String, "rows": pl.Int64, "accepted": pl.Int64})
+
+
 def quarantine_by_reason(summary: dict) -> pl.DataFrame:
     """Quarantined rows by table and reason code, from ``summary.json``."""
     rows = [(t, r, int(n)) for t, v in summary.get("tables", {}).items()

@@ -29,6 +29,7 @@ from pipeline.report.tables import (
     ingest_counts,
     missingness,
     quarantine_by_reason,
+    store_counts,
     subjects_by_days_logged,
 )
 
@@ -38,7 +39,8 @@ __all__ = [
     "units_by_feature", "dispersion_table", "calibration_frame", "sufficiency_table",
     "rules_table", "flag_counts_table", "flags_over_time_table", "not_recorded_table",
     "flagged_subjects_table", "flagged_episodes_table", "not_recorded_follow_up_table",
-    "ingest_table", "quarantine_reasons_table", "missingness_table", "days_logged_table",
+    "ingest_table", "store_totals_table", "quarantine_reasons_table", "missingness_table",
+    "days_logged_table",
     "panel_counts_table", "default_subject", "subject_days", "subject_episodes",
     "subject_flags_table", "subject_timeline",
 ]
@@ -210,6 +212,13 @@ def ingest_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -> Sho
                            ["read", "accepted", "quarantined", "duplicates"],
                            "Rows read per table: each is accepted, quarantined, or an exact "
                            "duplicate of an accepted row.", tables_dir=tables_dir, policy=policy)
+
+
+def store_totals_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -> ShownTable:
+    return aggregate_table("store_rows", store_counts(run.summary), ["rows", "accepted"],
+                           "Everything the models use: every file in the store, from this run and "
+                           "earlier ones (a scheduled report reads only new files, so the table "
+                           "above may count fewer rows).", tables_dir=tables_dir, policy=policy)
 
 
 def quarantine_reasons_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY
