@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import json
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,7 @@ def test_real_job_twice_ingests_each_file_once(tmp_path, monkeypatch):
     rows_second = Store(reports / "store").read("episodes").collect().height
     assert rows_first == rows_second > 0
     assert [p.name for p in list_reports(reports)] == ["2026-03-02", "2026-03-01"]
+    # The second day read nothing new, yet its summary still states what the models used.
+    second = json.loads((reports / "2026-03-02" / "summary.json").read_text())
+    assert second["tables"]["episodes"]["read"] == 0
+    assert second["store_totals"]["episodes"]["accepted"] == rows_first
