@@ -3,17 +3,7 @@
 The file is optional. When present it is validated strictly, in the spirit of frozen parameter
 models that reject unknown keys: a typo must fail loudly rather than silently drop a factor.
 
-Example::
-
-    [[custom_factors]]
-    column = "airq"
-    factor = "air_quality"
-    label = "Air-quality index"
-    kind = "numeric"
-    unit = "index points"
-    scale = 10
-    minimum = 0
-    maximum = 500
+The keys and an example are documented once, on ``schema.CustomFactor``.
 """
 
 from __future__ import annotations

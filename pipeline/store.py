@@ -173,8 +173,7 @@ class Store:
         new = Manifest(files=manifest.files + tuple(files),
                        parts={t: tuple(p) for t, p in parts.items()},
                        custom_columns=custom)
-        text = json.dumps(new.to_json(), indent=2, sort_keys=True) + "\n"
-        atomic.write_text(self.path / MANIFEST, text)
+        atomic.write_json(self.path / MANIFEST, new.to_json())
         return new
 
     def _table_dir(self, table: str) -> Path:

@@ -8,7 +8,6 @@ in the user's data, so it raises ``IngestAccountingError`` (not ``UserError``) l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -55,9 +54,8 @@ def write_ingest_outputs(result: IngestResult, out_dir: Path) -> None:
     check_accounting(result)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result.summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     # Values were masked when quarantined; masking again is idempotent and costs nothing.
     quarantine = result.quarantine.select(QUARANTINE_COLUMNS).with_columns(
         mask_identifiers(pl.col("value")).alias("value"))
     atomic.write_csv(out_dir / QUARANTINE_FILE, quarantine)
-    atomic.write_text(out_dir / SUMMARY_FILE, text)
+    atomic.write_json(out_dir / SUMMARY_FILE, result.summary)
