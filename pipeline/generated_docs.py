@@ -18,7 +18,14 @@ def _data_contract() -> str:
     return render_data_contract()
 
 
+def _outputs() -> str:
+    from pipeline.outputs import render_outputs_doc
+
+    return render_outputs_doc()
+
+
 GENERATED_DOCS: dict[Path, Callable[[], str]] = {
     Path("docs/data-contract.md"): _data_contract,
     Path("docs/feature-dictionary.md"): _feature_dictionary,
+    Path("docs/outputs.md"): _outputs,
 }

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import UserError
+from pipeline.outputs import OutputColumn, OutputTable, declare
 from pipeline.features import dictionary as fd
 from pipeline.features.panel import OUTCOME, Panel
 from pipeline.models.design import (  # noqa: F401 - re-exported for callers and tests
@@ -35,14 +36,29 @@ from pipeline.models.design import (  # noqa: F401 - re-exported for callers and
     with_subject_codes,
 )
 
-EFFECTS_COLUMNS = ("model", "factor", "feature", "unit", "irr", "ci_low", "ci_high", "p_value",
-                   "q_value", "n_subjects", "n_subject_days", "n_episodes", "note")
-EFFECTS_SCHEMA = {
-    "model": pl.String, "factor": pl.String, "feature": pl.String, "unit": pl.String,
-    "irr": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64,
-    "q_value": pl.Float64, "n_subjects": pl.Int64, "n_subject_days": pl.Int64,
-    "n_episodes": pl.Int64, "note": pl.String,
-}
+EFFECTS = declare(OutputTable(
+    file="effects.csv",
+    meaning="One row per model and feature: the incidence-rate ratio per documented unit with its "
+            "subject-clustered 95% CI.",
+    caution="Associations in observational diaries, not causes; `population` rows mix differences "
+            "between people with differences between days.",
+    columns=(
+        OutputColumn("model", pl.String(), "model name (`within_subject` leads)"),
+        OutputColumn("factor", pl.String(), "documented contributing factor (or `custom`)"),
+        OutputColumn("feature", pl.String(), "feature name (feature dictionary)"),
+        OutputColumn("unit", pl.String(), "the documented unit the IRR is per"),
+        OutputColumn("irr", pl.Float64(), "incidence-rate ratio per unit (empty: not estimable)"),
+        OutputColumn("ci_low", pl.Float64(), "lower 95% confidence limit"),
+        OutputColumn("ci_high", pl.Float64(), "upper 95% confidence limit"),
+        OutputColumn("p_value", pl.Float64(), "two-sided Wald p-value"),
+        OutputColumn("q_value", pl.Float64(), "Benjamini-Hochberg q-value within the model"),
+        OutputColumn("n_subjects", pl.Int64(), "subjects contributing"),
+        OutputColumn("n_subject_days", pl.Int64(), "complete subject-days used"),
+        OutputColumn("n_episodes", pl.Int64(), "episodes on those days"),
+        OutputColumn("note", pl.String(), "why there is no estimate, or what qualifies it"),
+    )))
+EFFECTS_COLUMNS = EFFECTS.names
+EFFECTS_SCHEMA = EFFECTS.schema()
 
 
 @dataclass(frozen=True)
