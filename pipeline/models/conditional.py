@@ -37,26 +37,24 @@ reference, as for the population model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline import execution
+from pipeline.models import conditional_buckets as cb
 from pipeline.models import estimation
 from pipeline.models.estimation import (
     WARM_START_TOL,
     EstimationError,
     as_design,
     cluster_correction,
-    cluster_score_sums,
-    count_constants,
     encode_labels,
     inference,
-    map_blocks,
     maximize,
-    pearson_chi2,
     raise_if_not_finite,
     raise_if_rank_deficient,
-    raise_if_separated,
+    raise_if_separated_by,
     sandwich,
     single_threaded_blas,
     warm_start,
@@ -108,8 +106,6 @@ class ConditionalPoissonFit:
 # The fast Hessian subtracts the between-subject part from the total; when that loses more than
 # 6 of 16 digits for some feature the covariance uses an explicitly demeaned Hessian instead.
 CANCELLATION_LIMIT = 1e6
-# |x'beta + a| beyond which exp() is recentred per group (exp overflows near 709).
-EXP_SAFE = 300.0
 
 
 class _Groups:
@@ -198,6 +194,7 @@ def fit_conditional_poisson(
     tol: float = 1e-10,
     max_iter: int = 100,
     start: np.ndarray | None = None,
+    executor: execution.Executor | None = None,
 ) -> ConditionalPoissonFit:
     """Poisson regression with a fixed effect per group, concentrated out; clustered sandwich.
 
@@ -210,6 +207,8 @@ def fit_conditional_poisson(
     (sorted input, as a subject-day panel is, is used in place). Convergence: relative deviance
     change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``. ``start``
     (optional): starting coefficients, e.g. from a related model (a dose-response refit).
+    ``executor`` (default: the run's, ``execution.current()``) runs the per-bucket passes; the
+    rows are cut into buckets of whole groups and clusters (``fit_conditional_buckets``).
 
     Raises ``EstimationError`` for features with no within-group variation (among groups with
     events), within-group separation (every day with events at the subject's lowest, or highest,
@@ -229,123 +228,132 @@ def fit_conditional_poisson(
     X, y, names = as_design(X, y, feature_names)
     n, p = X.shape
     G = _Groups(groups, n)
-    if clusters is groups:
-        cl_codes = G.codes if G.order is None else np.empty_like(G.codes)
-        if G.order is not None:
-            cl_codes[G.order] = G.codes
-    else:
+    same = clusters is groups
+    if not same:
         cl_codes, _ = encode_labels(clusters, n, "clusters")
-    X, y, cl_codes = G.arrange(X), G.arrange(y), G.arrange(cl_codes)
-    starts, counts = G.starts, G.counts
-    Yg = np.add.reduceat(y, starts) if n else np.zeros(0)
-    used = Yg > 0
-    n_used_groups = int(used.sum())
-    if n_used_groups == 0:
+        cl_codes = G.arrange(cl_codes)
+    X, y = G.arrange(X), G.arrange(y)
+    ex = executor or execution.current()
+    bounds = _bucket_bounds(G, None if same else cl_codes, _bucket_target(ex, len(G.blocks)))
+    buckets = []
+    for g0, g1 in bounds:
+        rs = G.rows(g0, g1)
+        buckets.append(cb.grouped_bucket(X[rs], y[rs], G.codes[rs],
+                                         None if same else cl_codes[rs]))
+    fit = fit_conditional_buckets(ex.scatter(buckets), names, executor=ex, tol=tol,
+                                  max_iter=max_iter, start=start)
+    labels = G.arrange(np.asarray(groups).ravel())[G.starts]
+    mu = fit.fitted
+    if G.order is not None:
+        mu = np.empty(n)
+        mu[G.order] = fit.fitted
+    return replace(fit, fitted=mu, group_labels=labels)
+
+
+def _bucket_target(executor, n_blocks: int) -> int:
+    """Buckets for an in-memory design: one per worker thread locally (each at least
+    MIN_BLOCKS_PER_WORKER blocks, else fewer), two per worker on a cluster."""
+    if isinstance(executor, execution.LocalExecutor):
+        return min(estimation.worker_count(n_blocks), max(1, executor.workers))
+    return max(1, min(2 * executor.workers, n_blocks))
+
+
+def _bucket_bounds(G: _Groups, cl_codes: np.ndarray | None, n_buckets: int):
+    """``n_buckets`` (or fewer) contiguous ranges of whole groups of about equal rows, cut only
+    where no cluster spans the cut (so a cluster never crosses buckets)."""
+    n = int(G.counts.sum())
+    if n_buckets <= 1 or G.n_groups <= 1:
+        return [(0, G.n_groups)]
+    valid = np.ones(G.n_groups, dtype=bool)  # may a bucket start at group g?
+    if cl_codes is not None:
+        rows = np.arange(n)
+        k = int(cl_codes.max()) + 1
+        first = np.full(k, n)
+        last = np.zeros(k, dtype=np.intp)
+        np.minimum.at(first, cl_codes, rows)
+        np.maximum.at(last, cl_codes, rows)
+        cover = np.zeros(n + 1, dtype=np.intp)  # clusters open across each row boundary
+        np.add.at(cover, first + 1, 1)
+        np.add.at(cover, last + 1, -1)
+        valid = np.cumsum(cover)[G.starts] == 0
+    cuts = np.searchsorted(G.starts, np.linspace(0, n, n_buckets + 1)[1:-1])
+    cuts = [int(c) for c in cuts if 0 < c < G.n_groups]
+    starts = np.flatnonzero(valid)
+    chosen = sorted({int(starts[min(np.searchsorted(starts, c), starts.size - 1)])
+                     for c in cuts} - {0})
+    edges = [0, *chosen, G.n_groups]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def reduce_summaries(parts: list[dict]) -> dict:
+    """Combine ``conditional_buckets.summarize`` results (bucket order)."""
+    s = dict(parts[0])
+    for q in parts[1:]:
+        s["lo"] = np.minimum(s["lo"], q["lo"])
+        s["hi"] = np.maximum(s["hi"], q["hi"])
+        s["varies"] = s["varies"] | q["varies"]
+        s["sep_low"] = s["sep_low"] & q["sep_low"]
+        s["sep_high"] = s["sep_high"] & q["sep_high"]
+        s["within_range"] = np.maximum(s["within_range"], q["within_range"])
+        s["nested"] = s["nested"] and q["nested"]
+        s["max_block_rows"] = max(s["max_block_rows"], q["max_block_rows"])
+        for key in ("n_rows", "n_groups", "n_used_groups", "n_obs", "y_sum",
+                    "n_clusters_with_events", "sum_ylogy", "sum_lgamma"):
+            s[key] = s[key] + q[key]
+    return s
+
+
+def fit_conditional_buckets(
+    handles: Sequence,
+    feature_names: Sequence[str],
+    *,
+    executor: execution.Executor,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    start: np.ndarray | None = None,
+) -> ConditionalPoissonFit:
+    """The within-subject fit from buckets of whole groups (``conditional_buckets.GroupedBucket``,
+    as placed by ``executor.scatter``): every pass is one ``executor.map`` of a pure per-bucket
+    function, and the driver only sends coefficients and sums p-vectors and p x p matrices.
+    ``fitted``, ``fixed_effects`` and ``group_labels`` are in bucket order (labels: 0..G-1).
+    The result does not depend on how subjects are spread over buckets beyond the order of
+    floating-point summation."""
+    names = tuple(str(n) for n in feature_names)
+    p = len(names)
+    s = reduce_summaries(executor.map(cb.summarize, handles))
+    if s["n_used_groups"] == 0:
         raise EstimationError("no events: every subject has zero episodes, so no within-subject "
                               "rate ratio can be estimated", reason="no_events")
-    used_rows = np.repeat(used, counts)
-    n_obs = int(counts[used].sum())
-    n_clusters = int(np.count_nonzero(np.bincount(cl_codes, weights=used_rows)))
+    n_clusters = s["n_clusters_with_events"]
     if n_clusters < 2:
         raise EstimationError(f"cluster-robust errors need at least 2 clusters with events, got "
                               f"{n_clusters}", reason="too_few_clusters")
-
-    R = _group_ranges(X, y, G)
-    raise_if_not_finite(names, R["lo"].min(axis=0), R["hi"].max(axis=0))
-    lo, hi, plo, phi = (R[k][used] for k in ("lo", "hi", "plo", "phi"))
-    varies = np.any(hi > lo, axis=0)
-    flat = [names[j] for j in np.flatnonzero(~varies)]
+    raise_if_not_finite(names, s["lo"], s["hi"])
+    flat = [names[j] for j in np.flatnonzero(~s["varies"])]
     if flat:
         raise EstimationError(
             f"features without within-subject variation (constant within every subject with "
             f"episodes, so absorbed by the subject effects): {', '.join(flat)}",
             reason="no_variation", features=flat)
-    sep = [names[j] for j in range(p)
-           if np.all(phi[:, j] <= lo[:, j]) or np.all(plo[:, j] >= hi[:, j])]
+    sep = [names[j] for j in np.flatnonzero(s["sep_low"] | s["sep_high"])]
     if sep:
         raise EstimationError(
             "within-subject separation: within every subject, all days with episodes have that "
             f"subject's lowest (or highest) value of {', '.join(sep)}, so its rate ratio is 0 or "
             "infinite and cannot be estimated", reason="separation", features=sep)
+    n_obs, n_used_groups = s["n_obs"], s["n_used_groups"]
     if n_obs <= p + n_used_groups:
         raise EstimationError(f"{n_obs} rows for {p} coefficients and {n_used_groups} subject "
                               "effects", reason="invalid_input")
-    within_range = np.max(hi - lo, axis=0)
-
-    fitted = np.zeros(n)
-    eta_prev = np.zeros(n)
-    # Current log group scale: only keeps exp() in range, the pass is exact whatever its value.
-    log_scale = np.zeros(G.n_groups)
-    log_scale[used] = np.log(Yg[used] / counts[used])
-    xbar = np.zeros((G.n_groups, p))
-    sum_ylogy, sum_lgamma = count_constants(y)  # rows of dropped groups have y = 0
-    y_sum = float(Yg.sum())
-
-    m = max(int(G.rows(g0, g1).stop - G.rows(g0, g1).start) for g0, g1 in G.blocks)
-    # Work buffers per worker, reused by every block (fresh temporaries per block cost page
-    # faults): eta, exp, residual, scratch, z = x - centre, and mu-weighted z transposed.
-    buffers = [(np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty((m, p)),
-                np.empty((p, m))) for _ in range(estimation.worker_count(len(G.blocks)))]
-    centre = (R["lo"].min(axis=0) + R["hi"].max(axis=0)) / 2
-    codes = G.codes
-
-    def work(part, worker: int, beta: np.ndarray, hessian: bool):
-        """Profile log-likelihood kernel, gradient, optionally the total and between-subject
-        parts of the Hessian (storing the weighted group means in ``xbar``), and the largest
-        change of x'beta since the last pass, over some blocks of whole groups; fills ``fitted``
-        and updates ``log_scale`` for those groups."""
-        eta_buf, e_buf, r_buf, tmp_buf, z_buf, wT_buf = buffers[worker]
-        grad = np.zeros(p)
-        total = np.zeros((p, p)) if hessian else None
-        between = np.zeros((p, p)) if hessian else None
-        ll = 0.0
-        drift = 0.0
-        for g0, g1 in part:
-            rs = G.rows(g0, g1)
-            rows = rs.stop - rs.start
-            Xc, yc, cc = X[rs], y[rs], codes[rs]
-            eta, e, r, tmp = eta_buf[:rows], e_buf[:rows], r_buf[:rows], tmp_buf[:rows]
-            loc = starts[g0:g1] - rs.start
-            np.matmul(Xc, beta, out=eta)
-            old = eta_prev[rs]
-            np.subtract(old, eta, out=tmp)
-            drift = max(drift, float(np.abs(tmp, out=tmp).max()))
-            old[:] = eta
-            np.add(eta, np.take(log_scale, cc, out=tmp), out=e)
-            if not -EXP_SAFE < e.min() <= e.max() < EXP_SAFE:
-                # Far from the current scale (a distant start): recentre each group on its own
-                # maximum before exp(); the result does not depend on the centring.
-                shift = np.maximum.reduceat(e, loc)
-                log_scale[g0:g1] -= shift
-                e -= np.take(shift, cc - g0, out=tmp)
-            np.exp(e, out=e)
-            S = np.add.reduceat(e, loc)
-            ok = used[g0:g1]
-            scale = np.zeros(g1 - g0)
-            scale[ok] = Yg[g0:g1][ok] / S[ok]
-            mu = np.multiply(e, np.take(scale, cc - g0, out=tmp), out=fitted[rs])
-            a = log_scale[g0:g1]
-            a[ok] += np.log(scale[ok])
-            # log mu_i = x_i'beta + a_g, so sum y log mu = y'eta + sum_g Y_g a_g.
-            ll += float(yc @ eta) + float(Yg[g0:g1][ok] @ a[ok])
-            grad += Xc.T @ np.subtract(yc, mu, out=r)
-            if hessian:
-                # sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)'
-                #   = sum_i mu_i z_i z_i' - sum_g B_g B_g' / Y_g
-                # with z = x - centre and B_g = sum_{i in g} mu_i z_i: no per-row demeaning, and
-                # the fixed centre (mid-range) keeps the subtraction well conditioned.
-                z = np.subtract(Xc, centre, out=z_buf[:rows])
-                wT = np.multiply(z.T, mu, out=wT_buf[:, :rows])
-                total += wT @ z
-                B = np.add.reduceat(wT, loc, axis=1).T
-                Bs = B / np.where(ok, Yg[g0:g1], 1.0)[:, None]
-                between += B.T @ Bs
-                xbar[g0:g1] = Bs + centre
-        return ll, grad, total, between, drift
+    y_sum, sum_ylogy = s["y_sum"], s["sum_ylogy"]
+    centre = (s["lo"] + s["hi"]) / 2
+    cancellation = [1.0]
+    last_beta = [np.zeros(p)]  # the previous pass's coefficients (drift of the predictors)
 
     def evaluate(beta: np.ndarray, hessian: bool):
-        """One pass over all blocks (split between workers)."""
-        parts = map_blocks(lambda part, w: work(part, w, beta, hessian), G.blocks, len(buffers))
+        step = beta - last_beta[0]
+        last_beta[0] = beta.copy()
+        parts = executor.map(cb.newton_pass, handles, beta, step, centre, hessian)
         ll = sum(q[0] for q in parts) - y_sum
         grad = sum(q[1] for q in parts)
         H = None
@@ -357,31 +365,15 @@ def fit_conditional_poisson(
                 cancellation[0] = float(np.nanmax(np.diag(total) / np.diag(H)))
         return ll, grad, H, max(q[4] for q in parts)
 
-    cancellation = [1.0]
-
-    def exact_hessian() -> np.ndarray:
-        """sum_i mu_i (x_i - xbar_g)(x_i - xbar_g)' by explicit demeaning, for designs whose
-        between-subject spread dwarfs the within-subject one (see CANCELLATION_LIMIT)."""
-        *_, z_buf, wT_buf = buffers[0]
-        H = np.zeros((p, p))
-        for g0, g1 in G.blocks:
-            rs = G.rows(g0, g1)
-            rows = rs.stop - rs.start
-            xt = np.take(xbar, codes[rs], axis=0, out=z_buf[:rows])
-            np.subtract(X[rs], xt, out=xt)
-            wT = np.multiply(xt.T, fitted[rs], out=wT_buf[:, :rows])
-            H += wT @ xt
-        return H
-
-    # Every 16th row of the group-sorted data is still group-sorted.
     if start is not None:
         beta0 = np.asarray(start, dtype=np.float64)
         if beta0.shape != (p,) or not np.all(np.isfinite(beta0)):
             raise EstimationError(f"start must hold {p} finite values", reason="invalid_input")
     else:
-        beta0 = warm_start(lambda sl: fit_conditional_poisson(
-            X[sl], y[sl], groups=G.codes[sl], clusters=cl_codes[sl], feature_names=names,
-            tol=WARM_START_TOL).coef, n)
+        beta0 = warm_start(lambda _: fit_conditional_buckets(
+            executor.scatter(executor.map(cb.subsample, handles,
+                                          estimation.WARM_START_STRIDE)),
+            names, executor=executor, tol=WARM_START_TOL).coef, s["n_rows"])
     if beta0 is None:
         beta0 = np.zeros(p)
 
@@ -397,46 +389,30 @@ def fit_conditional_poisson(
         raise EstimationError(
             f"within-subject Poisson fit did not converge in {max_iter} iterations (check for "
             "separation)", reason="not_converged", features=list(names))
-    raise_if_separated(names, np.abs(beta) * within_range, fitted, y, n_iter, " within-subject")
-    if cancellation[0] > CANCELLATION_LIMIT:
-        H = exact_hessian()
-
-    mu = fitted
-    r = y - mu
-
-    z_buf = buffers[0][4]
-
-    def scores(sl):
-        xt = np.take(xbar, codes[sl], axis=0, out=z_buf[:sl.stop - sl.start])
-        np.subtract(X[sl], xt, out=xt)
-        return np.multiply(xt, r[sl, None], out=xt)
-
-    row_slices = [G.rows(g0, g1) for g0, g1 in G.blocks]
-    S = cluster_score_sums(scores, row_slices, cl_codes, int(cl_codes.max()) + 1, p)
-    group_cluster = cl_codes[starts]
-    nested = bool(np.array_equal(cl_codes, np.repeat(group_cluster, counts))) if not (
-        clusters is groups) else True
+    exact = cancellation[0] > CANCELLATION_LIMIT
+    with single_threaded_blas():
+        finals = executor.map(cb.final_pass, handles, beta, exact)
+    n_mu_pos = sum(f["n_mu_pos"] for f in finals)
+    min_mu = min((f["min_mu_zero_y"] for f in finals), default=np.inf)
+    raise_if_separated_by(names, np.abs(beta) * s["within_range"], y_sum, n_mu_pos, min_mu,
+                          n_iter, " within-subject")
+    if exact:
+        H = sum(f["exact_hessian"] for f in finals)
+    nested = s["nested"]
     k = p if nested else p + n_used_groups
     factor = cluster_correction(n_clusters, n_obs, k)
-    cov, cov_model = sandwich(H, S, factor)
-
-    pearson = pearson_chi2(y, mu)
+    cov, cov_model = sandwich(H, None, factor, meat=sum(f["meat"] for f in finals))
+    mu_sum = sum(f["mu_sum"] for f in finals)
+    pearson = sum(f["pearson_pos"] for f in finals) - 2 * y_sum + mu_sum
     deviance = 2 * (sum_ylogy - y_sum - ll)
-    loglik = ll - sum_lgamma
-    fe = np.full(G.n_groups, -np.inf)
-    with np.errstate(divide="ignore"):
-        # alpha_g = log(Y_g / sum exp(x'beta)) = log_scale_g (exp(eta + a) * scale = mu).
-        fe[used] = log_scale[used]
-    labels = G.arrange(np.asarray(groups).ravel())[starts]
-    if G.order is not None:
-        out = np.empty(n)
-        out[G.order] = mu
-        mu = out
+    loglik = ll - s["sum_lgamma"]
+    fitted = np.concatenate([f["fitted"] for f in finals])
+    fe = np.concatenate([f["fixed_effects"] for f in finals])
     return ConditionalPoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
-        **inference(beta, cov), fitted=mu, group_labels=labels, fixed_effects=fe,
-        n_obs=n_obs, n_obs_dropped=n - n_obs,
-        n_groups_used=n_used_groups, n_groups_dropped_all_zero=G.n_groups - n_used_groups,
+        **inference(beta, cov), fitted=fitted, group_labels=np.arange(fe.size),
+        fixed_effects=fe, n_obs=n_obs, n_obs_dropped=s["n_rows"] - n_obs,
+        n_groups_used=n_used_groups, n_groups_dropped_all_zero=s["n_groups"] - n_used_groups,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
-        pearson_chi2=pearson, df_resid=n_obs - p - n_used_groups, loglik=float(loglik),
+        pearson_chi2=float(pearson), df_resid=n_obs - p - n_used_groups, loglik=float(loglik),
         small_sample_factor=factor, groups_nested_in_clusters=nested)

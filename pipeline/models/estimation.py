@@ -182,10 +182,11 @@ def raise_if_rank_deficient(H: np.ndarray, names: Sequence[str]) -> None:
             reason="collinear", features=flat)
 
 
-def sandwich(H: np.ndarray, score_sums: np.ndarray,
-             factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """(factor * H^-1 M H^-1, H^-1) with M = sum_g s_g s_g': the cluster-robust and the
-    model-based covariance (H symmetric positive definite)."""
+def sandwich(H: np.ndarray, score_sums: np.ndarray | None, factor: float, *,
+             meat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(factor * H^-1 M H^-1, H^-1) with M = sum_g s_g s_g' (from the cluster score sums, or
+    given as ``meat``, e.g. summed over buckets): the cluster-robust and the model-based
+    covariance (H symmetric positive definite)."""
     try:
         cho = linalg.cho_factor(H)
     except linalg.LinAlgError:
@@ -193,7 +194,8 @@ def sandwich(H: np.ndarray, score_sums: np.ndarray,
             "the information matrix is singular at the solution (features nearly collinear "
             "on the days that carry weight)", reason="collinear") from None
     bread = linalg.cho_solve(cho, np.eye(H.shape[0]))
-    meat = score_sums.T @ score_sums
+    if meat is None:
+        meat = score_sums.T @ score_sums
     V = factor * bread @ meat @ bread
     return (V + V.T) / 2, (bread + bread.T) / 2
 
@@ -344,11 +346,19 @@ def raise_if_separated(names: Sequence[str], spread: np.ndarray, mu: np.ndarray,
     finite maximum takes well under ten) while rows without events are fitted rates below
     SEPARATION_TINY_RATE times the mean rate, i.e. driven towards zero. ``spread`` is
     |coef| x observed range per feature."""
+    zero = (mu > 0) & (y == 0)
+    raise_if_separated_by(names, spread, float(y.sum()), int(np.count_nonzero(mu)),
+                          float(mu[zero].min()) if zero.any() else np.inf, n_iter, what)
+
+
+def raise_if_separated_by(names: Sequence[str], spread: np.ndarray, y_sum: float,
+                          n_mu_pos: int, min_mu_zero_y: float, n_iter: int, what: str) -> None:
+    """``raise_if_separated`` from sums a bucketed fit reduces: the outcome total, the number of
+    positive fitted rates and the smallest positive fitted rate on a row without events."""
     diverging = spread > SEPARATION_LOG_RANGE
     if not diverging.any():
-        mean_rate = y.sum() / max(np.count_nonzero(mu), 1)
-        if n_iter <= SEPARATION_MIN_ITER or not np.any(
-                (mu < SEPARATION_TINY_RATE * mean_rate) & (mu > 0) & (y == 0)):
+        mean_rate = y_sum / max(n_mu_pos, 1)
+        if n_iter <= SEPARATION_MIN_ITER or not min_mu_zero_y < SEPARATION_TINY_RATE * mean_rate:
             return
         diverging = spread >= min(SEPARATION_SUSPECT_LOG_RANGE, spread.max())
     bad = [names[j] for j in np.flatnonzero(diverging)]

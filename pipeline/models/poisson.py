@@ -30,28 +30,25 @@ as statsmodels GLM does by default (``use_t=False``): z = coef/se, two-sided p f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline import execution
 from pipeline.models import estimation
+from pipeline.models import poisson_buckets as pb
 from pipeline.models.estimation import (
     INTERCEPT_NAME,
     WARM_START_TOL,
     EstimationError,
     as_design,
     cluster_correction,
-    cluster_score_sums,
-    count_constants,
     encode_labels,
     inference,
-    map_blocks,
     maximize,
-    pearson_chi2,
     raise_if_not_finite,
     raise_if_rank_deficient,
-    raise_if_separated,
-    row_chunks,
+    raise_if_separated_by,
     sandwich,
     single_threaded_blas,
     warm_start,
@@ -103,27 +100,6 @@ class PoissonFit:
 # Population model
 
 
-def _column_ranges(X: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Column min/max over all rows and over rows with a positive outcome (block-wise; each block
-    is transposed into a buffer first, as reductions along contiguous rows are ~10x faster)."""
-    p = X.shape[1]
-    lo, hi = np.full(p, np.inf), np.full(p, -np.inf)
-    plo, phi = np.full(p, np.inf), np.full(p, -np.inf)
-    buf = np.empty((p, min(X.shape[0], estimation.CHUNK_ROWS)))
-    for sl in row_chunks(X.shape[0]):
-        Xc = X[sl]
-        XT = buf[:, :sl.stop - sl.start]
-        np.copyto(XT, Xc.T)
-        np.minimum(lo, XT.min(axis=1), out=lo)
-        np.maximum(hi, XT.max(axis=1), out=hi)
-        pos = positive[sl]
-        if pos.any():
-            XpT = XT[:, pos]
-            np.minimum(plo, XpT.min(axis=1), out=plo)
-            np.maximum(phi, XpT.max(axis=1), out=phi)
-    return lo, hi, plo, phi
-
-
 def _check_identifiable(names, lo, hi, plo, phi, add_intercept: bool) -> None:
     if add_intercept:
         const = [names[j] for j in range(len(names)) if lo[j] == hi[j]]
@@ -159,6 +135,7 @@ def fit_poisson(
     tol: float = 1e-10,
     max_iter: int = 100,
     start: np.ndarray | None = None,
+    executor: execution.Executor | None = None,
 ) -> PoissonFit:
     """Poisson regression of ``y`` on ``X`` (log link) with a cluster-robust covariance.
 
@@ -174,6 +151,8 @@ def fit_poisson(
 
     ``start`` (optional) gives starting coefficients, aligned with the result's ``names``, e.g. a
     related model's estimates; by default a null model, or a subsample fit on large data.
+    ``executor`` (default: the run's, ``execution.current()``) runs the per-bucket passes on
+    buckets of whole clusters (``fit_poisson_buckets``).
 
     Raises ``EstimationError`` for constant or all-zero features, single-feature separation (e.g.
     a yes/no level without episodes), a rank-deficient design (naming the collinear features),
@@ -194,9 +173,78 @@ def fit_poisson(
         if offset.shape[0] != n or not np.all(np.isfinite(offset)):
             raise EstimationError("offset must be finite with one value per row",
                                   reason="invalid_input")
+    ex = executor or execution.current()
+    n_blocks = -(-n // estimation.CHUNK_ROWS)
+    target = (min(estimation.worker_count(n_blocks), max(1, ex.workers))
+              if isinstance(ex, execution.LocalExecutor) else max(1, min(2 * ex.workers,
+                                                                         n_blocks)))
+    order, bounds = _cluster_ranges(codes, n_clusters, target)
+    if order is not None:
+        X, y, codes = X[order], y[order], codes[order]
+        offset = None if offset is None else offset[order]
+    buckets = [pb.cluster_bucket(X[a:b], y[a:b], codes[a:b],
+                                 None if offset is None else offset[a:b]) for a, b in bounds]
+    fit = fit_poisson_buckets(ex.scatter(buckets), fnames, executor=ex,
+                              add_intercept=add_intercept, tol=tol, max_iter=max_iter,
+                              start=start)
+    if order is not None:
+        mu = np.empty(n)
+        mu[order] = fit.fitted
+        fit = replace(fit, fitted=mu)
+    return fit
+
+
+def _cluster_ranges(codes: np.ndarray, n_clusters: int, n_buckets: int):
+    """About ``n_buckets`` row ranges of whole clusters, and ``order``: a cluster-sorted
+    permutation of the rows, or None when each cluster's rows already sit together."""
+    n = codes.size
+    if n_buckets <= 1 or n_clusters <= 1:
+        return None, [(0, n)]
+    order = None
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    if starts.size != n_clusters:  # some cluster's rows are not together
+        order = np.argsort(codes, kind="stable")
+        sc = codes[order]
+        starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+    cuts = np.unique(starts[np.clip(np.searchsorted(starts, np.linspace(0, n, n_buckets + 1)[
+        1:-1]), 0, starts.size - 1)])
+    edges = [0, *[int(c) for c in cuts if 0 < c < n], n]
+    return order, [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def reduce_summaries(parts: list[dict]) -> dict:
+    """Combine ``poisson_buckets.summarize`` results (bucket order)."""
+    s = dict(parts[0])
+    for q in parts[1:]:
+        for key in ("lo", "plo"):
+            s[key] = np.minimum(s[key], q[key])
+        for key in ("hi", "phi"):
+            s[key] = np.maximum(s[key], q[key])
+        for key in ("n_rows", "n_clusters", "y_sum", "sum_ylogy", "sum_lgamma", "exposure"):
+            s[key] = s[key] + q[key]
+    return s
+
+
+def fit_poisson_buckets(
+    handles,
+    feature_names: Sequence[str],
+    *,
+    executor: execution.Executor,
+    add_intercept: bool = True,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    start: np.ndarray | None = None,
+) -> PoissonFit:
+    """The population fit from buckets of whole clusters (``poisson_buckets.ClusterBucket``, as
+    placed by ``executor.scatter``): each pass is one ``executor.map`` of a pure per-bucket
+    function; the driver sends coefficients and sums k-vectors and k x k matrices. ``fitted`` is
+    in bucket order."""
+    fnames = tuple(str(n) for n in feature_names)
+    s = reduce_summaries(executor.map(pb.summarize, handles))
+    n, n_clusters = s["n_rows"], s["n_clusters"]
     names = ((INTERCEPT_NAME,) if add_intercept else ()) + fnames
     k = len(names)
-    y_sum = float(y.sum())
+    y_sum = s["y_sum"]
     if y_sum <= 0:
         raise EstimationError("no events: the outcome is zero on every row, so no rate ratio "
                               "can be estimated", reason="no_events")
@@ -205,67 +253,17 @@ def fit_poisson(
                               reason="too_few_clusters")
     if n <= k:
         raise EstimationError(f"{n} rows for {k} coefficients", reason="invalid_input")
-    lo, hi, plo, phi = _column_ranges(X, y > 0)
+    lo, hi = s["lo"], s["hi"]
     raise_if_not_finite(fnames, lo, hi)
-    _check_identifiable(fnames, lo, hi, plo, phi, add_intercept)
-
-    fitted = np.empty(n)
-    eta_prev = np.zeros(n)
-    sum_ylogy, sum_lgamma = count_constants(y)
+    _check_identifiable(fnames, lo, hi, s["plo"], s["phi"], add_intercept)
+    sum_ylogy = s["sum_ylogy"]
     ic = 1 if add_intercept else 0
-
-    m = min(n, estimation.CHUNK_ROWS)
-    slices = list(row_chunks(n))
-    # Work buffers per worker, reused by every block: fresh multi-megabyte temporaries per block
-    # cost page faults that dominate the arithmetic.
-    buffers = [(np.empty(m), np.empty(m), np.empty(m), np.empty((m, p)))
-               for _ in range(estimation.worker_count(len(slices)))]
-
-    def work(part: list[slice], worker: int, beta: np.ndarray, hessian: bool):
-        """Log-likelihood kernel pieces, gradient, optionally Hessian, and the largest change of
-        the linear predictor since the last pass, over some blocks; fills ``fitted``."""
-        eta_buf, r_buf, tmp_buf, w_buf = buffers[worker]
-        b = beta[ic:]
-        b0 = beta[0] if add_intercept else 0.0
-        grad = np.zeros(k)
-        H = np.zeros((k, k)) if hessian else None
-        sum_yeta = 0.0
-        sum_mu = 0.0
-        drift = 0.0
-        for sl in part:
-            Xc = X[sl]
-            rows = sl.stop - sl.start
-            eta, r, tmp = eta_buf[:rows], r_buf[:rows], tmp_buf[:rows]
-            np.matmul(Xc, b, out=eta)
-            if b0:
-                eta += b0
-            if offset is not None:
-                eta += offset[sl]
-            old = eta_prev[sl]
-            np.subtract(old, eta, out=tmp)
-            drift = max(drift, float(np.abs(tmp, out=tmp).max()))
-            old[:] = eta
-            mu = np.exp(eta, out=fitted[sl])
-            yc = y[sl]
-            np.subtract(yc, mu, out=r)
-            sum_yeta += float(yc @ eta)
-            sum_mu += float(mu.sum())
-            grad[ic:] += Xc.T @ r
-            if add_intercept:
-                grad[0] += r.sum()
-            if hessian:
-                w = np.multiply(Xc, mu[:, None], out=w_buf[:rows])
-                H[ic:, ic:] += Xc.T @ w
-                if add_intercept:
-                    xmu = Xc.T @ mu
-                    H[0, 0] += mu.sum()
-                    H[0, 1:] += xmu
-                    H[1:, 0] += xmu
-        return sum_yeta - sum_mu, grad, H, drift
+    last_beta = [np.zeros(k)]
 
     def evaluate(beta: np.ndarray, hessian: bool):
-        """One streamed pass over all blocks (split between workers)."""
-        parts = map_blocks(lambda part, w: work(part, w, beta, hessian), slices, len(buffers))
+        step = beta - last_beta[0]
+        last_beta[0] = beta.copy()
+        parts = executor.map(pb.newton_pass, handles, beta, step, add_intercept, hessian)
         ll = sum(q[0] for q in parts)
         grad = sum(q[1] for q in parts)
         H = sum(q[2] for q in parts) if hessian else None
@@ -273,13 +271,14 @@ def fit_poisson(
 
     beta = np.zeros(k)
     if add_intercept:
-        beta[0] = np.log(y_sum / (np.exp(offset).sum() if offset is not None else n))
+        with np.errstate(divide="ignore", over="ignore"):
+            beta[0] = np.log(y_sum / s["exposure"])
     if not np.all(np.isfinite(beta)):
         raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
     warm = np.asarray(start, dtype=np.float64) if start is not None else warm_start(
-        lambda sl: fit_poisson(
-        X[sl], y[sl], clusters=codes[sl], offset=None if offset is None else offset[sl],
-            feature_names=fnames, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
+        lambda _: fit_poisson_buckets(
+            executor.scatter(executor.map(pb.subsample, handles, estimation.WARM_START_STRIDE)),
+            fnames, executor=executor, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
     if warm is not None:
         if warm.shape != (k,) or not np.all(np.isfinite(warm)):
             raise EstimationError(f"start must hold {k} finite values (intercept first when "
@@ -299,28 +298,18 @@ def fit_poisson(
             f"Poisson fit did not converge in {max_iter} iterations (the likelihood may have no "
             "finite maximum: check for separation)", reason="not_converged",
             features=list(fnames))
-    raise_if_separated(fnames, np.abs(beta[ic:]) * (hi - lo), fitted, y, n_iter, "")
-
-    mu = fitted
-    r = y - mu
-
-    score_buf = np.empty((m, k))
-
-    def scores(sl):
-        block = score_buf[:sl.stop - sl.start]
-        if add_intercept:
-            block[:, 0] = r[sl]
-        np.multiply(X[sl], r[sl, None], out=block[:, ic:])
-        return block
-
-    S = cluster_score_sums(scores, row_chunks(n), codes, n_clusters, k)
+    with single_threaded_blas():
+        finals = executor.map(pb.final_pass, handles, beta, add_intercept)
+    raise_if_separated_by(fnames, np.abs(beta[ic:]) * (hi - lo), y_sum,
+                          sum(f["n_mu_pos"] for f in finals),
+                          min((f["min_mu_zero_y"] for f in finals), default=np.inf), n_iter, "")
     factor = cluster_correction(n_clusters, n, k)
-    cov, cov_model = sandwich(H, S, factor)
+    cov, cov_model = sandwich(H, None, factor, meat=sum(f["meat"] for f in finals))
     deviance = 2 * (sum_ylogy - y_sum - ll)
-    pearson = pearson_chi2(y, mu)
+    pearson = sum(f["pearson_pos"] for f in finals) - 2 * y_sum + sum(f["mu_sum"] for f in finals)
     return PoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
-        **inference(beta, cov), fitted=mu, n_obs=n,
+        **inference(beta, cov), fitted=np.concatenate([f["fitted"] for f in finals]), n_obs=n,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
-        pearson_chi2=pearson, df_resid=n - k, loglik=float(ll - sum_lgamma),
+        pearson_chi2=float(pearson), df_resid=n - k, loglik=float(ll - s["sum_lgamma"]),
         has_intercept=add_intercept, small_sample_factor=factor)
