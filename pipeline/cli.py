@@ -25,6 +25,12 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+# Where per-bucket work runs (pipeline/execution.py, docs/scaling.md).
+ExecutorOption = Annotated[str, typer.Option(
+    "--executor", help="local (threads on this machine) or dask (Dask distributed tasks).")]
+SchedulerOption = Annotated[Optional[str], typer.Option(
+    "--scheduler", help="Dask scheduler address for --executor dask (default: "
+                        "$DASK_SCHEDULER_ADDRESS, else a LocalCluster on this machine).")]
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset directory (one file or folder per table).")]
 
 
@@ -116,12 +122,15 @@ def run(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render report.html.")] = True,
     identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers", help="Include the "
                                               "red-flag follow-up list of pseudonymous ids.")] = True,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Ingest, validate, build the panel, fit the models, apply the red-flag rules and report."""
     from pipeline.run import run_job
 
     result = run_job(data, out_dir, store_dir=store, rules_path=rules, report=report,
-                     identifiers=identifiers, progress=_progress())
+                     identifiers=identifiers, progress=_progress(), executor=executor,
+                     scheduler=scheduler)
     _print_ingest_summary(result["summary"], f"Ingest of {data}")
     for line in result["messages"]:
         out.print(line)
@@ -136,11 +145,14 @@ def scheduled_report(
                                                   "use instead of the shipped rules.")] = None,
     identifiers: Annotated[bool, typer.Option("--identifiers/--no-identifiers", help="Include the "
                                               "red-flag follow-up list of pseudonymous ids.")] = True,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """The scheduled job: ingest what is new, refit, write REPORTS/<YYYY-MM-DD>/ and the index."""
     from pipeline.report import scheduled_report as run_scheduled
 
-    path = run_scheduled(data, reports, identifiers=identifiers, rules_path=rules)
+    path = run_scheduled(data, reports, identifiers=identifiers, rules_path=rules,
+                         executor=executor, scheduler=scheduler)
     out.print(f"Report written to {path}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -162,8 +163,8 @@ class DaskExecutor:
         else:
             self._cluster = LocalCluster(n_workers=n_workers or min(cores(), 4),
                                          threads_per_worker=threads_per_worker,
-                                         processes=True, dashboard_address=None,
-                                         silence_logs="error")
+                                         processes=True, dashboard_address=":0",
+                                         silence_logs=logging.ERROR)
             self.client = Client(self._cluster)
         self.workers = max(1, sum(self.client.nthreads().values()))
 
@@ -222,3 +223,14 @@ def using(executor: Executor) -> Iterator[Executor]:
         yield executor
     finally:
         _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def session(kind: str = "local", scheduler: str | None = None) -> Iterator[Executor]:
+    """Start the executor named on the command line, run the enclosed stages on it, close it."""
+    executor = make_executor(kind, scheduler)
+    try:
+        with using(executor):
+            yield executor
+    finally:
+        executor.close()

@@ -13,7 +13,19 @@ from pipeline import atomic
 from pipeline.errors import UserError
 
 
-def run_job(
+def run_job(data_dir: Path, out_dir: Path, *, executor: str = "local",
+            scheduler: str | None = None, **options) -> dict:
+    """``_run_job`` with its per-bucket work (red flags, model passes) on the executor named by
+    ``executor`` (``local``: threads here; ``dask``: the Dask scheduler at ``scheduler`` or
+    $DASK_SCHEDULER_ADDRESS, else a LocalCluster), see pipeline/execution.py. ``options`` are
+    ``_run_job``'s."""
+    from pipeline import execution
+
+    with execution.session(executor, scheduler):
+        return _run_job(data_dir, out_dir, **options)
+
+
+def _run_job(
     data_dir: Path,
     out_dir: Path,
     *,
@@ -32,7 +44,8 @@ def run_job(
     from pipeline.features import build_panel
     from pipeline.ingest import ingest_dataset, write_ingest_outputs
     from pipeline.models import fit_models, write_model_outputs
-    from pipeline.redflags import evaluate, load_rules, write_flag_outputs
+    from pipeline.redflags import load_rules, write_flag_outputs
+    from pipeline.redflags.buckets import evaluate_by_bucket
     from pipeline.store import Store
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -60,7 +73,7 @@ def run_job(
     messages: list[str] = []
 
     store = Store(store_dir)
-    flags = evaluate(store.read("episodes"), rules)
+    flags = evaluate_by_bucket(store.read("episodes"), rules)
     write_flag_outputs(flags, out_dir)
     n_flagged = flags.flags.height
     messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")

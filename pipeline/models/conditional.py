@@ -255,7 +255,7 @@ def _bucket_target(executor, n_blocks: int) -> int:
     MIN_BLOCKS_PER_WORKER blocks, else fewer), two per worker on a cluster."""
     if isinstance(executor, execution.LocalExecutor):
         return min(estimation.worker_count(n_blocks), max(1, executor.workers))
-    return max(1, min(2 * executor.workers, n_blocks))
+    return max(1, 2 * executor.workers)
 
 
 def _bucket_bounds(G: _Groups, cl_codes: np.ndarray | None, n_buckets: int):

@@ -176,8 +176,7 @@ def fit_poisson(
     ex = executor or execution.current()
     n_blocks = -(-n // estimation.CHUNK_ROWS)
     target = (min(estimation.worker_count(n_blocks), max(1, ex.workers))
-              if isinstance(ex, execution.LocalExecutor) else max(1, min(2 * ex.workers,
-                                                                         n_blocks)))
+              if isinstance(ex, execution.LocalExecutor) else max(1, 2 * ex.workers))
     order, bounds = _cluster_ranges(codes, n_clusters, target)
     if order is not None:
         X, y, codes = X[order], y[order], codes[order]

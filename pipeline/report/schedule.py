@@ -41,8 +41,10 @@ _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | None = None,
-                     identifiers: bool = True, rules_path: Path | None = None) -> Path:
-    """Run the whole job on ``data_dir`` and publish ``reports_dir/<date>/``; returns that path."""
+                     identifiers: bool = True, rules_path: Path | None = None,
+                     executor: str = "local", scheduler: str | None = None) -> Path:
+    """Run the whole job on ``data_dir`` and publish ``reports_dir/<date>/``; returns that path.
+    ``executor``/``scheduler``: where per-bucket work runs (``run_job``)."""
     from pipeline.report.render import render_report
     from pipeline.run import run_job
 
@@ -64,7 +66,8 @@ def scheduled_report(data_dir: Path, reports_dir: Path, *, now: dt.datetime | No
         try:
             store_dir = reports_dir / STORE_NAME
             run_job(data_dir, building, store_dir=store_dir, rules_path=rules_path,
-                    report=False, identifiers=identifiers)
+                    report=False, identifiers=identifiers, executor=executor,
+                    scheduler=scheduler)
             render_report(building, identifiers=identifiers, store_dir=store_dir,
                           rules_path=rules_path)
             _apply_umask(building)
