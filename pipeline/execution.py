@@ -43,6 +43,7 @@ THREADS_ENV = "CRAMP_FIT_THREADS"
 #: Subject-days per bucket the bucket count aims at: a bucket's panel and design (a few dozen
 #: float64 columns) then take well under 1 GiB, whatever the dataset's size.
 TARGET_ROWS_PER_BUCKET = 1_000_000
+ROWS_PER_BUCKET_ENV = "CRAMP_ROWS_PER_BUCKET"
 #: Bounds on the bucket count: at least one; at most this many (manifest and task overheads).
 MAX_BUCKETS = 4096
 EXECUTORS = ("local", "dask")
@@ -72,9 +73,14 @@ def subject_buckets(ids: pl.Series, n_buckets: int) -> pl.Series:
     return out["_bucket"].alias("bucket")
 
 
-def bucket_count(n_rows: int, rows_per_bucket: int = TARGET_ROWS_PER_BUCKET) -> int:
-    """Buckets for ``n_rows`` subject-days: about ``rows_per_bucket`` each (memory per worker is
-    bounded by the largest bucket, see docs/scaling.md)."""
+def bucket_count(n_rows: int, rows_per_bucket: int | None = None) -> int:
+    """Buckets for ``n_rows`` subject-days: about ``rows_per_bucket`` each (default
+    ``TARGET_ROWS_PER_BUCKET``, or ``$CRAMP_ROWS_PER_BUCKET``: smaller buckets for workers with
+    less memory; memory per worker is bounded by the largest bucket, see docs/scaling.md)."""
+    if rows_per_bucket is None:
+        wanted = os.environ.get(ROWS_PER_BUCKET_ENV, "").strip()
+        rows_per_bucket = int(wanted) if wanted.isdigit() and int(wanted) > 0 else \
+            TARGET_ROWS_PER_BUCKET
     return int(min(MAX_BUCKETS, max(1, -(-int(n_rows) // rows_per_bucket))))
 
 

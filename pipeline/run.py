@@ -45,7 +45,7 @@ def _run_job(
     from pipeline.ingest import ingest_dataset, write_ingest_outputs
     from pipeline.models import fit_models, write_model_outputs
     from pipeline.redflags import load_rules, write_flag_outputs
-    from pipeline.redflags.buckets import evaluate_by_bucket
+    from pipeline.redflags.buckets import evaluate_store
     from pipeline.store import Store
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -73,7 +73,7 @@ def _run_job(
     messages: list[str] = []
 
     store = Store(store_dir)
-    flags = evaluate_by_bucket(store.read("episodes"), rules)
+    flags = evaluate_store(store, rules)
     write_flag_outputs(flags, out_dir)
     n_flagged = flags.flags.height
     messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")

@@ -3,7 +3,12 @@
 Layout::
 
     STORE/manifest.json              the truth: files ingested (sha256), table parts, custom columns
-    STORE/tables/<table>/part-*.parquet   one part per table per ingest
+    STORE/tables/<table>/part-*-bNNNN.parquet   per ingest, one part per table and subject bucket
+
+Subject buckets (``pipeline/execution.py``): every accepted row goes to the part of its subject's
+bucket (a stable hash of ``subject_id``), so a bucket of whole subjects can be read alone
+(``read_bucket``) by whichever worker processes it. The bucket count is chosen from the size of
+the store's first ingest and recorded in the manifest (``n_buckets``); later ingests keep it.
 
 Crash safety: every file is written to a temporary name in its final directory, flushed to disk,
 then renamed over (``os.replace`` is atomic on POSIX). Parts are written first and the manifest
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +64,8 @@ class Manifest:
     #: Custom daily columns ever stored: name -> ``numeric`` | ``boolean``.
     custom_columns: dict[str, str] = field(default_factory=dict)
     contract_version: str = CONTRACT_VERSION
+    #: Subject buckets of the parts (0: a store written before buckets; one part per ingest).
+    n_buckets: int = 0
 
     @property
     def sha256s(self) -> frozenset[str]:
@@ -76,6 +84,7 @@ class Manifest:
             "files": [asdict(f) for f in self.files],
             "parts": {t: list(p) for t, p in sorted(self.parts.items())},
             "custom_columns": dict(self.custom_columns),
+            "n_buckets": self.n_buckets,
         }
 
     @classmethod
@@ -85,6 +94,7 @@ class Manifest:
             parts={t: tuple(p) for t, p in data.get("parts", {}).items()},
             custom_columns=dict(data.get("custom_columns", {})),
             contract_version=data.get("contract_version", CONTRACT_VERSION),
+            n_buckets=int(data.get("n_buckets", 0)),
         )
 
 
@@ -127,6 +137,30 @@ class Store:
         manifest = self.manifest
         schema = self.schema(table, manifest)
         parts = [self._table_dir(table) / p for p in manifest.parts.get(table, ())]
+        return self._scan(parts, schema)
+
+    def read_bucket(self, table: str, bucket: int) -> pl.LazyFrame:
+        """The stored rows of ``table`` whose subjects fall in ``bucket`` (0..n_buckets-1): all
+        rows of those subjects, with ``read``'s schema. ``read`` is the union over buckets."""
+        manifest = self.manifest
+        schema = self.schema(table, manifest)
+        names = manifest.parts.get(table, ())
+        tagged = [p for p in names if bucket_of_part(p) == bucket]
+        frame = self._scan([self._table_dir(table) / p for p in tagged], schema)
+        untagged = [self._table_dir(table) / p for p in names if bucket_of_part(p) is None]
+        if untagged and manifest.n_buckets:
+            # Parts written without buckets (e.g. a table with no subject column): filter.
+            from pipeline.execution import subject_buckets
+
+            rest = self._scan(untagged, schema).collect()
+            if "subject_id" in rest.columns:
+                rest = rest.filter(subject_buckets(rest["subject_id"], manifest.n_buckets)
+                                   == bucket)
+            frame = pl.concat([frame, rest.lazy()])
+        return frame
+
+    @staticmethod
+    def _scan(parts: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         if not parts:
             return pl.LazyFrame(schema=schema)
         frames = [pl.scan_parquet(p) for p in parts]
@@ -158,21 +192,24 @@ class Store:
         self._remove_orphans(manifest)
         parts = {t: list(p) for t, p in manifest.parts.items()}
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        n_buckets = manifest.n_buckets or store_bucket_count(rows)
         for table, frame in rows.items():
             if frame.height == 0:
                 continue
-            name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
             directory = self._table_dir(table)
             directory.mkdir(parents=True, exist_ok=True)
-            atomic.write_with(directory / name,
-                             lambda tmp, f=frame: f.write_parquet(tmp, compression=PARQUET_COMPRESSION))
-            parts.setdefault(table, []).append(name)
+            for bucket, part in split_into_buckets(frame, n_buckets):
+                tag = "" if bucket is None else f"-b{bucket:04d}"
+                name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{tag}.parquet"
+                atomic.write_with(directory / name, lambda tmp, f=part: f.write_parquet(
+                    tmp, compression=PARQUET_COMPRESSION))
+                parts.setdefault(table, []).append(name)
         custom = dict(manifest.custom_columns)
         for column, kind in custom_columns.items():
             custom.setdefault(column, kind)
         new = Manifest(files=manifest.files + tuple(files),
                        parts={t: tuple(p) for t, p in parts.items()},
-                       custom_columns=custom)
+                       custom_columns=custom, n_buckets=n_buckets)
         atomic.write_json(self.path / MANIFEST, new.to_json())
         return new
 
@@ -191,6 +228,37 @@ class Store:
             for part in directory.iterdir():
                 if part.name not in listed:
                     part.unlink(missing_ok=True)
+
+
+# --- subject buckets of the store -------------------------------------------------------------
+
+_BUCKET_TAG = re.compile(r"-b(\d{4,})\.parquet$")
+
+
+def bucket_of_part(name: str) -> int | None:
+    """The subject bucket a part file holds (None: a part written without buckets)."""
+    m = _BUCKET_TAG.search(name)
+    return int(m.group(1)) if m else None
+
+
+def store_bucket_count(rows: dict[str, pl.DataFrame]) -> int:
+    """Buckets for a new store, from the size of its first ingest (the largest table)."""
+    from pipeline.execution import bucket_count
+
+    return bucket_count(max((f.height for f in rows.values()), default=0))
+
+
+def split_into_buckets(frame: pl.DataFrame, n_buckets: int):
+    """``(bucket, rows)`` for each non-empty subject bucket of ``frame`` (input order kept within
+    a bucket); ``(None, frame)`` for a table without a subject column."""
+    if "subject_id" not in frame.columns:
+        yield None, frame
+        return
+    from pipeline.execution import split_by_bucket
+
+    for bucket, part in enumerate(split_by_bucket(frame, "subject_id", n_buckets)):
+        if part.height:
+            yield bucket, part
 
 
 def now_utc() -> str:

@@ -1,7 +1,9 @@
 """The same run on a 2-worker Dask LocalCluster equals the local executor's.
 
-The local run of this small dataset uses one bucket per fit, the Dask run four (two per worker)
-and several red-flag buckets, so the comparison crosses both executors and bucketings. Tolerance:
+The local run of this small dataset has a store of one bucket and one bucket per fit; the Dask run
+has a store of five subject buckets (``CRAMP_ROWS_PER_BUCKET``), which the workers read and
+evaluate the red flags on, and four buckets per fit (two per worker): the comparison crosses both
+executors, the store layouts and the bucketings. Tolerance:
 1e-9 relative on every number of effects.csv, dose_response.csv, lags.csv (when a run writes it)
 and diagnostics.json (the sums differ in summation order only, ~1e-14); the red-flag tables must
 be identical.
@@ -32,7 +34,14 @@ def runs(tmp_path_factory):
     out = {}
     for kind in ("local", "dask"):
         out[kind] = root / kind
-        run_job(data, out[kind], report=False, executor=kind)
+        with pytest.MonkeyPatch.context() as mp:
+            if kind == "dask":
+                mp.setenv("CRAMP_ROWS_PER_BUCKET", "2000")
+            run_job(data, out[kind], report=False, executor=kind)
+    from pipeline.store import Store
+
+    assert Store(out["local"] / "store").manifest.n_buckets == 1
+    assert Store(out["dask"] / "store").manifest.n_buckets == 5
     return out
 
 

@@ -39,7 +39,32 @@ def evaluate_by_bucket(episodes: pl.LazyFrame, rules: RuleSet,
         return evaluate(frame.lazy(), rules)
     parts = [p for p in execution.split_by_bucket(frame, "subject_id", n_buckets) if p.height]
     del frame
-    results = ex.map(evaluate_bucket, ex.scatter(parts), rules)
+    return merge(ex.map(evaluate_bucket, ex.scatter(parts), rules), rules)
+
+
+def evaluate_stored_bucket(bucket: int, store_path: str,
+                           rules: RuleSet) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The flags and not-recorded rows of one bucket of a bucketed store, read where this runs
+    (the store must be on a file system every worker can read)."""
+    from pipeline.store import Store
+
+    return evaluate_bucket(Store(store_path).read_bucket("episodes", bucket).collect(), rules)
+
+
+def evaluate_store(store, rules: RuleSet,
+                   executor: execution.Executor | None = None) -> RedFlagResult:
+    """Red flags of a store: each worker reads and evaluates its own subject buckets of a
+    bucketed store; a store of one bucket is split in memory (``evaluate_by_bucket``)."""
+    n_buckets = store.manifest.n_buckets
+    if n_buckets <= 1:
+        return evaluate_by_bucket(store.read("episodes"), rules, executor)
+    ex = executor or execution.current()
+    return merge(ex.map(evaluate_stored_bucket, list(range(n_buckets)),
+                        str(store.path.resolve()), rules), rules)
+
+
+def merge(results: list[tuple[pl.DataFrame, pl.DataFrame]], rules: RuleSet) -> RedFlagResult:
+    """One ``RedFlagResult`` from per-bucket results, in ``evaluate``'s documented orders."""
     # Stable sorts: a subject's rows come from one bucket, already in their documented order.
     flags = pl.concat([r[0] for r in results]).sort("subject_id", maintain_order=True)
     rule_rank = {r.id: i for i, r in enumerate(rules)}
