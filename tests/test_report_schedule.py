@@ -28,7 +28,7 @@ def fake_job(monkeypatch):
     calls = []
 
     def run_job(data_dir, out_dir, *, store_dir=None, rules_path=None, report=True,
-                identifiers=True, progress=False):
+                identifiers=True, progress=False, **_):
         calls.append({"data_dir": Path(data_dir), "out_dir": Path(out_dir),
                       "store_dir": store_dir, "report": report})
         write_demo_run(Path(out_dir))
