@@ -1,6 +1,6 @@
 """Run every benchmark and print its figures (by hand: `make bench`; not part of CI).
 
-Usage: python benchmarks/run.py [NAME ...]   (names: synth, ingest, redflags, models, report, run, scale)
+Usage: python benchmarks/run.py [NAME ...]   (names: synth, ingest, redflags, models, report, run, execution, scale)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ("synth", "ingest", "redflags", "models", "report", "run", "scale")
+BENCHMARKS = ("synth", "ingest", "redflags", "models", "report", "run", "execution", "scale")
 
 
 def main(argv: list[str]) -> None:

@@ -15,8 +15,10 @@ This module is the only code that knows where buckets live and run:
   ADDRESS`` or ``$DASK_SCHEDULER_ADDRESS``, else on a ``LocalCluster`` it starts.
 
 Both have ``scatter(items) -> handles`` (place bucket data where the work runs: a no-op locally,
-``Client.scatter`` on Dask, so data is shipped once, not per iteration) and
-``map(fn, handles, *args) -> list`` (results in bucket order, so reductions are deterministic).
+``Client.scatter`` on Dask, so data is shipped once, not per iteration),
+``map(fn, handles, *args) -> list`` (results in bucket order, so reductions are deterministic)
+and ``apply(fn, handles, *args) -> handles`` (results left where they were computed, e.g. a
+subsample of each bucket).
 The estimators receive an executor and never learn where a bucket came from.
 """
 
@@ -114,6 +116,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]: ...
 
+    def apply(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -121,8 +125,9 @@ class LocalExecutor:
     """A thread pool on this machine, sized to its cores.
 
     Threads rather than processes: the per-bucket work is numpy and polars, which release the GIL,
-    so two threads keep two cores busy without pickling buckets between processes (measured in
-    benchmarks/bench_execution.py). ``workers=1`` runs inline, in order."""
+    so two threads keep two cores busy without pickling buckets between processes
+    (benchmarks/bench_execution.py compares one thread, this pool and a Dask LocalCluster on the
+    same fit). ``workers=1`` runs inline, in order."""
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or cores())
@@ -135,6 +140,10 @@ class LocalExecutor:
         if self._pool is None or len(handles) <= 1:
             return [fn(h, *args) for h in handles]
         return list(self._pool.map(lambda h: fn(h, *args), handles))
+
+    def apply(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]:
+        """``fn`` per bucket, results kept as new bucket handles (here: the results)."""
+        return self.map(fn, handles, *args)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -179,11 +188,15 @@ class DaskExecutor:
         return self.client.scatter(list(items), hash=False)
 
     def map(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]:
+        return self.client.gather(self.apply(fn, handles, *args))
+
+    def apply(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]:
+        """``fn`` per bucket on the workers holding the buckets; the results stay there (as
+        futures: new bucket handles, e.g. a subsample), nothing is gathered."""
         scattered = [self.client.scatter(a, broadcast=True, hash=False)
                      if isinstance(a, np.ndarray) and a.size > 10_000 else a for a in args]
-        futures = self.client.map(fn, handles, *[[a] * len(handles) for a in scattered],
-                                  pure=False)
-        return self.client.gather(futures)
+        return self.client.map(fn, handles, *[[a] * len(handles) for a in scattered],
+                               pure=False)
 
     def close(self) -> None:
         self.client.close()

@@ -371,8 +371,7 @@ def fit_conditional_buckets(
             raise EstimationError(f"start must hold {p} finite values", reason="invalid_input")
     else:
         beta0 = warm_start(lambda _: fit_conditional_buckets(
-            executor.scatter(executor.map(cb.subsample, handles,
-                                          estimation.WARM_START_STRIDE)),
+            executor.apply(cb.subsample, handles, estimation.WARM_START_STRIDE),
             names, executor=executor, tol=WARM_START_TOL).coef, s["n_rows"])
     if beta0 is None:
         beta0 = np.zeros(p)

@@ -276,7 +276,7 @@ def fit_poisson_buckets(
         raise EstimationError("offset makes the starting rate infinite", reason="invalid_input")
     warm = np.asarray(start, dtype=np.float64) if start is not None else warm_start(
         lambda _: fit_poisson_buckets(
-            executor.scatter(executor.map(pb.subsample, handles, estimation.WARM_START_STRIDE)),
+            executor.apply(pb.subsample, handles, estimation.WARM_START_STRIDE),
             fnames, executor=executor, add_intercept=add_intercept, tol=WARM_START_TOL).coef, n)
     if warm is not None:
         if warm.shape != (k,) or not np.all(np.isfinite(warm)):
