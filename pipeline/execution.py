@@ -49,6 +49,8 @@ ROWS_PER_BUCKET_ENV = "CRAMP_ROWS_PER_BUCKET"
 #: Bounds on the bucket count: at least one; at most this many (manifest and task overheads).
 MAX_BUCKETS = 4096
 EXECUTORS = ("local", "dask")
+#: Seconds to wait for a Dask scheduler named by --scheduler before giving up with a message.
+SCHEDULER_TIMEOUT_S = 10
 
 
 def stable_hash(value: str) -> int:
@@ -172,7 +174,7 @@ class DaskExecutor:
         self._cluster = None
         if address:
             try:
-                self.client = Client(address, timeout="20s")
+                self.client = Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s")
             except (OSError, TimeoutError) as exc:
                 raise UserError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         else:

@@ -179,3 +179,25 @@ def test_red_flags_by_bucket_equal_the_whole_table(tmp_path):
             assert got.not_recorded.equals(whole.not_recorded)
     finally:
         ex.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--executor", "spark"), "unknown executor 'spark'"),
+    (("--scheduler", "tcp://127.0.0.1:1"), "--scheduler is only used with --executor dask"),
+    (("--executor", "dask", "--scheduler", "tcp://127.0.0.1:1"), "cannot reach the Dask scheduler"),
+], ids=["unknown", "scheduler-without-dask", "unreachable"])
+def test_bad_executor_options_are_one_message_and_exit_2(tmp_path, args, message):
+    """Checked before anything is read or written."""
+    import subprocess
+    import sys
+
+    from pipeline.synth import generate, write_dataset
+
+    write_dataset(generate(3, 5, 1), tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--data",
+                             str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                             "--no-report", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
