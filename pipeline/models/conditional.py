@@ -13,8 +13,14 @@ xbar_g the mu-weighted subject means (within-subject weighted demeaning). No dum
 formed: rows are processed in blocks of whole subjects with ``np.add.reduceat``, so each Newton
 iteration is one pass over X whatever the number of subjects (3 to 5 passes in all).
 
-Numerics: the per-subject scale is carried between passes so exp() stays in range (recentred per
-subject if a start is far off); the Hessian is accumulated as total minus between-subject part
+Each pass is a sum over subject buckets: a pure function of one bucket of whole subjects
+(``conditional_buckets.py``) returns the bucket's log-likelihood, score and information, and an
+executor (``pipeline/execution.py``: threads here, Dask workers elsewhere) decides where it runs;
+``fit_conditional_buckets`` is the driver, ``fit_conditional_poisson`` cuts an in-memory design
+into buckets. A cluster never crosses buckets, so the sandwich's meat is a sum over buckets too.
+
+Numerics: exp() is taken around each subject's largest linear predictor, so it stays in range
+whatever the start; the Hessian is accumulated as total minus between-subject part
 around a fixed centre, and recomputed by explicit demeaning when that subtraction would cost more
 than 6 digits (a feature whose between-subject spread dwarfs its within-subject spread).
 

@@ -1,7 +1,8 @@
 """Shared estimation machinery for the count models (population and within-subject Poisson).
 
 What both ``poisson.py`` and ``conditional.py`` use: input checks and ``EstimationError``, the
-streamed-pass plumbing (row blocks, worker threads, reusable buffers, single-threaded BLAS), the
+streamed-pass plumbing (row block size, how many buckets for the local threads, single-threaded
+BLAS), the
 Newton driver ``maximize`` with its convergence criterion, rank-deficiency and separation
 detection, the cluster-robust sandwich with statsmodels' CRV1 small-sample factor, and Wald
 inference on the rate-ratio scale.
@@ -10,8 +11,7 @@ inference on the rate-ratio scale.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,34 +124,6 @@ def count_constants(y: np.ndarray) -> tuple[float, float]:
     return float((yp * np.log(yp)).sum()), float(special.gammaln(yp + 1).sum())
 
 
-def pearson_chi2(y: np.ndarray, mu: np.ndarray) -> float:
-    """sum (y - mu)^2 / mu = sum_{y>0} y^2/mu - 2 sum y + sum mu: only rows with events need a
-    division (rows of dropped groups have mu = y = 0 and add nothing)."""
-    pos = y > 0
-    yp = y[pos]
-    return float((yp * yp / mu[pos]).sum() - 2 * yp.sum() + mu.sum())
-
-
-def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
-    size = size or CHUNK_ROWS
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-def cluster_score_sums(scores_fn, row_slices, codes: np.ndarray, n_clusters: int,
-                       k: int) -> np.ndarray:
-    """Sum per-row score vectors (k columns, produced block-wise by ``scores_fn(slice)``) within
-    clusters: runs of equal cluster codes are summed with ``reduceat`` and the run sums added into
-    place (cheap when rows are grouped by cluster, still correct when they are not)."""
-    out = np.zeros((n_clusters, k))
-    for sl in row_slices:
-        block = scores_fn(sl)
-        c = codes[sl]
-        run_starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-        np.add.at(out, c[run_starts], np.add.reduceat(block, run_starts, axis=0))
-    return out
-
-
 def collinear_sets(H: np.ndarray, names: Sequence[str]) -> list[list[str]]:
     """Groups of columns that are (numerically) linear combinations of each other, read from the
     null space of the correlation-scaled information matrix ``H``."""
@@ -234,25 +206,6 @@ def worker_count(n_blocks: int) -> int:
     if wanted.isdigit() and int(wanted) > 0:
         cores = int(wanted)
     return max(1, min(MAX_WORKERS, cores, n_blocks // MIN_BLOCKS_PER_WORKER))
-
-
-def map_blocks(work, blocks: list, n_workers: int) -> list:
-    """``work(part, worker)`` on ``n_workers`` contiguous parts of ``blocks``; results in block
-    order, so sums over them are deterministic whatever the thread timing."""
-    if n_workers <= 1:
-        return [work(blocks, 0)]
-    bounds = np.linspace(0, len(blocks), n_workers + 1).round().astype(int)
-    parts = [blocks[bounds[i]:bounds[i + 1]] for i in range(n_workers)]
-
-    def run(i):
-        # numpy's error state is per thread: trial steps may overflow exp() (see maximize).
-        with np.errstate(over="ignore", invalid="ignore"):
-            return work(parts[i], i)
-
-    with ThreadPoolExecutor(max_workers=n_workers - 1) as pool:
-        futures = [pool.submit(run, i) for i in range(1, n_workers)]
-        first = run(0)
-        return [first] + [f.result() for f in futures]
 
 
 def single_threaded_blas():

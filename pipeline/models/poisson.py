@@ -7,11 +7,16 @@ covariance clustered by subject.
 Fitting is Newton's method on the Poisson log-likelihood (identical to IRLS for the canonical log
 link), streamed over row blocks of the design so that X is never copied in full and never scaled
 in full: each pass reads a block, forms its linear predictor, rates, gradient and Hessian
-contribution, and moves on, with work buffers reused across blocks. The intercept is handled
+contribution, and moves on. The intercept is handled
 implicitly, without a column of ones. On large data (>= 500,000 rows) Newton starts from the
 same model fitted on every 16th row (a 1/16 copy), which saves the long first steps; the final
 pass always carries the exact Hessian. BLAS is held to one thread during the passes (blocks are
 too thin for threading to pay, and it hurts on a shared 2-core machine).
+
+Each pass is a sum over buckets of whole subjects (clusters): ``poisson_buckets.py`` holds the
+pure per-bucket functions, an executor (``pipeline/execution.py``) runs them, and
+``fit_poisson_buckets`` drives Newton on their sums; ``fit_poisson`` cuts an in-memory design into
+buckets.
 
 The machinery shared with the within-subject model (Newton driver, checks, sandwich) lives in
 ``estimation.py``.

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.models import estimation
-from pipeline.models.estimation import count_constants, encode_labels
+from pipeline.models.estimation import count_constants, encode_labels, row_chunks
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,6 @@ def cluster_bucket(X: np.ndarray, y: np.ndarray, clusters: np.ndarray,
                    offset: np.ndarray | None = None) -> ClusterBucket:
     codes, k = encode_labels(clusters, y.shape[0], "clusters")
     return ClusterBucket(X=X, y=y, offset=offset, clusters=codes, n_clusters=k)
-
-
-def _slices(n: int):
-    size = estimation.CHUNK_ROWS
-    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def subsample(bucket: ClusterBucket, stride: int) -> ClusterBucket:
@@ -60,7 +54,7 @@ def summarize(bucket: ClusterBucket) -> dict:
     p = X.shape[1]
     lo, hi = np.full(p, np.inf), np.full(p, -np.inf)
     plo, phi = np.full(p, np.inf), np.full(p, -np.inf)
-    for sl in _slices(y.shape[0]):
+    for sl in row_chunks(y.shape[0]):
         XT = np.ascontiguousarray(X[sl].T)  # reductions along contiguous rows are ~10x faster
         np.minimum(lo, XT.min(axis=1), out=lo)
         np.maximum(hi, XT.max(axis=1), out=hi)
@@ -99,7 +93,7 @@ def newton_pass(bucket: ClusterBucket, beta: np.ndarray, step: np.ndarray, inter
     b0 = float(beta[0]) if intercept else 0.0
     d0 = float(step[0]) if intercept else 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for sl in _slices(bucket.y.shape[0]):
+        for sl in row_chunks(bucket.y.shape[0]):
             Xc, yc = bucket.X[sl], bucket.y[sl]
             E = _eta(bucket, sl, B2, b0)
             eta = E[:, 0]
@@ -129,7 +123,7 @@ def final_pass(bucket: ClusterBucket, beta: np.ndarray, intercept: bool) -> dict
     fitted = np.empty(n)
     S = np.zeros((bucket.n_clusters, k))
     with np.errstate(over="ignore", invalid="ignore"):
-        for sl in _slices(n):
+        for sl in row_chunks(n):
             E = _eta(bucket, sl, beta[ic:, None], float(beta[0]) if intercept else 0.0)
             mu = np.exp(E[:, 0])
             fitted[sl] = mu
