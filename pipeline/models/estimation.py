@@ -11,7 +11,7 @@ inference on the rate-ratio scale.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +122,13 @@ def count_constants(y: np.ndarray) -> tuple[float, float]:
     """sum y log y and sum log y! (both 0 on the usual majority of zero-count rows)."""
     yp = y[y > 0]
     return float((yp * np.log(yp)).sum()), float(special.gammaln(yp + 1).sum())
+
+
+def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
+    """Row slices of CHUNK_ROWS (cache-sized blocks of a bucket)."""
+    size = size or CHUNK_ROWS
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 def collinear_sets(H: np.ndarray, names: Sequence[str]) -> list[list[str]]:
