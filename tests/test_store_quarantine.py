@@ -5,6 +5,12 @@ fresh full ingest of the same files would."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import polars as pl
 from polars.testing import assert_frame_equal
@@ -14,6 +20,8 @@ from pipeline.ingest.stored import stored_quarantine
 from pipeline.schema import TABLES
 from pipeline.store import Store
 from tests.fixtures.ingest.helpers import write_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 EXPORT_1 = {
     "subjects.csv": "subject_id,age_band,sex\nS1,18-29,F\nS2,30-39,M\n",
@@ -110,3 +118,43 @@ def test_quarantine_csv_describes_the_store_even_when_every_file_was_skipped(tmp
     second = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert second["store_totals"] == first["store_totals"]
     assert first["store_totals"]["daily"]["quarantined"] == 6
+
+
+_KILL_AFTER_COMMIT = textwrap.dedent("""
+    import os, signal, sys
+    import pipeline.atomic as atomic
+
+    original = atomic.write_with
+
+    def commit_then_die(path, write):
+        result = original(path, write)
+        if path.name == "manifest.json":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    atomic.write_with = commit_then_die
+    sys.argv = ["cramp", *sys.argv[1:]]
+    from pipeline.cli import main
+    main()
+""")
+
+
+def test_a_kill_after_the_commit_loses_no_quarantine_record(tmp_path):
+    data = write_dataset(tmp_path, EXPORT_1, base=False)
+    store, out = tmp_path / "store", tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_COMMIT, "ingest", str(data),
+                             "--store", str(store), "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert Store(store).manifest.files and not (out / "quarantine.csv").exists()
+    # The re-run skips every file (already committed) and still writes the whole quarantine.
+    result = ingest_dataset(data, store)
+    assert {f["status"] for f in result.summary["files"]} == {"skipped_already_ingested"}
+    write_ingest_outputs(result, out)
+    quarantine = pl.read_csv(out / "quarantine.csv")
+    assert quarantine.group_by("reason").len().sort("reason").rows() == [
+        ("out_of_range", 1), ("unknown_subject", 6)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["store_totals"]["daily"]["quarantined_by_reason"] == {
+        "out_of_range": 1, "unknown_subject": 5}
