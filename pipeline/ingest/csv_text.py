@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline.errors import UserError
 from pipeline.ingest.discover import TableFile
-from pipeline.ingest.rows import BOM, LINE, MALFORMED, RECORD, RECORD_PREVIEW_CHARS
+from pipeline.ingest.rows import BOM, LINE, MALFORMED, RECORD, RECORD_SCAN_CHARS
 
 #: Bytes scanned per numpy pass: bounds the temporary arrays on big files.
 _SCAN_BYTES = 1 << 23
@@ -228,8 +228,8 @@ def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
         texts = []
         for i in bad_index:  # only the malformed rows
             a, b = records.starts[h + 1 + i], records.stops[h + 1 + i]
-            texts.append(data[a: min(b, a + 4 * RECORD_PREVIEW_CHARS)].decode(
-                "utf-8", errors="replace")[:RECORD_PREVIEW_CHARS])
+            texts.append(data[a: min(b, a + 4 * RECORD_SCAN_CHARS)].decode(
+                "utf-8", errors="replace")[:RECORD_SCAN_CHARS])
         record_text = pl.Series([None], dtype=pl.String).extend_constant(None, n_after - 1) \
             if n_after else pl.Series([], dtype=pl.String)
         if bad_index.size:
@@ -269,7 +269,7 @@ def _read_csv_python(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFr
             lines.append(start)
             if len(row) != width:
                 malformed.append(f"expected {width} fields, found {len(row)}")
-                records.append(",".join(row)[:RECORD_PREVIEW_CHARS])
+                records.append(",".join(row)[:RECORD_SCAN_CHARS])
             else:
                 malformed.append(None)
                 records.append(None)

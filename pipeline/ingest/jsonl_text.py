@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.ingest.discover import TableFile
-from pipeline.ingest.rows import BOM, LINE, MALFORMED, RECORD, RECORD_PREVIEW_CHARS, as_text
+from pipeline.ingest.rows import BOM, LINE, MALFORMED, RECORD, RECORD_SCAN_CHARS, as_text
 
 
 
@@ -51,7 +51,7 @@ def read_jsonl(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     for n in names:
         full = full.with_columns(full[n].scatter(good_index, values[n]))
     malformed = np.where(bad, "not a JSON object", np.where(invalid, "invalid JSON", ""))
-    record = raw["text"].str.slice(0, RECORD_PREVIEW_CHARS)
+    record = raw["text"].str.slice(0, RECORD_SCAN_CHARS)
     frame = full.with_columns(
         pl.Series(MALFORMED, malformed, dtype=pl.String).replace("", None),
         pl.when(pl.Series(~good)).then(record).otherwise(None).alias(RECORD),
@@ -81,7 +81,7 @@ def _read_jsonl_python(raw: pl.DataFrame, stripped: pl.Series, bad: np.ndarray,
     malformed = np.where(bad, "not a JSON object", np.where(invalid, "invalid JSON", ""))
     frame = raw.select(LINE).with_columns(*columns.values(),
         pl.Series(MALFORMED, malformed, dtype=pl.String).replace("", None),
-        pl.when(pl.Series(bad | invalid)).then(raw["text"].str.slice(0, RECORD_PREVIEW_CHARS))
+        pl.when(pl.Series(bad | invalid)).then(raw["text"].str.slice(0, RECORD_SCAN_CHARS))
         .otherwise(None).alias(RECORD),
     )
     return names, frame

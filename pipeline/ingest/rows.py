@@ -8,8 +8,12 @@ LINE = "__line"
 MALFORMED = "__malformed"
 RECORD = "__record"
 BOM = b"\xef\xbb\xbf"
-#: The raw text of a malformed row is cut to this many characters in the quarantine.
+#: The raw text of a malformed row is cut to this many characters in the quarantine, *after*
+#: masking (a cut before masking could split an e-mail address before its ``@``).
 RECORD_PREVIEW_CHARS = 200
+#: Readers keep this much of a malformed row for masking: the preview plus room for the longest
+#: e-mail address (64 + 1 + 255 characters) that could start inside the preview.
+RECORD_SCAN_CHARS = RECORD_PREVIEW_CHARS + 400
 
 
 def as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
