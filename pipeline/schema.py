@@ -56,7 +56,7 @@ def max_date(today: _dt.date | None = None) -> _dt.date:
 #: ``dataset.toml`` declaring 100k factors) is refused with a clear message long before memory or
 #: time run out. Each is far above anything a real diary export needs.
 #: Bytes one ``.csv.gz`` file may decompress to.
-MAX_DECOMPRESSED_BYTES = 4 << 30
+MAX_DECOMPRESSED_BYTES = 2 << 30
 #: Decompressed / compressed size a ``.csv.gz`` may reach once past ``RATIO_CHECK_FROM_BYTES``
 #: (diary CSVs compress 5-20x; a zip bomb compresses about 1000x).
 MAX_DECOMPRESSION_RATIO = 200
