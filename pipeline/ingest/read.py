@@ -168,7 +168,8 @@ def _check_unique(header, columns, file: TableFile) -> None:
 
 def _read_parquet(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     try:
-        check_width(len(pl.read_parquet_schema(io.BytesIO(data))), file)
+        check_width(len(pl.read_parquet_schema(io.BytesIO(data))), file,
+                    hint="store one column per contract column")
         frame = pl.read_parquet(io.BytesIO(data))
     except (pl.exceptions.PolarsError, OSError) as error:
         raise UserError(f"is not a readable Parquet file ({error})",

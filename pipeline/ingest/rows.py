@@ -31,7 +31,8 @@ def as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String).alias(name)
 
 
-def check_width(columns: int, file) -> None:
+def check_width(columns: int, file, *, hint: str = "is the separator a comma and the first "
+                "line the header?") -> None:
     """Refuse a file with more than ``MAX_COLUMNS_PER_FILE`` columns (``UserError``).
 
     Called by each reader as soon as the header is known, before the rows are parsed: a header of
@@ -39,8 +40,8 @@ def check_width(columns: int, file) -> None:
     """
     if columns > MAX_COLUMNS_PER_FILE:
         raise UserError(f"has {columns:,} columns, more than the limit of "
-                        f"{MAX_COLUMNS_PER_FILE:,} (MAX_COLUMNS_PER_FILE); is the separator a "
-                        "comma and the first line the header?", path=file.relative_path)
+                        f"{MAX_COLUMNS_PER_FILE:,} (MAX_COLUMNS_PER_FILE); {hint}",
+                        path=file.relative_path)
 
 
 def check_header_line(length: int, file) -> None:
