@@ -55,6 +55,11 @@ def _print_ingest_summary(summary: dict, title: str) -> None:
         out.print(f"Rows held earlier as unknown_subject, now that their subject is accepted: "
                   f"{counts['admitted']:,} admitted, {counts['duplicates']:,} duplicates, "
                   f"{counts['conflicts']:,} conflicts.", highlight=False)
+
+    from pipeline.ingest.discover import ignored_file_hint
+
+    for hint in filter(None, map(ignored_file_hint, summary.get("ignored_files", []))):
+        out.print(f"not read: {hint}", highlight=False, markup=False)
     skipped = [f for f in summary.get("files", []) if f.get("status") != "ingested"]
     if skipped:
         out.print(f"{len(skipped)} file(s) already in the store were skipped (same sha256).")

@@ -20,7 +20,7 @@ import polars as pl
 from pipeline.ingest.dataset import IngestResult
 from pipeline.ingest.identifiers import mask_identifiers
 from pipeline.ingest.validate import QUARANTINE_COLUMNS
-from pipeline import atomic
+from pipeline import atomic, csvsafe
 
 SUMMARY_FILE = "summary.json"
 QUARANTINE_FILE = "quarantine.csv"
@@ -84,5 +84,5 @@ def write_ingest_outputs(result: IngestResult, out_dir: Path) -> None:
     rows = result.store_quarantine if result.store_quarantine is not None else result.quarantine
     quarantine = rows.select(QUARANTINE_COLUMNS).with_columns(
         mask_identifiers(pl.col("value")).alias("value"))
-    atomic.write_csv(out_dir / QUARANTINE_FILE, quarantine)
+    csvsafe.write_csv(out_dir / QUARANTINE_FILE, quarantine)
     atomic.write_json(out_dir / SUMMARY_FILE, result.summary)
