@@ -218,7 +218,10 @@ class Store:
         an empty or missing directory becomes a store (marker written). Call before :meth:`lock`,
         so that a refused directory is left without even a lock file."""
         check_store_path(self.path)
-        if self.path.is_dir() and not (self.path / MARKER).is_file():
+        if is_cramp_store(self.path):
+            self.manifest  # a store of an older format is refused with what to do
+            return
+        if self.path.is_dir():
             contents = {p.name for p in self.path.iterdir()} - {LOCK}
             if contents:
                 raise UserError(

@@ -276,3 +276,14 @@ def test_validate_checks_it_can_write_before_validating(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2
+
+
+def test_ingest_into_a_store_of_an_earlier_format_says_to_rebuild_it(tmp_path):
+    data = write_dataset(tmp_path, {})
+    store = tmp_path / "store"
+    ingest_dataset(data, store)
+    (store / MARKER).unlink()  # stores of format 1 had no marker
+    manifest = json.loads((store / "manifest.json").read_text())
+    (store / "manifest.json").write_text(json.dumps({**manifest, "store_format": 1}))
+    result = cramp("ingest", str(data), "--store", str(store))
+    assert_user_error(result, "earlier cramp", "ingest the dataset again into a new store")
