@@ -83,7 +83,8 @@ def test_a_store_cramp_made_is_rebuilt_and_marked(data, tmp_path):
     assert (out / "store" / MARKER).is_file() and (out / ".cramp-run").is_file()
     first = Store(out / "store").manifest
     run_job(data, out, report=False)
-    assert [f.sha256 for f in Store(out / "store").manifest.files] == [f.sha256 for f in first.files]
+    again = Store(out / "store").manifest
+    assert [f.sha256 for f in again.files] == [f.sha256 for f in first.files]
 
 
 def test_a_non_empty_output_directory_cramp_did_not_make_is_refused(data, tmp_path):
