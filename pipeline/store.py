@@ -222,8 +222,7 @@ class Store:
             self.manifest  # a store of an older format is refused with what to do
             return
         if self.path.is_dir():
-            contents = {p.name for p in self.path.iterdir()} - {LOCK}
-            if contents:
+            if holds_foreign_files(self.path, MARKER, {LOCK}):
                 raise UserError(
                     "this directory is not empty and was not made by cramp (no "
                     f"{MARKER} marker file), so cramp will not write its store here; give "
@@ -320,6 +319,15 @@ def check_store_path(path: Path) -> None:
                         path=str(path))
 
 
+def holds_foreign_files(directory: Path, marker: str, allowed: set[str]) -> bool:
+    """Whether ``directory`` holds anything but ``allowed`` names and a temporary file of
+    ``marker`` (what a run killed while creating the directory leaves)."""
+    leftover = f".{marker}."
+    return any(p.name not in allowed and not (p.name.startswith(leftover)
+                                              and p.name.endswith(".tmp"))
+               for p in directory.iterdir())
+
+
 def is_cramp_store(path: Path) -> bool:
     """Whether cramp made ``path``: the marker file, or (stores from before the marker) a
     manifest that cramp wrote."""
@@ -338,7 +346,7 @@ def remove_store(path: Path) -> None:
     check_store_path(path)
     if not path.exists():
         return
-    if not is_cramp_store(path) and any(p.name != LOCK for p in path.iterdir()):
+    if not is_cramp_store(path) and holds_foreign_files(path, MARKER, {LOCK}):
         raise UserError(
             f"cramp rebuilds this store on every run, but this directory was not made by cramp "
             f"(no {MARKER} marker file), so it was not deleted. Move it elsewhere, or choose "

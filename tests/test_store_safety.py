@@ -288,3 +288,14 @@ def test_ingest_into_a_store_of_an_earlier_format_says_to_rebuild_it(tmp_path):
     (store / "manifest.json").write_text(json.dumps({**manifest, "store_format": 1}))
     result = cramp("ingest", str(data), "--store", str(store))
     assert_user_error(result, "earlier cramp", "ingest the dataset again into a new store")
+
+
+def test_a_store_killed_while_being_created_is_still_cramps(tmp_path):
+    # A kill while the marker was being written leaves the lock and the marker's temporary file.
+    data = write_dataset(tmp_path, {})
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".lock").touch()
+    (store / f".{MARKER}.k1ll3d.tmp").touch()
+    ingest_dataset(data, store)
+    assert (store / MARKER).is_file() and Store(store).manifest.files
