@@ -10,7 +10,7 @@ Layout::
                                           is accepted (the whole pending set, rewritten on change)
 
 Ownership: cramp writes into, rebuilds or removes only directories it made itself, which carry
-the marker file ``.cramp-store`` (:func:`claim`, :func:`check_removable`); a directory without
+the marker file ``.cramp-store`` (:meth:`Store.claim`, :func:`remove_store`); a directory without
 it (a dataset, someone's files) is refused with a clear message, never deleted.
 
 Crash safety: every file is written to a temporary name in its final directory, flushed to disk,
@@ -191,7 +191,7 @@ class Store:
     def read_quarantine(self) -> pl.LazyFrame:
         """Quarantined rows committed with their ingests (``validate.QUARANTINE_SCHEMA``).
         Rows held as ``unknown_subject`` are not here but in :meth:`read_held`;
-        ``pipeline.ingest.held.stored_quarantine`` gives both."""
+        ``pipeline.ingest.stored.stored_quarantine`` gives both."""
         from pipeline.ingest.validate import QUARANTINE_SCHEMA
 
         parts = [self.path / QUARANTINE_DIR / p for p in self.manifest.quarantine_parts]

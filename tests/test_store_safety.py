@@ -299,3 +299,9 @@ def test_a_store_killed_while_being_created_is_still_cramps(tmp_path):
     (store / f".{MARKER}.k1ll3d.tmp").touch()
     ingest_dataset(data, store)
     assert (store / MARKER).is_file() and Store(store).manifest.files
+
+
+def test_an_environment_error_never_prints_an_identifier_in_the_path():
+    error = PermissionError(errno.EACCES, "Permission denied", "data/daily/jane.doe@example.com.csv")
+    message = str(atomic.environment_error(error))
+    assert "jane.doe" not in message and "permission denied" in message
