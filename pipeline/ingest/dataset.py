@@ -20,12 +20,11 @@ import polars as pl
 
 from pipeline.errors import UserError
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
-from pipeline.ingest.dedupe import resolve
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
 from pipeline.ingest.read import read_bytes, read_table_chunks
-from pipeline.ingest.stored import (UNKNOWN_SUBJECT, admission_outcome, align, split_known,
-                                    store_totals, stored_quarantine, unknown_subject_quarantine)
+from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
+                                    stored_quarantine)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
 from pipeline.store import Admission, ManifestFile, Store, now_utc
@@ -176,36 +175,16 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
                                              **PROVENANCE_SCHEMA}))
-            candidates = new.clear()
-            if name != "subjects" and known_subjects is not None:
-                new, unknown_rows = split_known(new, known_subjects)
-                table_quarantine.append(unknown_subject_quarantine(name, unknown_rows))
-                if store is not None:
-                    # Rows held by earlier ingests whose subject is now accepted join this
-                    # run's rows, first (they come from earlier files).
-                    previously_held = store.read_held(name).collect()
-                    candidates, still_held = split_known(previously_held, known_subjects)
-                    candidates = align(candidates, new.schema)
-                    if candidates.height or unknown_rows.height:
-                        held[name] = pl.concat([still_held, unknown_rows],
-                                               how="diagonal_relaxed")
-            combined = pl.concat([candidates, new]) if candidates.height else new
-            stored = store.read(name) if store is not None and combined.height else None
-            content = [c.name for c in columns]
-            resolved = resolve(table, combined, stored, content)
-            admitted = admission_outcome(name, candidates, resolved.duplicate_index,
-                                         resolved.quarantine, resolved.quarantine_index)
-            admissions.extend(admitted.admissions)
-            to_store_quarantine.append(admitted.quarantine)
-            run_conflicts = resolved.quarantine.filter(
-                (resolved.quarantine_index >= candidates.height).to_list()) \
-                if resolved.quarantine.height else resolved.quarantine
-            table_quarantine.append(run_conflicts)
-            run_duplicates = (combined.select(SOURCE_FILE)[
-                resolved.duplicate_index.filter(resolved.duplicate_index >= candidates.height)]
-                .group_by(SOURCE_FILE).len("duplicates"))
+            subjects = known_subjects if name != "subjects" else None
+            outcome = resolve_with_held(table, new, store, subjects, [c.name for c in columns])
+            table_quarantine.extend(outcome.quarantine)
+            to_store_quarantine.append(outcome.admitted.quarantine)
+            admissions.extend(outcome.admitted.admissions)
+            if outcome.held is not None:
+                held[name] = outcome.held
+            resolved, run_duplicates = outcome.resolved, outcome.duplicates
             accepted[name] = resolved.accepted
-            run_accepted = resolved.accepted.height - admitted.accepted
+            run_accepted = resolved.accepted.height - outcome.admitted.accepted
             if name == "subjects":
                 parts = [resolved.accepted.get_column("subject_id")]
                 if store is not None:
