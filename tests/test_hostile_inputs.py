@@ -87,6 +87,7 @@ class Case:
 
 
 OUTSIDE_SECRET = "root:x:0:0:TOP-SECRET-OUTSIDE"
+_PREVIEW_PREFIX = f'{{"subject_id": "{SUBJECT}", "notes": "'
 
 CASES = [
     # 1a. dates outside the plausible range are quarantined, never crash a later stage.
@@ -119,10 +120,10 @@ CASES = [
                                                   f"{SUBJECT},2026-02-01,seven\n"},
          reasons={"type": 1}, secrets=("jane.doe", "example.com.csv")),
     Case("preview_cut_never_splits_an_email",
-         # The address starts at character 194 of the row: a cut at 200 before masking showed
-         # "maryja".
-         append={"daily.csv": f"{SUBJECT},2026-03-01," + "x" * 175
-                 + " maryjane.smithson@example.org,1,2\n"},
+         # An invalid JSON line whose only text is the record: the address starts at character
+         # 194, so a cut at 200 before masking showed "maryja".
+         files={"daily/bad.jsonl": _PREVIEW_PREFIX + "x" * (194 - len(_PREVIEW_PREFIX))
+                + "maryjane.smithson@example.org\n"},
          reasons={"identifier": 1}, secrets=("maryja", "smithson")),
     Case("duplicate_identifier_column_name_message_masked",
          files={"injuries.csv": "subject_id,date,muscle_group,bob.jones@example.org,"
@@ -146,9 +147,10 @@ CASES = [
          exit_code=2, message="named like a direct identifier"),
     Case("identifier_in_parquet_value",
          files={"daily/extra.parquet": _parquet(pl.DataFrame({
-             "subject_id": [SUBJECT, "07700900123"], "date": ["2026-03-01", "2026-03-02"],
-             "contact": [None, "pat.doe@example.net"]}))},
-         reasons={"identifier": 1}, secrets=("07700900123", "pat.doe")),
+             "subject_id": [SUBJECT, "07700900123", SUBJECT],
+             "date": ["2026-03-01", "2026-03-02", "2026-03-03"],
+             "contact": [None, None, "pat.doe@example.net"]}))},
+         reasons={"identifier": 2}, secrets=("07700900123", "pat.doe")),
     # 3. spreadsheet formula injection: neutralised (checked for every case below).
     Case("formula_values_in_quarantine",
          append={"daily.csv": f'{SUBJECT},2026-03-01,"=HYPERLINK(""http://x.example"")",0,1,10,'
