@@ -6,7 +6,6 @@ flagged episode written: no statistics ever stand between a clinician and a red 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from pipeline import atomic
@@ -26,19 +25,32 @@ def run_job(
     """Run the whole job on ``data_dir`` and write every output into ``out_dir``.
 
     Returns ``{"summary": <summary.json content>, "messages": [lines for the user]}``. Raises
-    ``UserError`` for problems with the input or options (the CLI exits 2).
+    ``UserError`` for problems with the input or options (the CLI exits 2). The whole job holds
+    the run directory's lock (``pipeline.run_dir``): a second run on the same ``out_dir`` stops.
     """
-    from pipeline.dataset_config import load_dataset_config
-    from pipeline.features import build_panel
-    from pipeline.ingest import ingest_dataset, write_ingest_outputs
-    from pipeline.models import fit_models, write_model_outputs
-    from pipeline.redflags import evaluate, load_rules, write_flag_outputs
-    from pipeline.store import Store
+    from pipeline.ingest.dataset import check_not_inside
+    from pipeline.run_dir import run_dir_lock
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise UserError("dataset directory not found (expected a directory of tables)",
                         path=str(data_dir))
+    check_not_inside(data_dir, out_dir, "the output directory (--out)")
+    with run_dir_lock(out_dir):
+        return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
+                               report=report, identifiers=identifiers, progress=progress)
+
+
+def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
+                    rules_path: Path | None, report: bool, identifiers: bool,
+                    progress: bool) -> dict:
+    from pipeline.dataset_config import load_dataset_config
+    from pipeline.features import build_panel
+    from pipeline.ingest import ingest_dataset, write_ingest_outputs
+    from pipeline.models import fit_models, write_model_outputs
+    from pipeline.redflags import evaluate, load_rules, write_flag_outputs
+    from pipeline.store import Store, remove_store
+
     if store_dir is None:
         # The default store belongs to this run directory: rebuilt on every run, so the run's
         # summary, quarantine and data-quality section describe the whole dataset, not only the
@@ -52,8 +64,8 @@ def run_job(
     rules = load_rules(rules_path)
     config = load_dataset_config(data_dir)
 
-    if fresh_store and store_dir.exists():
-        shutil.rmtree(store_dir)
+    if fresh_store:
+        remove_store(store_dir)  # refuses a directory cramp did not make
     result = ingest_dataset(data_dir, store_dir, progress=progress)
     write_ingest_outputs(result, out_dir)
     summary = dict(result.summary)
@@ -75,7 +87,7 @@ def run_job(
         custom_factors=config.custom_factors,
     )
     summary["panel"] = panel.summary
-    summary["store_totals"] = store_totals(store)
+    summary["store_totals"] = result.summary.get("store_totals") or store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
     atomic.write_json(out_dir / "summary.json", summary)
@@ -98,14 +110,8 @@ def run_job(
     return {"summary": summary, "messages": messages}
 
 
-def store_totals(store) -> dict[str, dict[str, int]]:
-    """Per table, every file the store holds (this run's and earlier ones): files, rows read,
-    rows accepted. ``summary.tables`` counts only what this run read; with an incremental store
-    (``--store``, ``cramp report``) the two differ."""
-    totals: dict[str, dict[str, int]] = {}
-    for f in store.manifest.files:
-        t = totals.setdefault(f.table, {"files": 0, "rows": 0, "accepted": 0})
-        t["files"] += 1
-        t["rows"] += f.rows
-        t["accepted"] += f.accepted
-    return dict(sorted(totals.items()))
+def store_totals(store) -> dict[str, dict]:
+    """Per table, every file the store holds: see ``pipeline.ingest.stored.store_totals``."""
+    from pipeline.ingest.stored import store_totals as totals
+
+    return totals(store)

@@ -15,7 +15,7 @@ Content is compared on typed values (``yes`` and ``1`` are the same boolean), ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -33,6 +33,10 @@ class Resolved:
     quarantine: pl.DataFrame
     #: New rows that were exact duplicates, as (source_file, count) pairs.
     duplicates: pl.DataFrame
+    #: Row numbers in ``new`` of the duplicates, and of each ``quarantine`` row (same order):
+    #: a caller that put rows of two origins into ``new`` tells their outcomes apart by these.
+    duplicate_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
+    quarantine_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
 
 
 def unknown_subjects(table: Table, valid: pl.DataFrame,
@@ -112,10 +116,13 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
     dropped = new_group.filter(pl.col("__conflict") | ~pl.col("__first"))["__i"]
     keep = pl.Series([True]).extend_constant(True, new.height - 1).scatter(dropped, False)
     accepted = new.filter(keep)
-    duplicates = (new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
-                  .group_by(SOURCE_FILE).len("duplicates"))
+    duplicate_rows = new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
+    duplicates = duplicate_rows.group_by(SOURCE_FILE).len("duplicates")
     conflicts = group.filter(pl.col("__conflict"))
-    return Resolved(accepted, _conflict_quarantine(table, conflicts, key_names), duplicates)
+    quarantine = _conflict_quarantine(table, conflicts, key_names)
+    return Resolved(accepted, quarantine.select(QUARANTINE_COLUMNS), duplicates,
+                    duplicate_rows["__i"], quarantine["__i"] if quarantine.height
+                    else pl.Series([], dtype=pl.UInt32))
 
 
 def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
@@ -149,7 +156,8 @@ def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
         pl.lit("conflict").alias("reason"),
         pl.format("{} rows share this key with different content; see also {}{}",
                   pl.col("__n"), other, stored_note).alias("message"),
-    ).select(QUARANTINE_COLUMNS)
+        pl.col("__i"),
+    )
 
 
 def _no_duplicates() -> pl.DataFrame:
