@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, mask_message
 
 app = typer.Typer(
     add_completion=False,
@@ -211,7 +211,9 @@ def main() -> None:
             _print_user_error(mapped)
             sys.exit(mapped.exit_code)
         err.print(Text.assemble(
-            ("internal error: ", "bold red"), f"{type(error).__name__}: {error}\n"
+            # Even a bug's message can quote a value or file name: masked like a UserError's.
+            ("internal error: ", "bold red"), mask_message(f"{type(error).__name__}: {error}")
+            + "\n"
             "This is a bug in cramp, not a problem with your data. Re-run with CRAMP_DEBUG=1 "
             "for the traceback and report it."), highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -253,14 +253,19 @@ def mask_text(text: str) -> str:
 def mask_path(relative_path: str) -> str:
     """Mask identifiers in a relative file path, part by part (``daily/j***@***.com.csv``).
 
-    The table-format suffix (``.csv.gz``) is kept outside the masking, so a name that is an
-    e-mail address keeps its real extension, and the result is still a readable file name.
+    The table-format suffix (``.csv.gz``), or another file's last suffix (``.xlsx``), is kept
+    outside the masking, so a name that is an e-mail address keeps its real extension, and the
+    result is still a readable file name.
     """
     from pipeline.ingest.discover import split_format
 
     parts = []
     for part in relative_path.split("/"):
         split = split_format(part)
-        stem, suffix = (split[0], part[len(split[0]):]) if split else (part, "")
-        parts.append(mask_text(stem) + suffix)
+        if split is not None:
+            stem = split[0]
+        else:  # another export (``.tsv``, ``.xlsx``): keep its last suffix
+            found = re.search(r"\.[A-Za-z0-9]{1,8}$", part)
+            stem = part[: found.start()] if found and found.start() > 0 else part
+        parts.append(mask_text(stem) + part[len(stem):])
     return "/".join(parts)
