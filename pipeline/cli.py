@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, mask_message
 
 app = typer.Typer(
     add_completion=False,
@@ -55,6 +55,17 @@ def _print_ingest_summary(summary: dict, title: str) -> None:
     out.print(table)
     for note in notes:
         out.print(note, highlight=False, markup=False)
+    admissions = summary.get("admissions") or []
+    if admissions:
+        counts = {k: sum(a[k] for a in admissions) for k in ("admitted", "duplicates", "conflicts")}
+        out.print(f"Rows held earlier as unknown_subject, now that their subject is accepted: "
+                  f"{counts['admitted']:,} admitted, {counts['duplicates']:,} duplicates, "
+                  f"{counts['conflicts']:,} conflicts.", highlight=False)
+
+    from pipeline.ingest.discover import ignored_file_hint
+
+    for hint in filter(None, map(ignored_file_hint, summary.get("ignored_files", []))):
+        out.print(f"not read: {hint}", highlight=False, markup=False)
     skipped = [f for f in summary.get("files", []) if f.get("status") != "ingested"]
     if skipped:
         out.print(f"{len(skipped)} file(s) already in the store were skipped (same sha256).")
@@ -67,8 +78,11 @@ def validate(
                                                     "quarantine.csv here.")] = None,
 ) -> None:
     """Validate a dataset and report what would be accepted and quarantined; stores nothing."""
+    from pipeline.atomic import check_writable
     from pipeline.ingest import validate_dataset, write_ingest_outputs
 
+    if out_dir is not None:
+        check_writable(out_dir)  # before the long part: fail now, not after validating
     result = validate_dataset(data, progress=_progress())
     _print_ingest_summary(result.summary, f"Validation of {data}")
     if out_dir is not None:
@@ -181,14 +195,22 @@ def docs(
         raise UserError("stale generated documents (run `make docs`): " + ", ".join(stale))
 
 
+def _print_user_error(error: UserError) -> None:
+    # The message is plain text: rich must not read "[guidance]" in it as markup.
+    err.print(Text.assemble(("error: ", "bold red"), str(error)), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console-script entry point: usage errors are typer's (exit 2); ours are ``UserError``."""
+    """Console-script entry point: usage errors are typer's (exit 2); ours are ``UserError``.
+    An environment failure that reached here unmapped (disk full, permission denied, a path under
+    a file: ``atomic.ENVIRONMENT_ERRORS``) is a user error too, naming the path; anything else is
+    a bug."""
+    from pipeline.atomic import environment_error
+
     try:
         app()
     except UserError as error:
-        # The message is plain text: rich must not read "[guidance]" in it as markup.
-        err.print(Text.assemble(("error: ", "bold red"), str(error)), highlight=False,
-                  soft_wrap=True)
+        _print_user_error(error)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("aborted")
@@ -196,8 +218,14 @@ def main() -> None:
     except Exception as error:
         if os.environ.get("CRAMP_DEBUG"):
             raise
+        mapped = environment_error(error)
+        if mapped is not None:
+            _print_user_error(mapped)
+            sys.exit(mapped.exit_code)
         err.print(Text.assemble(
-            ("internal error: ", "bold red"), f"{type(error).__name__}: {error}\n"
+            # Even a bug's message can quote a value or file name: masked like a UserError's.
+            ("internal error: ", "bold red"), mask_message(f"{type(error).__name__}: {error}")
+            + "\n"
             "This is a bug in cramp, not a problem with your data. Re-run with CRAMP_DEBUG=1 "
             "for the traceback and report it."), highlight=False, soft_wrap=True)
         sys.exit(1)

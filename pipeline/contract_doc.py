@@ -84,14 +84,83 @@ def _identifier_section() -> str:
     return (
         "## Direct identifiers\n\n"
         "A file with a column named like a direct identifier is refused as a whole and nothing of it "
-        "is stored. Names are compared after lower-casing and removing everything but letters and "
-        f"digits: {names}.\n\n"
+        "is stored. Names are compared after Unicode folding (NFKC, case-folding, invisible "
+        "characters dropped, lookalike letters such as Cyrillic `е` read as Latin) and removing "
+        f"everything but letters and digits: {names}; also common variants of "
+        + ", ".join(f"`{n}`" for n in schema.IDENTIFIER_COLUMN_STEMS)
+        + " (`phone_no`, `Mobile No.`, `emails`, `NHS num`, `patient_email`).\n\n"
         "A value anywhere that looks like an e-mail address, phone number or national id number "
         "quarantines its row with reason `identifier`; the quarantine stores the value masked. "
         "The shapes looked for (`pipeline/ingest/identifiers.py`):\n\n"
         + "".join(f"- {p.label}: `{p.name}`, masked as `{p.mask}`\n" for p in _patterns())
-        + "\nPseudonymous ids such as `P0012345` or `E070000002`, plain numbers, dates and "
-        "date-times are not identifiers.\n"
+        + "\nIn `subject_id` and `episode_id`, a token made only of digits with the length of a "
+        "phone, NHS or US social security number (9 digits; 10 digits starting with 0 or passing "
+        "the NHS modulus-11 check; 11 to 15 digits) is quarantined as `identifier` too.\n\n"
+        "Pseudonymous ids such as `P0012345` or `E070000002`, short numeric ids, plain numbers, "
+        "dates and date-times are not identifiers. Values are masked before a long value or the "
+        "text of a malformed row is cut to its preview, and error messages are masked too.\n"
+    )
+
+
+def _csv_safety_section() -> str:
+    from pipeline import csvsafe
+
+    triggers = ", ".join(f"`{c}`" if c.isprintable() else {"\t": "tab", "\r": "carriage return"}[c]
+                         for c in csvsafe.FORMULA_TRIGGERS)
+    return (
+        "## CSV outputs and spreadsheets\n\n"
+        "Every CSV the toolkit writes for people (`quarantine.csv`, the red-flag lists, "
+        "`effects.csv`, `dose_response.csv`, `report_tables/`) is safe to open in a spreadsheet: a "
+        f"text cell that starts with {triggers} would be evaluated as a formula, so it is written "
+        f"with a leading `{csvsafe.NEUTRALISING_PREFIX}` (as OWASP recommends for CSV injection). "
+        "Numbers stay numbers: numeric columns, and text cells that are plain numbers such as "
+        "`-0.25`, are written unchanged. A program reading these files should drop one leading "
+        f"`{csvsafe.NEUTRALISING_PREFIX}` from a text cell that starts with "
+        f"`{csvsafe.NEUTRALISING_PREFIX}` followed by one of those characters.\n"
+    )
+
+
+def _limits_section() -> str:
+    def size(n: int) -> str:
+        for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+            if n >= 1 << shift and n % (1 << shift) == 0:
+                return f"{n >> shift} {unit}"
+        return f"{n:,} bytes"
+
+    rows = [
+        ("dates and date-times", f"from {schema.MIN_DATE.isoformat()} to today + "
+         f"{schema.MAX_DATE_DAYS_AHEAD} day; outside: quarantined as `out_of_range`",
+         "`MIN_DATE`, `MAX_DATE_DAYS_AHEAD`"),
+        ("decompressed size of one `.csv.gz`", size(schema.MAX_DECOMPRESSED_BYTES),
+         "`MAX_DECOMPRESSED_BYTES`"),
+        ("decompression ratio of one `.csv.gz`",
+         f"{schema.MAX_DECOMPRESSION_RATIO}× (checked once past "
+         f"{size(schema.RATIO_CHECK_FROM_BYTES)})", "`MAX_DECOMPRESSION_RATIO`"),
+        ("columns per file", f"{schema.MAX_COLUMNS_PER_FILE:,}", "`MAX_COLUMNS_PER_FILE`"),
+        ("header line", size(schema.MAX_LINE_BYTES), "`MAX_LINE_BYTES`"),
+        ("one data row (line)", f"{size(schema.MAX_LINE_BYTES)}; a longer row is quarantined as "
+         "`malformed_row`", "`MAX_LINE_BYTES`"),
+        ("custom factors per dataset", f"{schema.MAX_CUSTOM_FACTORS}", "`MAX_CUSTOM_FACTORS`"),
+        ("size of `dataset.toml`", size(schema.MAX_DATASET_CONFIG_BYTES),
+         "`MAX_DATASET_CONFIG_BYTES`"),
+    ]
+    lines = ["## Limits", "",
+             "A file over a limit is refused with a message naming it (exit code 2) before it can "
+             "exhaust memory or time; nothing from the run is stored. The limits are named "
+             "values in `pipeline/schema.py`.", "",
+             "| what | limit | name |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {limit} | {name} |" for what, limit, name in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _files_section() -> str:
+    return (
+        "## Files that are not read\n\n"
+        "Every other entry of the dataset directory (a misnamed table, `daily.xlsx`, a nested "
+        "directory inside a table directory, a `.json` or `.txt` export) is listed in "
+        "`summary.json` under `ignored_files`, with a hint on the command line. A table file or "
+        "directory that is a symbolic link leading outside the dataset directory is refused. File "
+        "names are masked like values (`daily/j***@***.com.csv`) in every output.\n"
     )
 
 
@@ -124,5 +193,6 @@ def render_data_contract() -> str:
         )
     ]
     parts += [_table_section(t) for t in schema.TABLES.values()]
-    parts += [_custom_factor_section(), _reasons_section(), _identifier_section()]
+    parts += [_custom_factor_section(), _reasons_section(), _identifier_section(),
+              _limits_section(), _files_section(), _csv_safety_section()]
     return "\n".join(parts)

@@ -15,7 +15,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.schema import FACTORS, PROVENANCE_SCHEMA, TABLES, CustomFactor
+from pipeline.schema import (
+    FACTORS,
+    MAX_CUSTOM_FACTORS,
+    MAX_DATASET_CONFIG_BYTES,
+    PROVENANCE_SCHEMA,
+    TABLES,
+    CustomFactor,
+)
 
 DATASET_CONFIG_FILE = "dataset.toml"
 
@@ -45,10 +52,23 @@ def load_dataset_config(data_dir: Path) -> DatasetConfig:
     path = Path(data_dir) / DATASET_CONFIG_FILE
     if not path.is_file():
         return DatasetConfig()
+    if not path.resolve().is_relative_to(Path(data_dir).resolve()):
+        raise UserError("is a symbolic link that leads outside the dataset directory; copy the "
+                        "file into the dataset directory instead", path=str(path))
+    size = path.stat().st_size
+    if size > MAX_DATASET_CONFIG_BYTES:
+        raise UserError(f"is {size:,} bytes, more than the limit of "
+                        f"{MAX_DATASET_CONFIG_BYTES >> 10:,} KiB (MAX_DATASET_CONFIG_BYTES); it "
+                        "should only declare a few custom factors", path=str(path))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"is not valid TOML: {error}", path=str(path)) from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays or inline tables.
+        raise UserError("is nested too deeply to be read (arrays or inline tables inside each "
+                        "other hundreds of levels deep); a dataset.toml needs only "
+                        "[[custom_factors]] tables", path=str(path)) from None
     return DatasetConfig(custom_factors=parse_custom_factors(raw, str(path)), path=path)
 
 
@@ -62,6 +82,9 @@ def parse_custom_factors(raw: dict, where: str) -> tuple[CustomFactor, ...]:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise UserError("custom_factors must be an array of tables ([[custom_factors]])",
                         path=where)
+    if len(tables) > MAX_CUSTOM_FACTORS:
+        raise UserError(f"declares {len(tables):,} custom factors, more than the limit of "
+                        f"{MAX_CUSTOM_FACTORS} (MAX_CUSTOM_FACTORS)", path=where)
     reserved = set(TABLES["daily"].column_names) | set(PROVENANCE_SCHEMA)
     for table in TABLES.values():
         reserved |= set(table.column_names)

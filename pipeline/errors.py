@@ -1,4 +1,9 @@
-"""User-facing errors: one clear message and exit code 2, never a traceback."""
+"""User-facing errors: one clear message and exit code 2, never a traceback.
+
+The message goes to stderr, which lands in cron logs and terminals: anything identifier-shaped in
+it (a column named after a person's e-mail address, a file name, a value) is masked here, once,
+for every error the package raises.
+"""
 
 from __future__ import annotations
 
@@ -21,4 +26,12 @@ class UserError(Exception):
             if column is not None:
                 where += f", column {column!r}"
             where += ": "
-        super().__init__(where + message)
+        super().__init__(mask_message(where + message))
+
+
+def mask_message(text: str) -> str:
+    """``text`` with identifier-shaped parts masked (see ``pipeline.ingest.identifiers``)."""
+    # Imported here: the identifier patterns live with ingest, which itself raises UserError.
+    from pipeline.ingest.identifiers import mask_text
+
+    return mask_text(text)

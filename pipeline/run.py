@@ -6,26 +6,13 @@ flagged episode written: no statistics ever stand between a clinician and a red 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from pipeline import atomic
 from pipeline.errors import UserError
 
 
-def run_job(data_dir: Path, out_dir: Path, *, executor: str = "local",
-            scheduler: str | None = None, **options) -> dict:
-    """``_run_job`` with its per-bucket work (red flags, model passes) on the executor named by
-    ``executor`` (``local``: threads here; ``dask``: the Dask scheduler at ``scheduler`` or
-    $DASK_SCHEDULER_ADDRESS, else a LocalCluster), see pipeline/execution.py. ``options`` are
-    ``_run_job``'s."""
-    from pipeline import execution
-
-    with execution.session(executor, scheduler):
-        return _run_job(data_dir, out_dir, **options)
-
-
-def _run_job(
+def run_job(
     data_dir: Path,
     out_dir: Path,
     *,
@@ -34,24 +21,43 @@ def _run_job(
     report: bool = True,
     identifiers: bool = True,
     progress: bool = False,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> dict:
     """Run the whole job on ``data_dir`` and write every output into ``out_dir``.
 
     Returns ``{"summary": <summary.json content>, "messages": [lines for the user]}``. Raises
-    ``UserError`` for problems with the input or options (the CLI exits 2).
+    ``UserError`` for problems with the input or options (the CLI exits 2). The whole job holds
+    the run directory's lock (``pipeline.run_dir``): a second run on the same ``out_dir`` stops.
+    The per-bucket work (red flags, every model pass) runs on ``executor``: ``local`` (threads
+    here) or ``dask`` (the scheduler at ``scheduler`` or $DASK_SCHEDULER_ADDRESS, else a
+    LocalCluster), see pipeline/execution.py and docs/scaling.md.
     """
+    from pipeline import execution
+    from pipeline.ingest.dataset import check_not_inside
+    from pipeline.run_dir import run_dir_lock
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise UserError("dataset directory not found (expected a directory of tables)",
+                        path=str(data_dir))
+    check_not_inside(data_dir, out_dir, "the output directory (--out)")
+    with execution.session(executor, scheduler), run_dir_lock(out_dir):
+        return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
+                               report=report, identifiers=identifiers, progress=progress)
+
+
+def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
+                    rules_path: Path | None, report: bool, identifiers: bool,
+                    progress: bool) -> dict:
     from pipeline.dataset_config import load_dataset_config
     from pipeline.features import build_panel
     from pipeline.ingest import ingest_dataset, write_ingest_outputs
     from pipeline.models import fit_models, write_model_outputs
     from pipeline.redflags import load_rules, write_flag_outputs
     from pipeline.redflags.buckets import evaluate_store
-    from pipeline.store import Store
+    from pipeline.store import Store, remove_store
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not data_dir.is_dir():
-        raise UserError("dataset directory not found (expected a directory of tables)",
-                        path=str(data_dir))
     if store_dir is None:
         # The default store belongs to this run directory: rebuilt on every run, so the run's
         # summary, quarantine and data-quality section describe the whole dataset, not only the
@@ -65,8 +71,8 @@ def _run_job(
     rules = load_rules(rules_path)
     config = load_dataset_config(data_dir)
 
-    if fresh_store and store_dir.exists():
-        shutil.rmtree(store_dir)
+    if fresh_store:
+        remove_store(store_dir)  # refuses a directory cramp did not make
     result = ingest_dataset(data_dir, store_dir, progress=progress)
     write_ingest_outputs(result, out_dir)
     summary = dict(result.summary)
@@ -88,7 +94,7 @@ def _run_job(
         custom_factors=config.custom_factors,
     )
     summary["panel"] = panel.summary
-    summary["store_totals"] = store_totals(store)
+    summary["store_totals"] = result.summary.get("store_totals") or store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
     atomic.write_json(out_dir / "summary.json", summary)
@@ -111,14 +117,8 @@ def _run_job(
     return {"summary": summary, "messages": messages}
 
 
-def store_totals(store) -> dict[str, dict[str, int]]:
-    """Per table, every file the store holds (this run's and earlier ones): files, rows read,
-    rows accepted. ``summary.tables`` counts only what this run read; with an incremental store
-    (``--store``, ``cramp report``) the two differ."""
-    totals: dict[str, dict[str, int]] = {}
-    for f in store.manifest.files:
-        t = totals.setdefault(f.table, {"files": 0, "rows": 0, "accepted": 0})
-        t["files"] += 1
-        t["rows"] += f.rows
-        t["accepted"] += f.accepted
-    return dict(sorted(totals.items()))
+def store_totals(store) -> dict[str, dict]:
+    """Per table, every file the store holds: see ``pipeline.ingest.stored.store_totals``."""
+    from pipeline.ingest.stored import store_totals as totals
+
+    return totals(store)

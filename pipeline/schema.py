@@ -9,6 +9,7 @@ A dataset is a directory of tables. Each table is ``NAME.csv``, ``NAME.csv.gz``,
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +38,37 @@ MUSCLE_GROUPS = (
     "other",
 )
 NUMBNESS_LEVELS = ("none", "one_leg", "both_legs")
+
+#: Plausible calendar range of every date and date-time column. A value outside it (year 0, a
+#: typo like 2205, a placeholder such as 9999-12-31) is quarantined as ``out_of_range``: later
+#: stages do calendar arithmetic that such a year breaks, and it is never a real diary day.
+MIN_DATE = _dt.date(1900, 1, 1)
+#: The latest plausible date is today plus this many days (time zones, a diary filled in early).
+MAX_DATE_DAYS_AHEAD = 1
+
+
+def max_date(today: _dt.date | None = None) -> _dt.date:
+    """The latest plausible date (``today + MAX_DATE_DAYS_AHEAD``), evaluated when validating."""
+    return (today or _dt.date.today()) + _dt.timedelta(days=MAX_DATE_DAYS_AHEAD)
+
+
+#: Resource limits: a small hostile input (a gzip bomb, a header of a million commas, a
+#: ``dataset.toml`` declaring 100k factors) is refused with a clear message long before memory or
+#: time run out. Each is far above anything a real diary export needs.
+#: Bytes one ``.csv.gz`` file may decompress to.
+MAX_DECOMPRESSED_BYTES = 2 << 30
+#: Decompressed / compressed size a ``.csv.gz`` may reach once past ``RATIO_CHECK_FROM_BYTES``
+#: (diary CSVs compress 5-20x; a zip bomb compresses about 1000x).
+MAX_DECOMPRESSION_RATIO = 200
+RATIO_CHECK_FROM_BYTES = 16 << 20
+#: Columns one table file may have (the contract has 13 daily columns plus custom factors).
+MAX_COLUMNS_PER_FILE = 1000
+#: Custom factors one ``dataset.toml`` may declare.
+MAX_CUSTOM_FACTORS = 100
+#: Size of ``dataset.toml`` itself.
+MAX_DATASET_CONFIG_BYTES = 1 << 20
+#: Bytes of the header line; a data row longer than this is quarantined as ``malformed_row``.
+MAX_LINE_BYTES = 1 << 20
 
 #: Spellings accepted for booleans (compared case-insensitively, surrounding spaces ignored).
 TRUE_SPELLINGS = ("1", "true", "yes", "y", "t")
@@ -82,6 +114,9 @@ class Column:
         return _DTYPES[self.kind]
 
     def range_text(self) -> str:
+        if self.kind in ("date", "datetime"):
+            ahead = f"{MAX_DATE_DAYS_AHEAD} day{'s' if MAX_DATE_DAYS_AHEAD != 1 else ''}"
+            return f"{MIN_DATE.isoformat()} ≤ date ≤ today + {ahead}"
         if self.minimum is None and self.maximum is None:
             return ""
         low = "" if self.minimum is None else f"{_fmt(self.minimum)}"
@@ -286,7 +321,8 @@ FACTOR_COLUMNS: dict[str, Column] = {c.name: c for c in DAILY.columns if c.facto
 REASONS: dict[str, str] = {
     "missing_required": "A required value is empty.",
     "type": "The value cannot be read as the column's type.",
-    "out_of_range": "The value is outside the column's allowed range.",
+    "out_of_range": "The value is outside the column's allowed range (dates and date-times: "
+    f"from {MIN_DATE.isoformat()} to today + {MAX_DATE_DAYS_AHEAD} day).",
     "invalid_value": "The value is not one of the column's allowed values.",
     "invalid_token": "The id is not a pseudonymous token (1–64 of A–Z a–z 0–9 _ -).",
     "malformed_row": "The row cannot be parsed (wrong number of fields, invalid JSON).",
@@ -310,6 +346,24 @@ IDENTIFIER_COLUMN_NAMES: tuple[str, ...] = (
     "nhsnumber", "nhsno", "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber",
     "nationalinsurancenumber", "nino", "passport", "passportnumber", "insurancenumber",
 )
+
+#: Stems that only ever name a direct identifier; with a prefix from ``IDENTIFIER_NAME_PREFIXES``
+#: and/or a suffix from ``IDENTIFIER_NAME_SUFFIXES`` they are refused too (``phone_no``,
+#: ``Mobile No.``, ``emails``, ``NHS num``, ``patient_email``).
+IDENTIFIER_COLUMN_STEMS: tuple[str, ...] = (
+    "email", "emailaddress", "mail", "phone", "telephone", "tel", "mobile", "cellphone", "nhs",
+    "ssn", "socialsecurity", "nino", "nationalinsurance", "nationalid", "passport", "mrn",
+    "medicalrecord", "postcode", "postalcode", "zipcode", "address", "dob",
+    "dateofbirth", "birthdate", "fullname", "firstname", "lastname", "surname", "forename",
+)
+IDENTIFIER_NAME_PREFIXES: tuple[str, ...] = (
+    "patient", "participant", "subject", "contact", "home", "work", "personal", "primary",
+    "mobile", "my", "pt",
+)
+IDENTIFIER_NAME_SUFFIXES: frozenset[str] = frozenset({
+    "", "s", "es", "no", "nos", "num", "nums", "nr", "number", "numbers", "id", "address",
+    "addresses", "addr",
+})
 
 
 @dataclass(frozen=True)

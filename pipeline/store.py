@@ -2,26 +2,36 @@
 
 Layout::
 
+    STORE/.cramp-store               marker: this directory was made by cramp (see below)
     STORE/manifest.json              the truth: files ingested (sha256), table parts, custom columns
     STORE/tables/<table>/part-*-bNNNN.parquet   per ingest, one part per table and subject bucket
+    STORE/quarantine/part-*.parquet  quarantined rows, committed with the rows of the same ingest
+    STORE/held/<table>/part-*.parquet     rows held as ``unknown_subject`` until their subject
+                                          is accepted (the whole pending set, rewritten on change)
 
 Subject buckets (``pipeline/execution.py``): every accepted row goes to the part of its subject's
 bucket (a stable hash of ``subject_id``), so a bucket of whole subjects can be read alone
 (``read_bucket``) by whichever worker processes it. The bucket count is chosen from the size of
 the store's first ingest and recorded in the manifest (``n_buckets``); later ingests keep it.
 
+Ownership: cramp writes into, rebuilds or removes only directories it made itself, which carry
+the marker file ``.cramp-store`` (:meth:`Store.claim`, :func:`remove_store`); a directory without
+it (a dataset, someone's files) is refused with a clear message, never deleted.
+
 Crash safety: every file is written to a temporary name in its final directory, flushed to disk,
 then renamed over (``os.replace`` is atomic on POSIX). Parts are written first and the manifest
 last, and readers only look at parts the manifest lists; so a run killed at any moment leaves the
 previous manifest and everything it lists intact, and at worst an orphan part that the next
 ingest deletes. Ingests take a file lock, so two ingests into one store never interleave.
+The quarantine and the held rows of an ingest are parts like any other, listed by the same
+manifest commit: a kill can never keep a file's rows but lose its quarantine record.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +47,14 @@ from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, TABLES
 MANIFEST = "manifest.json"
 TABLES_DIR = "tables"
 LOCK = ".lock"
-_STORE_FORMAT = 1
+QUARANTINE_DIR = "quarantine"
+HELD_DIR = "held"
+#: Marker file of a directory made by cramp (the only kind cramp will rebuild or remove).
+MARKER = ".cramp-store"
+_MARKER_TEXT = ("This directory is a cramp store: cramp may append to, rebuild or remove it.\n"
+                "Do not keep other files here.\n")
+#: 2: the store keeps the quarantine and the rows held as unknown_subject (format 1 did not).
+_STORE_FORMAT = 2
 #: Snappy: about twice as fast to write as zstd here; store size is not the constraint.
 PARQUET_COMPRESSION = "snappy"
 _CUSTOM_DTYPES: dict[str, pl.DataType] = {"numeric": pl.Float64(), "boolean": pl.Boolean()}
@@ -54,6 +71,24 @@ class ManifestFile:
     rows: int
     accepted: int
     ingested_at: str
+    #: Rows quarantined (including rows held as unknown_subject) and exact duplicates, at ingest;
+    #: ``rows == accepted + quarantined + duplicates``. Later admissions are :class:`Admission`s.
+    quarantined: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Rows of one earlier file, held as ``unknown_subject``, resolved by a later ingest that
+    accepted their subject: ``admitted`` are now stored, ``duplicates`` were exact copies of an
+    earlier row, ``conflicts`` are quarantined again with reason ``conflict``."""
+
+    table: str
+    source_file: str
+    admitted: int
+    duplicates: int
+    conflicts: int
+    admitted_at: str
 
 
 @dataclass(frozen=True)
@@ -64,7 +99,12 @@ class Manifest:
     #: Custom daily columns ever stored: name -> ``numeric`` | ``boolean``.
     custom_columns: dict[str, str] = field(default_factory=dict)
     contract_version: str = CONTRACT_VERSION
-    #: Subject buckets of the parts (0: a store written before buckets; one part per ingest).
+    #: Quarantine part file names (relative to ``quarantine/``), in write order.
+    quarantine_parts: tuple[str, ...] = ()
+    #: Table -> held part file names (relative to ``held/<table>/``).
+    held_parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    admissions: tuple[Admission, ...] = ()
+    #: Subject buckets of the table parts (0: a store written before buckets).
     n_buckets: int = 0
 
     @property
@@ -84,6 +124,9 @@ class Manifest:
             "files": [asdict(f) for f in self.files],
             "parts": {t: list(p) for t, p in sorted(self.parts.items())},
             "custom_columns": dict(self.custom_columns),
+            "quarantine_parts": list(self.quarantine_parts),
+            "held_parts": {t: list(p) for t, p in sorted(self.held_parts.items())},
+            "admissions": [asdict(a) for a in self.admissions],
             "n_buckets": self.n_buckets,
         }
 
@@ -94,6 +137,9 @@ class Manifest:
             parts={t: tuple(p) for t, p in data.get("parts", {}).items()},
             custom_columns=dict(data.get("custom_columns", {})),
             contract_version=data.get("contract_version", CONTRACT_VERSION),
+            quarantine_parts=tuple(data.get("quarantine_parts", ())),
+            held_parts={t: tuple(p) for t, p in data.get("held_parts", {}).items()},
+            admissions=tuple(Admission(**a) for a in data.get("admissions", [])),
             n_buckets=int(data.get("n_buckets", 0)),
         )
 
@@ -120,6 +166,12 @@ class Store:
             raise UserError(f"the store was written for contract version "
                             f"{data.get('contract_version')!r}, not {CONTRACT_VERSION!r}",
                             path=str(path))
+        if data.get("store_format") != _STORE_FORMAT:
+            raise UserError(
+                f"the store was written by an earlier cramp (store format "
+                f"{data.get('store_format')!r}, this cramp writes {_STORE_FORMAT}) that did not "
+                "keep quarantined rows; move the store aside and ingest the dataset again into "
+                "a new store", path=str(self.path))
         return Manifest.from_json(data)
 
     def schema(self, table: str, manifest: Manifest | None = None) -> dict[str, pl.DataType]:
@@ -137,7 +189,7 @@ class Store:
         manifest = self.manifest
         schema = self.schema(table, manifest)
         parts = [self._table_dir(table) / p for p in manifest.parts.get(table, ())]
-        return self._scan(parts, schema)
+        return _scan_parts(parts, schema)
 
     def read_bucket(self, table: str, bucket: int) -> pl.LazyFrame:
         """The stored rows of ``table`` whose subjects fall in ``bucket`` (0..n_buckets-1): all
@@ -145,36 +197,42 @@ class Store:
         manifest = self.manifest
         schema = self.schema(table, manifest)
         names = manifest.parts.get(table, ())
-        tagged = [p for p in names if bucket_of_part(p) == bucket]
-        frame = self._scan([self._table_dir(table) / p for p in tagged], schema)
+        tagged = [self._table_dir(table) / p for p in names if bucket_of_part(p) == bucket]
+        frame = _scan_parts(tagged, schema)
         untagged = [self._table_dir(table) / p for p in names if bucket_of_part(p) is None]
         if untagged and manifest.n_buckets:
-            # Parts written without buckets (e.g. a table with no subject column): filter.
+            # Parts written before buckets (or of a table without subjects): filter them.
             from pipeline.execution import subject_buckets
 
-            rest = self._scan(untagged, schema).collect()
+            rest = _scan_parts(untagged, schema).collect()
             if "subject_id" in rest.columns:
                 rest = rest.filter(subject_buckets(rest["subject_id"], manifest.n_buckets)
                                    == bucket)
             frame = pl.concat([frame, rest.lazy()])
         return frame
 
-    @staticmethod
-    def _scan(parts: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
-        if not parts:
-            return pl.LazyFrame(schema=schema)
-        frames = [pl.scan_parquet(p) for p in parts]
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-        present = frame.collect_schema().names()
-        return frame.select(
-            (pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
-            for c, dtype in schema.items())
+    def read_held(self, table: str) -> pl.LazyFrame:
+        """Rows of ``table`` held as ``unknown_subject``: stored schema, not yet accepted."""
+        manifest = self.manifest
+        schema = self.schema(table, manifest)
+        parts = [self.path / HELD_DIR / table / p for p in manifest.held_parts.get(table, ())]
+        return _scan_parts(parts, schema)
+
+    def read_quarantine(self) -> pl.LazyFrame:
+        """Quarantined rows committed with their ingests (``validate.QUARANTINE_SCHEMA``).
+        Rows held as ``unknown_subject`` are not here but in :meth:`read_held`;
+        ``pipeline.ingest.stored.stored_quarantine`` gives both."""
+        from pipeline.ingest.validate import QUARANTINE_SCHEMA
+
+        parts = [self.path / QUARANTINE_DIR / p for p in self.manifest.quarantine_parts]
+        return _scan_parts(parts, QUARANTINE_SCHEMA)
 
     # --- writing ---------------------------------------------------------------------------
 
     def remove_if_empty(self) -> None:
-        """Delete the store directory if it holds nothing but its lock file."""
-        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
+        """Delete the store directory if it holds nothing but its lock and marker files."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK, MARKER}:
+            (self.path / MARKER).unlink(missing_ok=True)
             (self.path / LOCK).unlink(missing_ok=True)
             try:
                 self.path.rmdir()
@@ -185,33 +243,69 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.path / LOCK))
 
+    def claim(self) -> None:
+        """Make sure cramp may write here: refuse (``UserError``) a directory cramp did not make;
+        an empty or missing directory becomes a store (marker written). Call before :meth:`lock`,
+        so that a refused directory is left without even a lock file."""
+        check_store_path(self.path)
+        if is_cramp_store(self.path):
+            self.manifest  # a store of an older format is refused with what to do
+            return
+        if self.path.is_dir():
+            if holds_foreign_files(self.path, MARKER, {LOCK}):
+                raise UserError(
+                    "this directory is not empty and was not made by cramp (no "
+                    f"{MARKER} marker file), so cramp will not write its store here; give "
+                    "--store a new or empty directory", path=str(self.path))
+
+    def mark(self) -> None:
+        """Write the marker file (under :meth:`lock`, after :meth:`claim`)."""
+        if not (self.path / MARKER).is_file():
+            atomic.write_text(self.path / MARKER, _MARKER_TEXT)
+
     def append(self, rows: dict[str, pl.DataFrame], files: list[ManifestFile],
-               custom_columns: dict[str, str]) -> Manifest:
-        """Add one ingest: a part per non-empty table, then the manifest. Call under :meth:`lock`."""
+               custom_columns: dict[str, str], *, quarantine: pl.DataFrame | None = None,
+               held: dict[str, pl.DataFrame] | None = None,
+               admissions: tuple[Admission, ...] = ()) -> Manifest:
+        """Add one ingest: a part per non-empty table, its quarantine part and the new held sets
+        (``held``: table -> every row now held, replacing the old set), then the manifest, which
+        commits all of them at once. Call under :meth:`lock`."""
         manifest = self.manifest
         self._remove_orphans(manifest)
         parts = {t: list(p) for t, p in manifest.parts.items()}
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         n_buckets = manifest.n_buckets or store_bucket_count(rows)
         for table, frame in rows.items():
-            if frame.height == 0:
-                continue
-            directory = self._table_dir(table)
-            directory.mkdir(parents=True, exist_ok=True)
             for bucket, part in split_into_buckets(frame, n_buckets):
-                tag = "" if bucket is None else f"-b{bucket:04d}"
-                name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{tag}.parquet"
-                atomic.write_with(directory / name, lambda tmp, f=part: f.write_parquet(
-                    tmp, compression=PARQUET_COMPRESSION))
-                parts.setdefault(table, []).append(name)
+                parts.setdefault(table, []).append(
+                    self._write_part(self._table_dir(table), part, bucket))
+        quarantine_parts = list(manifest.quarantine_parts)
+        if quarantine is not None and quarantine.height:
+            quarantine_parts.append(self._write_part(self.path / QUARANTINE_DIR, quarantine))
+        held_parts = dict(manifest.held_parts)
+        for table, frame in (held or {}).items():
+            held_parts[table] = ((self._write_part(self.path / HELD_DIR / table, frame),)
+                                 if frame.height else ())
         custom = dict(manifest.custom_columns)
         for column, kind in custom_columns.items():
             custom.setdefault(column, kind)
         new = Manifest(files=manifest.files + tuple(files),
                        parts={t: tuple(p) for t, p in parts.items()},
-                       custom_columns=custom, n_buckets=n_buckets)
+                       custom_columns=custom,
+                       quarantine_parts=tuple(quarantine_parts),
+                       held_parts={t: p for t, p in held_parts.items() if p},
+                       admissions=manifest.admissions + tuple(admissions),
+                       n_buckets=n_buckets)
         atomic.write_json(self.path / MANIFEST, new.to_json())
         return new
+
+    def _write_part(self, directory: Path, frame: pl.DataFrame, bucket: int | None = None) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        tag = "" if bucket is None else f"-b{bucket:04d}"
+        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{tag}.parquet"
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic.write_with(directory / name,
+                          lambda tmp: frame.write_parquet(tmp, compression=PARQUET_COMPRESSION))
+        return name
 
     def _table_dir(self, table: str) -> Path:
         return self.path / TABLES_DIR / table
@@ -220,14 +314,31 @@ class Store:
         """Delete leftovers of a killed ingest: temp files and parts no manifest lists."""
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        root = self.path / TABLES_DIR
-        if not root.is_dir():
-            return
-        for directory in root.iterdir():
-            listed = set(manifest.parts.get(directory.name, ()))
-            for part in directory.iterdir():
-                if part.name not in listed:
-                    part.unlink(missing_ok=True)
+        _remove_unlisted(self.path / QUARANTINE_DIR, set(manifest.quarantine_parts))
+        for root, listing in ((self.path / TABLES_DIR, manifest.parts),
+                              (self.path / HELD_DIR, manifest.held_parts)):
+            if root.is_dir():
+                for directory in root.iterdir():
+                    _remove_unlisted(directory, set(listing.get(directory.name, ())))
+
+
+def _remove_unlisted(directory: Path, listed: set[str]) -> None:
+    if directory.is_dir():
+        for part in directory.iterdir():
+            if part.name not in listed:
+                part.unlink(missing_ok=True)
+
+
+def _scan_parts(parts: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """The parts as one frame with exactly ``schema`` (a column a part lacks is null)."""
+    if not parts:
+        return pl.LazyFrame(schema=schema)
+    frames = [pl.scan_parquet(p) for p in parts]
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+    present = frame.collect_schema().names()
+    return frame.select(
+        (pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
+        for c, dtype in schema.items())
 
 
 # --- subject buckets of the store -------------------------------------------------------------
@@ -236,7 +347,7 @@ _BUCKET_TAG = re.compile(r"-b(\d{4,})\.parquet$")
 
 
 def bucket_of_part(name: str) -> int | None:
-    """The subject bucket a part file holds (None: a part written without buckets)."""
+    """The subject bucket a table part holds (None: a part written without buckets)."""
     m = _BUCKET_TAG.search(name)
     return int(m.group(1)) if m else None
 
@@ -250,7 +361,9 @@ def store_bucket_count(rows: dict[str, pl.DataFrame]) -> int:
 
 def split_into_buckets(frame: pl.DataFrame, n_buckets: int):
     """``(bucket, rows)`` for each non-empty subject bucket of ``frame`` (input order kept within
-    a bucket); ``(None, frame)`` for a table without a subject column."""
+    a bucket); ``(None, frame)`` for a non-empty table without a subject column."""
+    if frame.height == 0:
+        return
     if "subject_id" not in frame.columns:
         yield None, frame
         return
@@ -259,6 +372,53 @@ def split_into_buckets(frame: pl.DataFrame, n_buckets: int):
     for bucket, part in enumerate(split_by_bucket(frame, "subject_id", n_buckets)):
         if part.height:
             yield bucket, part
+
+
+def check_store_path(path: Path) -> None:
+    """Refuse a store path that is a symbolic link or not a directory (``UserError``)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError("the store path is a symbolic link; cramp does not write through links "
+                        "into a store. Remove the link or point --store at the real directory",
+                        path=str(path))
+    if path.exists() and not path.is_dir():
+        raise UserError("the store path exists and is not a directory; choose another path",
+                        path=str(path))
+
+
+def holds_foreign_files(directory: Path, marker: str, allowed: set[str]) -> bool:
+    """Whether ``directory`` holds anything but ``allowed`` names and a temporary file of
+    ``marker`` (what a run killed while creating the directory leaves)."""
+    leftover = f".{marker}."
+    return any(p.name not in allowed and not (p.name.startswith(leftover)
+                                              and p.name.endswith(".tmp"))
+               for p in directory.iterdir())
+
+
+def is_cramp_store(path: Path) -> bool:
+    """Whether cramp made ``path``: the marker file, or (stores from before the marker) a
+    manifest that cramp wrote."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    try:
+        return "store_format" in json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_store(path: Path) -> None:
+    """Delete a store cramp made (``rmtree``); refuse anything else with a ``UserError``."""
+    path = Path(path)
+    check_store_path(path)
+    if not path.exists():
+        return
+    if not is_cramp_store(path) and holds_foreign_files(path, MARKER, {LOCK}):
+        raise UserError(
+            f"cramp rebuilds this store on every run, but this directory was not made by cramp "
+            f"(no {MARKER} marker file), so it was not deleted. Move it elsewhere, or choose "
+            "another --out", path=str(path))
+    shutil.rmtree(path)
 
 
 def now_utc() -> str:

@@ -72,3 +72,56 @@ def test_invalid_configs_are_refused_naming_the_file(tmp_path, text, problem):
     with pytest.raises(UserError, match=problem) as error:
         _load(tmp_path, text)
     assert "dataset.toml" in str(error.value)
+
+
+# --- issue 8: limits, nesting and links ----------------------------------------------------------
+
+import time  # noqa: E402
+
+from pipeline.schema import MAX_CUSTOM_FACTORS, MAX_DATASET_CONFIG_BYTES  # noqa: E402
+
+
+def _factors(n: int) -> str:
+    return "".join(f'[[custom_factors]]\ncolumn = "c{i}"\nfactor = "f{i}"\nlabel = "x"\n'
+                   'kind = "boolean"\n' for i in range(n))
+
+
+def _load(tmp_path, text: str):
+    (tmp_path / "dataset.toml").write_text(text, encoding="utf-8")
+    return load_dataset_config(tmp_path)
+
+
+def test_the_custom_factor_limit_itself_is_accepted(tmp_path):
+    assert len(_load(tmp_path, _factors(MAX_CUSTOM_FACTORS)).custom_factors) == MAX_CUSTOM_FACTORS
+
+
+def test_more_custom_factors_than_the_limit_are_refused(tmp_path):
+    with pytest.raises(UserError, match="MAX_CUSTOM_FACTORS"):
+        _load(tmp_path, _factors(MAX_CUSTOM_FACTORS + 1))
+
+
+def test_100k_custom_factors_refused_within_seconds(tmp_path):
+    text = _factors(100_000)
+    assert len(text.encode()) > MAX_DATASET_CONFIG_BYTES
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="MAX_DATASET_CONFIG_BYTES"):
+        _load(tmp_path, text)
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("nested", ["a = " + "[" * 5000 + "]" * 5000,
+                                    "a = " + "{b = " * 3000 + "1" + "}" * 3000])
+def test_deeply_nested_toml_is_a_user_error(tmp_path, nested):
+    with pytest.raises(UserError, match="nested too deeply"):
+        _load(tmp_path, nested + "\n")
+
+
+def test_dataset_toml_linked_from_outside_is_refused(tmp_path):
+    outside = tmp_path / "outside.toml"
+    outside.write_text("secret = 'TOP-SECRET'\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.toml").symlink_to(outside)
+    with pytest.raises(UserError, match="symbolic link") as error:
+        load_dataset_config(data)
+    assert "TOP-SECRET" not in str(error.value) and "outside.toml" not in str(error.value)

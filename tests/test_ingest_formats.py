@@ -122,7 +122,7 @@ def test_directory_of_exports_in_mixed_formats(tmp_path):
         "episode.csv": "subject_id,started_at,muscle_group\n",
     })
     result = validate_dataset(data)
-    assert result.summary["ignored_files"] == ["episode.csv"]
+    assert result.summary["ignored_files"] == ["daily/README.txt", "episode.csv"]
     daily = result.accepted["daily"]
     assert daily.select("source_file", "source_line").rows() == [
         ("daily/2025-01.csv", 2), ("daily/2025-01.csv", 3), ("daily/2025-02.jsonl", 1),
@@ -158,8 +158,12 @@ def test_quoted_fields_blank_lines_and_ragged_rows_keep_editor_lines(tmp_path):
 def test_stray_quote_falls_back_to_exact_reader(tmp_path):
     text = 'subject_id,date,notes\nS1,2025-01-01,5" tall\nS1,2025-01-02,"ok"\nS1,2025-01-03,"open\n'
     result = validate_dataset(write_dataset(tmp_path, {"daily.csv": text}))
-    assert result.accepted["daily"]["source_line"].to_list() == [2, 3, 4]
+    assert result.accepted["daily"]["source_line"].to_list() == [2, 3]
     assert result.summary["tables"]["daily"]["read"] == 3
+    # The quote opened on line 4 is never closed: that row is quarantined, with its line (issue 8).
+    (line, reason, message), = result.quarantine.select("line", "reason", "message").rows()
+    assert (line, reason) == (4, "malformed_row")
+    assert "never closed" in message
 
 
 def test_columns_in_any_order_and_header_spelling(tmp_path):

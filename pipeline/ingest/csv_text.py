@@ -19,7 +19,17 @@ import polars as pl
 
 from pipeline.errors import UserError
 from pipeline.ingest.discover import TableFile
-from pipeline.ingest.rows import BOM, LINE, MALFORMED, RECORD, RECORD_PREVIEW_CHARS
+from pipeline.ingest.rows import (
+    BOM,
+    LINE,
+    LONG_ROW_MESSAGE,
+    MALFORMED,
+    RECORD,
+    RECORD_SCAN_CHARS,
+    check_header_line,
+    check_width,
+)
+from pipeline.schema import MAX_LINE_BYTES
 
 #: Bytes scanned per numpy pass: bounds the temporary arrays on big files.
 _SCAN_BYTES = 1 << 23
@@ -198,16 +208,19 @@ def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
         raise UserError("is empty (expected a header line naming the columns)",
                         path=file.relative_path)
     h = int(non_blank[0])
+    check_header_line(int(records.stops[h] - records.starts[h]), file)
     header_text = data[records.starts[h]: records.stops[h]].decode("utf-8", errors="replace")
     header = next(csv.reader([header_text]))
+    check_width(len(header), file)
     width = len(header)
     keep = ~blank[h + 1:]
+    long = keep & ((records.stops - records.starts)[h + 1:] > MAX_LINE_BYTES)
     n_after = records.starts.size - h - 1
     # Regular file: polars accepts no row with too many fields, and the separator total says no
     # row has too few. Otherwise count fields per row to find the malformed ones.
     frame = _polars_csv(data, ragged=False)
     expected = (width - 1) * (1 + int(keep.sum()))
-    regular = frame is not None and records.total_commas == expected
+    regular = frame is not None and records.total_commas == expected and not long.any()
     if not regular:
         records = _scan_records(buf, per_record=True)
         frame = _polars_csv(data, ragged=True)
@@ -218,18 +231,19 @@ def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
         record_text = pl.lit(None, dtype=pl.String)
     else:
         fields = records.commas[h + 1:] + 1
-        bad = keep & (fields != width)
+        bad = keep & ((fields != width) | long)
         bad_index = np.flatnonzero(bad)
         malformed = pl.select(
-            pl.when(pl.Series(bad))
+            pl.when(pl.Series(long)).then(pl.lit(LONG_ROW_MESSAGE))
+            .when(pl.Series(bad))
             .then(pl.format("expected {} fields, found {}", pl.lit(width), pl.Series(fields)))
             .otherwise(None)
         ).to_series()
         texts = []
         for i in bad_index:  # only the malformed rows
             a, b = records.starts[h + 1 + i], records.stops[h + 1 + i]
-            texts.append(data[a: min(b, a + 4 * RECORD_PREVIEW_CHARS)].decode(
-                "utf-8", errors="replace")[:RECORD_PREVIEW_CHARS])
+            texts.append(data[a: min(b, a + 4 * RECORD_SCAN_CHARS)].decode(
+                "utf-8", errors="replace")[:RECORD_SCAN_CHARS])
         record_text = pl.Series([None], dtype=pl.String).extend_constant(None, n_after - 1) \
             if n_after else pl.Series([], dtype=pl.String)
         if bad_index.size:
@@ -244,41 +258,82 @@ def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     return header, frame
 
 
+class _Lines:
+    """The lines of ``text`` (endings kept, as ``csv`` wants them), with the offset of the next."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.offset = 0
+
+    def __iter__(self):
+        for line in io.StringIO(self.text, newline=""):
+            yield line
+            self.offset += len(line)
+
+
 def _read_csv_python(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
-    """Exact, forgiving fallback for quoting the vectorised scan does not model."""
+    """Exact, forgiving fallback for quoting the vectorised scan does not model.
+
+    Like the fast path, a row it cannot read (a field over ``MAX_LINE_BYTES``, bytes ``csv``
+    rejects) is quarantined, never the whole file; and a quote left open, which makes the rest
+    of the file one row, quarantines that row with a message naming the line where it opened.
+    """
     text = data.decode("utf-8", errors="replace")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    if csv.field_size_limit() < MAX_LINE_BYTES:
+        csv.field_size_limit(MAX_LINE_BYTES)
+    source = _Lines(text)
+    reader = csv.reader(source)
     header: list[str] | None = None
     rows: list[list[str | None]] = []
     lines: list[int] = []
     malformed: list[str | None] = []
     records: list[str | None] = []
     previous_line = 0
-    try:
-        for row in reader:
-            start = previous_line + 1
-            previous_line = reader.line_num
-            if not row:
-                continue
-            if header is None:
-                header = row
-                continue
-            width = len(header)
-            fields = [v if v != "" else None for v in row[:width]] + [None] * (width - len(row))
-            rows.append(fields)
-            lines.append(start)
-            if len(row) != width:
-                malformed.append(f"expected {width} fields, found {len(row)}")
-                records.append(",".join(row)[:RECORD_PREVIEW_CHARS])
-            else:
-                malformed.append(None)
-                records.append(None)
-    except csv.Error as error:  # pragma: no cover - csv only raises on NUL bytes etc.
-        raise UserError(f"cannot be parsed as CSV ({error})", path=file.relative_path,
-                        line=previous_line + 1) from None
+    last_offset = 0
+    while True:
+        start = previous_line + 1
+        offset = source.offset
+        try:
+            row = next(reader)
+            error = None
+        except StopIteration:
+            break
+        except csv.Error as caught:
+            row, error = [], caught
+        previous_line = reader.line_num
+        if error is not None and header is None:
+            raise UserError(f"the header cannot be parsed as CSV ({error})",
+                            path=file.relative_path, line=start)
+        if not row and error is None:
+            continue
+        if header is None:
+            check_header_line(len(",".join(row).encode()), file)
+            check_width(len(row), file)
+            header = row
+            continue
+        width = len(header)
+        last_offset = offset
+        fields = [v if v != "" else None for v in row[:width]] + [None] * (width - len(row))
+        rows.append(fields)
+        lines.append(start)
+        if error is not None:
+            malformed.append(LONG_ROW_MESSAGE if "field limit" in str(error)
+                             else f"cannot be parsed as CSV ({error})")
+            records.append(text[offset: offset + RECORD_SCAN_CHARS])
+        elif len(row) != width:
+            malformed.append(f"expected {width} fields, found {len(row)}")
+            records.append(",".join(row)[:RECORD_SCAN_CHARS])
+        else:
+            malformed.append(None)
+            records.append(None)
     if header is None:
         raise UserError("is empty (expected a header line naming the columns)",
                         path=file.relative_path)
+    if rows and _unterminated(text[last_offset:]):
+        malformed[-1] = (f"a quoted field opened in this row is never closed, so lines "
+                         f"{lines[-1]} to {previous_line} (the end of the file) were read as one "
+                         "row; close the quote and export again")
+        records[-1] = text[last_offset: last_offset + RECORD_SCAN_CHARS]
     names = [f"__c{i}" for i in range(len(header))]
     columns = list(zip(*rows)) if rows else [[] for _ in names]
     frame = pl.DataFrame({n: pl.Series(n, list(col), dtype=pl.String)
@@ -291,3 +346,13 @@ def _read_csv_python(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFr
     return header, frame
 
 
+def _unterminated(last_record: str) -> bool:
+    """Whether the file's last record ends inside a quoted field (a quote never closed)."""
+    if '"' not in last_record:
+        return False
+    try:
+        for _ in csv.reader(io.StringIO(last_record, newline=""), strict=True):
+            pass
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False

@@ -13,19 +13,21 @@ import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from pipeline.errors import UserError
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
-from pipeline.ingest.dedupe import resolve, unknown_subjects
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
 from pipeline.ingest.read import read_bytes, read_table_chunks
+from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
+                                    stored_quarantine)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
-from pipeline.store import ManifestFile, Store, now_utc
+from pipeline.store import Admission, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
@@ -45,6 +47,16 @@ class IngestResult:
     config: DatasetConfig = field(default_factory=DatasetConfig)
     #: Whether the rows were written to a store (False for ``validate_dataset``).
     stored: bool = False
+    #: What the ingest commits besides ``accepted``: its quarantine (rows held as
+    #: ``unknown_subject`` are in ``held`` instead), table -> every row now held, and the
+    #: admissions of rows held earlier.
+    new_quarantine: pl.DataFrame = field(default_factory=empty_quarantine)
+    held: dict[str, pl.DataFrame] = field(default_factory=dict)
+    admissions: tuple[Admission, ...] = ()
+    #: After an ingest: every quarantined row of the store (what ``quarantine.csv`` holds).
+    store_quarantine: pl.DataFrame | None = None
+    #: After an ingest: rows stored per table (checked against ``store_totals``).
+    store_rows: dict[str, int] = field(default_factory=dict)
 
 
 def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
@@ -71,9 +83,12 @@ def ingest_dataset(data_dir: Path, store_dir: Path, *, progress: bool = False) -
     # Refuse a missing or incomplete dataset before the store directory is created.
     load_dataset_config(Path(data_dir))
     discover_tables(Path(data_dir))
+    check_not_inside(Path(data_dir), store.path, "the store (--store)")
+    store.claim()
     created = not store.path.exists()
     try:
         with store.lock():
+            store.mark()
             result = _ingest_locked(Path(data_dir), store, progress)
     except BaseException:
         if created:  # leave no empty store behind a refused ingest
@@ -82,17 +97,32 @@ def ingest_dataset(data_dir: Path, store_dir: Path, *, progress: bool = False) -
     return result
 
 
+def check_not_inside(data_dir: Path, directory: Path, what: str) -> None:
+    """Refuse a dataset directory that is ``directory`` or lies inside it (``UserError``):
+    cramp writes, rebuilds and removes what is there. Symbolic links are resolved first."""
+    data, target = Path(data_dir).resolve(), Path(directory).resolve()
+    if data == target or data.is_relative_to(target):
+        raise UserError(f"the dataset directory lies inside {what}, {directory}, which cramp "
+                        "writes and rebuilds; keep the dataset elsewhere", path=str(data_dir))
+
+
 def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult:
     result = _run(data_dir, store=store, progress=progress)
     files = [
         ManifestFile(path=f["path"], table=f["table"], format=f["format"], sha256=f["sha256"],
-                     rows=f["rows"], accepted=f["accepted"], ingested_at=now_utc())
+                     rows=f["rows"], accepted=f["accepted"], quarantined=f["quarantined"],
+                     duplicates=f["duplicates"], ingested_at=now_utc())
         for f in result.summary["files"] if f["status"] == "ingested"
     ]
-    if files:
+    if files or result.admissions:
         custom = {f.column: f.kind for f in result.config.custom_factors}
-        store.append(result.accepted, files, custom)
+        store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
+                     held=result.held, admissions=result.admissions)
     result.stored = True
+    result.store_quarantine = stored_quarantine(store)
+    result.summary["store_totals"] = store_totals(store, result.store_quarantine)
+    result.store_rows = {t: store.read(t).select(pl.len()).collect().item()
+                         for t in result.summary["store_totals"]}
     return result
 
 
@@ -106,6 +136,9 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     table_reports: dict[str, dict] = {}
     quarantines: list[pl.DataFrame] = []
     accepted: dict[str, pl.DataFrame] = {}
+    to_store_quarantine: list[pl.DataFrame] = []
+    held: dict[str, pl.DataFrame] = {}
+    admissions: list[Admission] = []
     known_subjects: pl.Series | None = None
     with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
         for name in TABLE_ORDER:
@@ -139,17 +172,19 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 per_file.append({**_entry(file, digest.result()), "rows": rows,
                                  "status": "ingested"})
                 advance(file)
-            stored = store.read(name) if store is not None and valid_parts else None
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
                                              **PROVENANCE_SCHEMA}))
-            if name != "subjects" and known_subjects is not None:
-                new, missing = unknown_subjects(table, new, known_subjects)
-                table_quarantine.append(missing)
-            content = [c.name for c in columns]
-            resolved = resolve(table, new, stored, content)
-            table_quarantine.append(resolved.quarantine)
+            subjects = known_subjects if name != "subjects" else None
+            outcome = resolve_with_held(table, new, store, subjects, [c.name for c in columns])
+            table_quarantine.extend(outcome.quarantine)
+            to_store_quarantine.append(outcome.admitted.quarantine)
+            admissions.extend(outcome.admitted.admissions)
+            if outcome.held is not None:
+                held[name] = outcome.held
+            resolved, run_duplicates = outcome.resolved, outcome.duplicates
             accepted[name] = resolved.accepted
+            run_accepted = resolved.accepted.height - outcome.admitted.accepted
             if name == "subjects":
                 parts = [resolved.accepted.get_column("subject_id")]
                 if store is not None:
@@ -159,9 +194,10 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             quarantine = pl.concat([empty_quarantine(), *table_quarantine],
                                    how="vertical_relaxed")
             quarantines.append(quarantine)
-            table_reports[name] = _table_report(per_file, quarantine, resolved.accepted,
-                                                resolved.duplicates, unknown)
-            _add_file_counts(per_file, quarantine, resolved.duplicates)
+            to_store_quarantine.append(quarantine.filter(pl.col("reason") != UNKNOWN_SUBJECT))
+            table_reports[name] = _table_report(per_file, quarantine, run_accepted,
+                                                run_duplicates, unknown)
+            _add_file_counts(per_file, quarantine, run_duplicates)
             file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
@@ -175,8 +211,13 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         "ignored_files": [mask_text(n) if find_identifier(n) else n
                           for n in ignored_files(data_dir)],
         "reasons": dict(REASONS),
+        # Rows held as unknown_subject by earlier ingests, resolved now that their subject is
+        # accepted (counted in store_totals, not in this run's tables).
+        "admissions": [asdict(a) for a in admissions],
     }
-    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)
+    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
+                        new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
+                        held=held, admissions=tuple(admissions))
 
 
 def _sha256(data: bytes) -> str:
@@ -188,7 +229,7 @@ def _entry(file: TableFile, sha256: str) -> dict:
             "sha256": sha256}
 
 
-def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.DataFrame,
+def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: int,
                   duplicates: pl.DataFrame, unknown: set[str]) -> dict:
     read = sum(f["rows"] for f in per_file if f["status"] == "ingested")
     by_reason = dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
@@ -196,7 +237,7 @@ def _table_report(per_file: list[dict], quarantine: pl.DataFrame, accepted: pl.D
     unknown_names = sorted(mask_text(u) if find_identifier(u) else u for u in unknown)
     return {
         "read": read,
-        "accepted": accepted.height,
+        "accepted": accepted,
         "quarantined": quarantine.height,
         "duplicates": int(duplicates.get_column("duplicates").sum() or 0),
         "quarantined_by_reason": {k: int(v) for k, v in by_reason.items()},

@@ -3,7 +3,8 @@
 Rows that passed row-level validation are compared with each other and with the rows already
 in the store (which come first: stored rows are never changed by a later ingest).
 
-* ``unknown_subject``: the row's ``subject_id`` is not an accepted subject (stored or new).
+* ``unknown_subject`` (``stored.split_known``): the row's ``subject_id`` is not an accepted
+  subject (stored or new); such rows are held in the store until their subject arrives.
 * ``conflict``: rows sharing the table's key (``schema.Table.key``; ``fallback_key`` for rows
   whose key is null) with different content. Every new row in such a group is quarantined; a
   stored row stays stored, so a new file cannot silently change what earlier files said.
@@ -15,7 +16,7 @@ Content is compared on typed values (``yes`` and ``1`` are the same boolean), ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -33,25 +34,10 @@ class Resolved:
     quarantine: pl.DataFrame
     #: New rows that were exact duplicates, as (source_file, count) pairs.
     duplicates: pl.DataFrame
-
-
-def unknown_subjects(table: Table, valid: pl.DataFrame,
-                     known: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split rows into (known subject, quarantine rows for unknown subjects)."""
-    if table.name == "subjects" or "subject_id" not in valid.columns:
-        return valid, empty_quarantine()
-    is_known = pl.col("subject_id").is_in(known.implode())
-    bad = valid.filter(~is_known)
-    quarantine = bad.select(
-        pl.lit(table.name).alias("table"),
-        pl.col(SOURCE_FILE).alias("source_file"),
-        pl.col(SOURCE_LINE).alias("line"),
-        pl.lit("subject_id").alias("column"),
-        pl.col("subject_id").alias("value"),
-        pl.lit("unknown_subject").alias("reason"),
-        pl.lit("this subject_id does not appear in the subjects table").alias("message"),
-    )
-    return valid.filter(is_known), quarantine
+    #: Row numbers in ``new`` of the duplicates, and of each ``quarantine`` row (same order):
+    #: a caller that put rows of two origins into ``new`` tells their outcomes apart by these.
+    duplicate_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
+    quarantine_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
 
 
 def key_columns(table: Table) -> list[pl.Expr]:
@@ -112,10 +98,13 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
     dropped = new_group.filter(pl.col("__conflict") | ~pl.col("__first"))["__i"]
     keep = pl.Series([True]).extend_constant(True, new.height - 1).scatter(dropped, False)
     accepted = new.filter(keep)
-    duplicates = (new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
-                  .group_by(SOURCE_FILE).len("duplicates"))
+    duplicate_rows = new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
+    duplicates = duplicate_rows.group_by(SOURCE_FILE).len("duplicates")
     conflicts = group.filter(pl.col("__conflict"))
-    return Resolved(accepted, _conflict_quarantine(table, conflicts, key_names), duplicates)
+    quarantine = _conflict_quarantine(table, conflicts, key_names)
+    return Resolved(accepted, quarantine.select(QUARANTINE_COLUMNS), duplicates,
+                    duplicate_rows["__i"], quarantine["__i"] if quarantine.height
+                    else pl.Series([], dtype=pl.UInt32))
 
 
 def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
@@ -149,7 +138,8 @@ def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
         pl.lit("conflict").alias("reason"),
         pl.format("{} rows share this key with different content; see also {}{}",
                   pl.col("__n"), other, stored_note).alias("message"),
-    ).select(QUARANTINE_COLUMNS)
+        pl.col("__i"),
+    )
 
 
 def _no_duplicates() -> pl.DataFrame:

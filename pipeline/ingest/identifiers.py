@@ -19,11 +19,17 @@ Everything here is a polars expression, so detection runs vectorised over whole 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.schema import IDENTIFIER_COLUMN_NAMES
+from pipeline.schema import (
+    IDENTIFIER_COLUMN_NAMES,
+    IDENTIFIER_COLUMN_STEMS,
+    IDENTIFIER_NAME_PREFIXES,
+    IDENTIFIER_NAME_SUFFIXES,
+)
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,26 @@ class IdentifierPattern:
     label: str
 
 
+#: Characters of an e-mail local part / domain label: anything but space, the separators that
+#: delimit a value in CSV, JSON or prose, and ``*`` (so a mask is never matched again).
+_EMAIL_CHAR = r"""[^\s@,;:<>()\[\]{}"'`*|/\\]"""
+_DOMAIN_CHAR = r"""[^\s@,;:<>()\[\]{}"'`*|/\\.]"""
+
 # The order matters for masking: e-mail first (its local part may hold digits), then the
 # national ids, then the looser phone shapes.
 IDENTIFIER_PATTERNS: tuple[IdentifierPattern, ...] = (
     IdentifierPattern(
+        # Any script (Cyrillic, IDN domains), not only ASCII; the top-level domain is kept.
         "email",
-        r"([A-Za-z0-9])[A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.([A-Za-z]{2,})\b",
+        rf"([^\W_]){_EMAIL_CHAR}*@{_DOMAIN_CHAR}+(?:\.{_DOMAIN_CHAR}+)*\.([^\W\d_]{{2,}})\b",
         "${1}***@***.${2}",
+        "an e-mail address",
+    ),
+    IdentifierPattern(
+        # Without a top-level domain (``jane@localhost``, ``jane@nhs``): still an address.
+        "email_no_tld",
+        rf"([^\W_]){_EMAIL_CHAR}*@{_EMAIL_CHAR}+",
+        "${1}***@***",
         "an e-mail address",
     ),
     IdentifierPattern(
@@ -102,17 +121,79 @@ _PY_PATTERNS = tuple(
 )
 
 
+#: Letters from other scripts that look like Latin ones (Cyrillic ``е`` in ``Еmail``), after
+#: case-folding; NFKC already folds fullwidth and compatibility forms (``ｅｍａｉｌ``).
+_CONFUSABLES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d",
+    "һ": "h", "ԛ": "q", "ԝ": "w", "ɑ": "a", "ο": "o", "α": "a", "ε": "e", "ι": "i", "κ": "k",
+    "ν": "v", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ı": "i", "ℓ": "l",
+})
+
+
 def normalise_column_name(name: str) -> str:
-    """``'E-mail Address'`` -> ``'emailaddress'``: lower case, letters and digits only."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    """``'E-mail Address'`` -> ``'emailaddress'``: Unicode-folded, letters and digits only.
+
+    NFKC folds fullwidth and compatibility forms, ``casefold`` the case, invisible format
+    characters (zero-width space, joiners, soft hyphen: Unicode category Cf) are dropped and
+    lookalike letters from other scripts mapped to Latin, so a disguised ``Ｅ​mаil`` is
+    still ``email``.
+    """
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    folded = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    folded = folded.translate(_CONFUSABLES)
+    return "".join(ch for ch in folded if ch.isalnum())
 
 
 _IDENTIFIER_NAMES = frozenset(IDENTIFIER_COLUMN_NAMES)
+_STEMS = tuple(sorted(IDENTIFIER_COLUMN_STEMS, key=len, reverse=True))
 
 
 def is_identifier_column_name(name: str) -> bool:
-    """Whether a column name names a direct identifier (``Email``, ``date_of_birth``, ``NHS No``)."""
-    return normalise_column_name(name) in _IDENTIFIER_NAMES
+    """Whether a column name names a direct identifier (``Email``, ``date_of_birth``, ``NHS No``).
+
+    Exact names (``schema.IDENTIFIER_COLUMN_NAMES``) and, for the stems that only ever name an
+    identifier (``schema.IDENTIFIER_COLUMN_STEMS``), variants with a common prefix or suffix:
+    ``phone_no``, ``Mobile No.``, ``emails``, ``NHS num``, ``patient_email``.
+    """
+    normal = normalise_column_name(name)
+    if normal in _IDENTIFIER_NAMES:
+        return True
+    for prefix in ("", *IDENTIFIER_NAME_PREFIXES):
+        if not normal.startswith(prefix):
+            continue
+        rest = normal[len(prefix):]
+        for stem in _STEMS:
+            if rest.startswith(stem) and rest[len(stem):] in IDENTIFIER_NAME_SUFFIXES:
+                return True
+        if prefix and rest in _IDENTIFIER_NAMES:
+            return True
+    return False
+
+
+def looks_like_numeric_identifier(expr: pl.Expr) -> pl.Expr:
+    """Boolean expression: an id made only of digits with the length of a phone, NHS or SSN number.
+
+    Used on token columns (``subject_id``, ``episode_id``), where a bare ``07700900123`` would
+    otherwise pass as a pseudonymous token. Caught: 9 digits (US SSN), 10 digits that start with
+    0 (UK phone without the trunk split) or pass the NHS modulus-11 check (``9434765919``), and 11
+    to 15 digits (phone numbers, E.164 without ``+``). Shorter numeric ids (``12345``), 10-digit
+    numbers failing the check digit, and ids with letters (``P0012345``) pass.
+    """
+    text = expr.str.strip_chars().str.strip_prefix("+")
+    n = text.str.len_chars()
+    digits_only = text.str.contains(r"^\d+$")
+    weighted = pl.sum_horizontal(
+        [text.str.slice(i, 1).cast(pl.Int64, strict=False) * (10 - i) for i in range(9)])
+    check = (11 - weighted % 11) % 11  # 11 -> 0; 10 means no valid NHS number
+    last = text.str.slice(9, 1).cast(pl.Int64, strict=False)
+    nhs = (n == 10) & (check != 10) & (check == last)
+    phone = ((n == 10) & text.str.starts_with("0")) | ((n >= 11) & (n <= 15))
+    return digits_only & ((n == 9) | nhs | phone)
+
+
+#: Plain words for the digit-only token shapes of :func:`looks_like_numeric_identifier`.
+NUMERIC_IDENTIFIER_LABEL = "a phone, NHS or national id number written as digits only"
 
 
 def looks_like_identifier(expr: pl.Expr) -> pl.Expr:
@@ -143,6 +224,13 @@ def mask_identifiers(expr: pl.Expr) -> pl.Expr:
     return pl.when(looks_like_identifier(masked)).then(pl.lit(FULL_MASK)).otherwise(masked)
 
 
+def _py_mask(mask: str) -> str:
+    return re.sub(r"\$\{(\d+)\}", r"\\g<\1>", mask)
+
+
+_PY_MASKS = tuple(_py_mask(p.mask) for p in IDENTIFIER_PATTERNS)
+
+
 def find_identifier(text: str) -> str | None:
     """Pure-Python twin of :func:`identifier_label` for single strings (headers, file names)."""
     for p, rx in zip(IDENTIFIER_PATTERNS, _PY_PATTERNS):
@@ -152,5 +240,32 @@ def find_identifier(text: str) -> str | None:
 
 
 def mask_text(text: str) -> str:
-    """Mask one string (used for column names that are themselves identifier-shaped)."""
-    return pl.select(mask_identifiers(pl.lit(text, dtype=pl.String))).item()
+    """Mask one string (column names, file names, error messages): pure Python, no polars.
+
+    The same patterns and masks as :func:`mask_identifiers`, with the same last resort.
+    """
+    masked = text
+    for rx, mask in zip(_PY_PATTERNS, _PY_MASKS):
+        masked = rx.sub(mask, masked)
+    return FULL_MASK if find_identifier(masked) else masked
+
+
+def mask_path(relative_path: str) -> str:
+    """Mask identifiers in a relative file path, part by part (``daily/j***@***.com.csv``).
+
+    The table-format suffix (``.csv.gz``), or another file's last suffix (``.xlsx``), is kept
+    outside the masking, so a name that is an e-mail address keeps its real extension, and the
+    result is still a readable file name.
+    """
+    from pipeline.ingest.discover import split_format
+
+    parts = []
+    for part in relative_path.split("/"):
+        split = split_format(part)
+        if split is not None:
+            stem = split[0]
+        else:  # another export (``.tsv``, ``.xlsx``): keep its last suffix
+            found = re.search(r"\.[A-Za-z0-9]{1,8}$", part)
+            stem = part[: found.start()] if found and found.start() > 0 else part
+        parts.append(mask_text(stem) + part[len(stem):])
+    return "/".join(parts)

@@ -15,9 +15,9 @@ typed already, and cast to text so that validation treats every format alike).
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,7 +27,12 @@ from pipeline.errors import UserError
 from pipeline.ingest.csv_text import read_csv_chunks
 from pipeline.ingest.discover import TableFile
 from pipeline.ingest.jsonl_text import read_jsonl
-from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text
+from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text, check_width
+from pipeline.schema import (
+    MAX_DECOMPRESSED_BYTES,
+    MAX_DECOMPRESSION_RATIO,
+    RATIO_CHECK_FROM_BYTES,
+)
 
 __all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
            "read_table_file"]
@@ -83,11 +88,7 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
     if data is None:
         data = read_bytes(file)
     if file.format == "csv.gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
-            raise UserError(f"is not a readable gzip file ({error})",
-                            path=file.relative_path) from None
+        data = decompress_gzip(data, file)
     if file.format in ("csv", "csv.gz"):
         pieces = read_csv_chunks(data, file, chunk_bytes)
     elif file.format == "jsonl":
@@ -98,10 +99,57 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
         raise AssertionError(file.format)
     del data
     for header, frame in pieces:
+        check_width(len(header), file)
         columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
         _check_unique(header, columns, file)
         frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
         yield RawTable(file=file, frame=frame, header=tuple(header), columns=columns)
+
+
+def decompress_gzip(data: bytes, file: TableFile) -> bytes:
+    """Decompress a ``.csv.gz`` in steps, refusing a gzip bomb before it fills memory.
+
+    Refused (``UserError``) when the output passes ``MAX_DECOMPRESSED_BYTES``, or, once past
+    ``RATIO_CHECK_FROM_BYTES``, grows more than ``MAX_DECOMPRESSION_RATIO`` times the compressed
+    bytes read so far. Concatenated members (``cat a.gz b.gz``) and trailing zero padding are read
+    as ``gzip`` reads them.
+    """
+    out = bytearray()
+    offset, n = 0, len(data)
+    try:
+        while offset < n:
+            member = zlib.decompressobj(wbits=31)  # expects the gzip header and trailer
+            while not member.eof:
+                if offset >= n:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                pending = data[offset: offset + _GZIP_STEP_IN]
+                offset += len(pending)
+                while pending and not member.eof:
+                    out += member.decompress(pending, _GZIP_STEP_OUT)
+                    _check_bomb(len(out), offset, file)
+                    pending = member.unconsumed_tail
+            offset -= len(member.unused_data)
+            if offset < n and data[offset] == 0 and data.count(0, offset) == n - offset:
+                break  # zero padding after the last member
+    except (zlib.error, EOFError) as error:
+        raise UserError(f"is not a readable gzip file ({error})",
+                        path=file.relative_path) from None
+    return bytes(out)
+
+
+_GZIP_STEP_IN = 1 << 16
+_GZIP_STEP_OUT = 1 << 22
+
+
+def _check_bomb(produced: int, consumed: int, file: TableFile) -> None:
+    if produced > MAX_DECOMPRESSED_BYTES:
+        raise UserError(f"decompresses to more than {MAX_DECOMPRESSED_BYTES >> 20:,} MiB (the "
+                        "limit per file, MAX_DECOMPRESSED_BYTES); split the export into several "
+                        "files in a directory", path=file.relative_path)
+    if produced > RATIO_CHECK_FROM_BYTES and produced > MAX_DECOMPRESSION_RATIO * consumed:
+        raise UserError(f"expands more than {MAX_DECOMPRESSION_RATIO} times when decompressed, "
+                        "which no diary export does (a damaged file or a zip bomb); the file is "
+                        "refused", path=file.relative_path)
 
 
 def _frame_value_columns(frame: pl.DataFrame) -> list[str]:
@@ -120,6 +168,8 @@ def _check_unique(header, columns, file: TableFile) -> None:
 
 def _read_parquet(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
     try:
+        check_width(len(pl.read_parquet_schema(io.BytesIO(data))), file,
+                    hint="store one column per contract column")
         frame = pl.read_parquet(io.BytesIO(data))
     except (pl.exceptions.PolarsError, OSError) as error:
         raise UserError(f"is not a readable Parquet file ({error})",

@@ -20,6 +20,9 @@ import polars as pl
 from pipeline.errors import UserError
 from pipeline.ingest.identifiers import (
     ANY_IDENTIFIER_PATTERN,
+    FULL_MASK,
+    NUMERIC_IDENTIFIER_LABEL,
+    looks_like_numeric_identifier,
     identifier_label,
     is_identifier_column_name,
     looks_like_identifier,
@@ -27,14 +30,17 @@ from pipeline.ingest.identifiers import (
     mask_text,
 )
 from pipeline.ingest.read import LINE, MALFORMED, RECORD, RawTable
+from pipeline.ingest.rows import RECORD_PREVIEW_CHARS
 from pipeline.schema import (
     FALSE_SPELLINGS,
+    MIN_DATE,
     SOURCE_FILE,
     SOURCE_LINE,
     TOKEN_PATTERN,
     TRUE_SPELLINGS,
     Column,
     Table,
+    max_date,
 )
 
 #: Columns of the quarantine, in order (part of the output contract).
@@ -158,6 +164,10 @@ def parse(column: Column, text: pl.Expr, *, forgiving: bool = True) -> pl.Expr:
 
 
 def _out_of_range(column: Column, value: pl.Expr) -> pl.Expr | None:
+    if column.kind in ("date", "datetime"):
+        # Compared on the calendar date, so a date-time late on the last plausible day passes.
+        day = value if column.kind == "date" else value.dt.date()
+        return (day < pl.lit(MIN_DATE)) | (day > pl.lit(max_date()))
     conditions = []
     if column.minimum is not None:
         conditions.append(value < column.minimum if column.minimum_inclusive
@@ -170,6 +180,9 @@ def _out_of_range(column: Column, value: pl.Expr) -> pl.Expr | None:
 
 
 def _range_message(column: Column) -> str:
+    if column.kind in ("date", "datetime"):
+        return (f"expected a date from {MIN_DATE.isoformat()} to {max_date().isoformat()} "
+                "(today + 1 day)")
     unit = f" ({column.unit})" if column.unit else ""
     return f"expected {column.range_text()}{unit}"
 
@@ -201,9 +214,13 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
     # distinct value). Other columns are tested in _quarantine_rows, on failing rows only.
     text_columns = [c.name for c in present if c.kind in ("token", "string")] + list(unknown)
     identifier_values = {}
+    token_columns = tuple(c.name for c in present if c.kind == "token")
     for name in text_columns:
         distinct = frame.get_column(name).drop_nulls().unique()
-        hits = distinct.filter(distinct.str.contains(ANY_IDENTIFIER_PATTERN))
+        shaped = distinct.str.contains(ANY_IDENTIFIER_PATTERN)
+        if name in token_columns:
+            shaped = shaped | pl.select(looks_like_numeric_identifier(pl.lit(distinct))).to_series()
+        hits = distinct.filter(shaped)
         if hits.len():
             identifier_values[name] = hits
     bad_tokens = {}
@@ -249,7 +266,7 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
     if retry.height:  # keep file order
         valid = valid.sort(SOURCE_LINE)
     failed = retry.filter(pl.col(_CHECK).is_not_null())
-    quarantine = _quarantine_rows(failed, checks, raw, table.name, unknown)
+    quarantine = _quarantine_rows(failed, checks, raw, table.name, token_columns)
     return ValidatedFile(valid=valid, quarantine=quarantine, rows=frame.height,
                          unknown_columns=unknown)
 
@@ -301,8 +318,12 @@ def _checks(present: list[Column], text: dict[str, pl.Expr], identifier_values: 
 
 
 def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, table: str,
-                     unknown: tuple[str, ...]) -> pl.DataFrame:
-    """Reason, column, value and message of each failed row (a small frame, usually)."""
+                     token_columns: tuple[str, ...]) -> pl.DataFrame:
+    """Reason, column, value and message of each failed row (a small frame, usually).
+
+    Values are masked *before* the raw text of a malformed row is cut to its preview length, so
+    a cut can never fall between an identifier and the part that makes it recognisable.
+    """
     if failed.height == 0:
         return empty_quarantine()
     lookup = pl.DataFrame({
@@ -318,16 +339,28 @@ def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, 
         + [pl.when(pl.col("reason") == "malformed_row").then(pl.col(RECORD))]
     )
     # A row that fails for any reason is checked for identifiers in *every* value (and in the
-    # raw text of a malformed row): the identifier reason wins and the value is masked.
+    # raw text of a malformed row): the identifier reason wins and the value is masked. A token
+    # column is also checked for digit-only phone/NHS/SSN numbers, masked whole.
     candidates = [*value_columns, RECORD]
+
+    def numeric(n: str) -> pl.Expr:
+        return (looks_like_numeric_identifier(pl.col(n)).fill_null(False) if n in token_columns
+                else pl.lit(False))
+
+    def shaped(n: str) -> pl.Expr:
+        return looks_like_identifier(pl.col(n)).fill_null(False) | numeric(n)
+
     ident_column = pl.coalesce(
-        [pl.when(looks_like_identifier(pl.col(n)).fill_null(False)).then(
-            pl.lit("" if n == RECORD else n)) for n in candidates])
+        [pl.when(shaped(n)).then(pl.lit("" if n == RECORD else n)) for n in candidates])
     ident_value = pl.coalesce(
-        [pl.when(looks_like_identifier(pl.col(n)).fill_null(False)).then(pl.col(n))
-         for n in candidates])
+        [pl.when(shaped(n)).then(pl.when(numeric(n)).then(pl.lit(FULL_MASK))
+                                 .otherwise(pl.col(n))) for n in candidates])
+    ident_label = pl.coalesce(
+        [pl.when(shaped(n)).then(pl.when(numeric(n)).then(pl.lit(NUMERIC_IDENTIFIER_LABEL))
+                                 .otherwise(identifier_label(pl.col(n)))) for n in candidates])
     failed = failed.with_columns(value.alias("value"), ident_column.alias("__ident_column"),
-                                 ident_value.alias("__ident_value"))
+                                 ident_value.alias("__ident_value"),
+                                 ident_label.alias("__ident_label"))
     is_ident = pl.col("__ident_column").is_not_null()
     malformed_message = pl.col(MALFORMED)
     out = failed.select(
@@ -340,13 +373,15 @@ def _quarantine_rows(failed: pl.DataFrame, checks: list[_Check], raw: RawTable, 
         pl.when(is_ident).then(pl.lit("identifier")).otherwise(pl.col("reason")).alias("reason"),
         pl.when(is_ident)
         .then(pl.format("looks like {}; the value is masked here and the row is not stored",
-                        identifier_label(pl.col("__ident_value"))))
+                        pl.col("__ident_label")))
         .when(pl.col("reason") == "malformed_row").then(malformed_message)
         .otherwise(pl.col("message")).alias("message"),
     )
     # Column names are output too (an unknown column could be named after a person's address).
-    return out.with_columns(mask_identifiers(pl.col("value")).alias("value"),
-                            mask_identifiers(pl.col("column")).alias("column"))
+    # Mask first, then cut the preview.
+    return out.with_columns(
+        mask_identifiers(pl.col("value")).str.slice(0, RECORD_PREVIEW_CHARS).alias("value"),
+        mask_identifiers(pl.col("column")).alias("column"))
 
 
 def empty_quarantine() -> pl.DataFrame:

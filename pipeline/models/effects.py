@@ -251,11 +251,11 @@ def write_model_outputs(results: ModelResults, out_dir) -> None:
     (floats to 6 significant digits, empty cell for no estimate, sorted JSON keys)."""
     from pathlib import Path
 
-    from pipeline import atomic
+    from pipeline import atomic, csvsafe
 
     out_dir = Path(out_dir)
-    atomic.write_csv(out_dir / "effects.csv", format_floats(results.effects))
-    atomic.write_csv(out_dir / "dose_response.csv", format_floats(results.dose_response))
+    csvsafe.write_csv(out_dir / "effects.csv", format_floats(results.effects))
+    csvsafe.write_csv(out_dir / "dose_response.csv", format_floats(results.dose_response))
     atomic.write_json(out_dir / "diagnostics.json", _json_safe(results.diagnostics))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.atomic import atomic_path
+from pipeline import csvsafe
 from pipeline.redflags.evaluate import RedFlagResult
 
 RED_FLAGS_CSV = "red_flags.csv"
@@ -39,6 +39,4 @@ def write_flag_outputs(result: RedFlagResult, out_dir: Path) -> dict[str, Path]:
 
 
 def _write_csv_atomic(df: pl.DataFrame, target: Path) -> Path:
-    with atomic_path(target) as tmp:
-        df.write_csv(tmp, datetime_format=DATETIME_FORMAT, date_format="%Y-%m-%d")
-    return target
+    return csvsafe.write_csv(target, df, datetime_format=DATETIME_FORMAT, date_format="%Y-%m-%d")

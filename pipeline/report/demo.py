@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import atomic
+from pipeline import atomic, csvsafe
 
 DEMO_RULES = ("severe_pain", "numbness", "swelling", "skin_changes", "sleep_loss", "prolonged",
               "emergency_visit", "frequent")
@@ -116,16 +116,16 @@ def write_demo_run(run_dir: Path) -> Path:
                   "first_date": "2026-01-05", "last_date": "2026-04-04"},
     }
     atomic.write_json(run_dir / "summary.json", summary)
-    atomic.write_csv(run_dir / "quarantine.csv", pl.DataFrame({
+    csvsafe.write_csv(run_dir / "quarantine.csv", pl.DataFrame({
         "table": ["daily", "episodes"], "source_file": ["daily.csv", "episodes.csv"],
         "line": [12, 40], "column": ["fluid_l", "subject_id"], "value": ["25", "S999"],
         "reason": ["out_of_range", "unknown_subject"],
         "message": ["fluid_l must be 0 ≤ x ≤ 20", "subject S999 is not in subjects"]}))
-    atomic.write_csv(run_dir / "effects.csv", demo_effects())
-    atomic.write_csv(run_dir / "dose_response.csv", demo_dose_response())
+    csvsafe.write_csv(run_dir / "effects.csv", demo_effects())
+    csvsafe.write_csv(run_dir / "dose_response.csv", demo_dose_response())
     atomic.write_json(run_dir / "diagnostics.json", demo_diagnostics())
     flags = demo_red_flags()
-    atomic.write_csv(run_dir / "red_flags.csv", flags)
+    csvsafe.write_csv(run_dir / "red_flags.csv", flags)
     per_subject = (flags.group_by("subject_id", "rule_id").agg(pl.len().alias("n"))
                    .with_columns(("n_" + pl.col("rule_id")).alias("rule_id"))
                    .pivot(on="rule_id", index="subject_id", values="n", sort_columns=True)
@@ -136,9 +136,9 @@ def write_demo_run(run_dir: Path) -> Path:
         pl.len().cast(pl.Int64).alias("total_flags"),
         pl.col("started_at").min().dt.date().alias("first_flagged_date"),
         pl.col("started_at").max().dt.date().alias("last_flagged_date"))
-    atomic.write_csv(run_dir / "subject_flags.csv",
+    csvsafe.write_csv(run_dir / "subject_flags.csv",
                      summary_cols.join(per_subject, on="subject_id").sort("subject_id"))
-    atomic.write_csv(run_dir / "red_flags_not_recorded.csv", pl.DataFrame({
+    csvsafe.write_csv(run_dir / "red_flags_not_recorded.csv", pl.DataFrame({
         "rule_id": ["severe_pain", "severe_pain", "numbness", "swelling"],
         "severity": ["red_flag"] * 4,
         "subject_id": ["S001", "S002", "S001", "S003"],

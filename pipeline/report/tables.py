@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import atomic
+from pipeline import csvsafe
 from pipeline.disclosure import DEFAULT_POLICY, DisclosurePolicy, disclose_counts, disclose_text
 from pipeline.report.sentences import feature_label
 
@@ -75,7 +75,7 @@ class ShownTable:
 
 def _write(tables_dir: Path | str | None, kind: str, name: str, frame: pl.DataFrame) -> None:
     if tables_dir is not None:
-        atomic.write_csv(Path(tables_dir) / kind / f"{name}.csv", frame)
+        csvsafe.write_csv(Path(tables_dir) / kind / f"{name}.csv", frame)
 
 
 def aggregate_table(
