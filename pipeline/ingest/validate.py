@@ -7,7 +7,9 @@ then column order, so every row is counted once: accepted, or quarantined with o
 
 Reason priority: ``identifier`` (a direct identifier must be masked, whatever else is wrong),
 ``malformed_row``, ``missing_required``, ``invalid_token``, ``type``, ``invalid_value``,
-``out_of_range``. Cross-row reasons (``unknown_subject``, ``conflict``) live in ``dedupe``.
+``out_of_range`` (for dates and date-times: outside ``schema.MIN_DATE`` .. ``schema.max_date()``,
+so a year 0 or 9999 never reaches the calendar arithmetic of later stages). A token column that is
+only digits of phone, NHS or SSN length counts as ``identifier``. Cross-row reasons (``unknown_subject``, ``conflict``) live in ``dedupe``.
 """
 
 from __future__ import annotations
