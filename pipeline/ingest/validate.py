@@ -221,7 +221,12 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
         distinct = frame.get_column(name).drop_nulls().unique()
         shaped = distinct.str.contains(ANY_IDENTIFIER_PATTERN)
         if name in token_columns:
-            shaped = shaped | pl.select(looks_like_numeric_identifier(pl.lit(distinct))).to_series()
+            # Only digit-only values can be numeric identifiers: test just those (usually none).
+            digits = distinct.filter(distinct.str.contains(r"^\s*\+?\d{9,15}\s*$"))
+            if digits.len():
+                numeric = digits.filter(
+                    pl.select(looks_like_numeric_identifier(pl.lit(digits))).to_series())
+                shaped = shaped | distinct.is_in(numeric.implode())
         hits = distinct.filter(shaped)
         if hits.len():
             identifier_values[name] = hits
