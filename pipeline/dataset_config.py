@@ -121,6 +121,13 @@ def _parse_one(table: dict, where: str) -> CustomFactor:
     for key in ("column", "factor", "label", "kind", "unit", "description"):
         if key in table and not isinstance(table[key], str):
             raise UserError(f"{where}: {key} must be a string")
+    from pipeline.ingest.identifiers import find_identifier  # ingest imports this module
+
+    for key in ("label", "unit", "description"):
+        # These words are printed in effects.csv and the report: never an identifier.
+        if key in table and find_identifier(table[key]):
+            raise UserError(f"{where}: {key} looks like it holds {find_identifier(table[key])}; "
+                            "a factor's words are printed in every output")
     for key in ("column", "factor"):
         if not _NAME_PATTERN.match(table[key]):
             raise UserError(f"{where}: {key} {table[key]!r} must be lower-case letters, digits "

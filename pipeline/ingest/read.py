@@ -9,6 +9,9 @@ each row carries:
 * ``__malformed``: null, or why the row could not be parsed (wrong number of fields, invalid JSON);
 * ``__record``: for malformed rows only, the raw text of the row (masked before it is written).
 
+A ``.csv.gz`` is decompressed in steps under the limits of ``schema`` (size and ratio), and every
+reader refuses a file wider than ``MAX_COLUMNS_PER_FILE`` as soon as its header is known.
+
 The format readers live in ``csv_text`` and ``jsonl_text``; Parquet is read here (its values are
 typed already, and cast to text so that validation treats every format alike).
 """
