@@ -127,6 +127,11 @@ class Timer:
     def end(self) -> None:
         self._context.__exit__(None, None, None)
 
+    def cancel(self) -> None:
+        """Close the stage without its line (it did not finish)."""
+        error = RuntimeError("stage cancelled")
+        self._context.__exit__(RuntimeError, error, None)
+
 
 def begin(name: str) -> Timer:
     return Timer(name)

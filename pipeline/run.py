@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline import atomic
+from pipeline import atomic, progress as stages
 from pipeline.errors import UserError
 
 
@@ -22,12 +22,22 @@ def run_job(
     report: bool = True,
     identifiers: bool = True,
     progress: bool = False,
+    previous_run_dir: Path | None = None,
 ) -> dict:
     """Run the whole job on ``data_dir`` and write every output into ``out_dir``.
 
     Returns ``{"summary": <summary.json content>, "messages": [lines for the user]}``. Raises
-    ``UserError`` for problems with the input or options (the CLI exits 2).
+    ``UserError`` for problems with the input or options (the CLI exits 2). ``progress``: show
+    one line per stage (``pipeline.progress``; the CLI turns it on only on a terminal).
     """
+    with stages.session(progress):
+        return _run_job(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
+                        report=report, identifiers=identifiers, progress=progress,
+                        previous_run_dir=previous_run_dir)
+
+
+def _run_job(data_dir, out_dir, *, store_dir, rules_path, report, identifiers, progress,
+             previous_run_dir) -> dict:
     from pipeline.dataset_config import load_dataset_config
     from pipeline.features import build_panel
     from pipeline.ingest import ingest_dataset, write_ingest_outputs
@@ -35,7 +45,11 @@ def run_job(
     from pipeline.redflags import evaluate, load_rules, write_flag_outputs
     from pipeline.store import Store
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    from pipeline.acceptance import check_usable
+
+    # Every path is made absolute once, here: nothing later depends on the working directory.
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
+    rules_path = Path(rules_path).resolve() if rules_path is not None else None
     if not data_dir.is_dir():
         raise UserError("dataset directory not found (expected a directory of tables)",
                         path=str(data_dir))
@@ -46,7 +60,7 @@ def run_job(
         store_dir = out_dir / "store"
         fresh_store = True
     else:
-        store_dir = Path(store_dir)
+        store_dir = Path(store_dir).resolve()
         fresh_store = False
     # Fail fast on bad options before touching the store.
     rules = load_rules(rules_path)
@@ -60,21 +74,26 @@ def run_job(
     messages: list[str] = []
 
     store = Store(store_dir)
-    flags = evaluate(store.read("episodes"), rules)
-    write_flag_outputs(flags, out_dir)
+    check_usable(result, store, out_dir)  # "all rows quarantined" says so, here
+    with stages.stage("red flags"):
+        flags = evaluate(store.read("episodes"), rules)
+        write_flag_outputs(flags, out_dir)
     n_flagged = flags.flags.height
     messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")
 
     # No injuries file ever ingested means injuries were not logged (recent_injury unknown),
     # which is not the same as "no injuries".
     injuries_logged = any(f.table == "injuries" for f in store.manifest.files)
-    panel = build_panel(
-        store.read("daily"),
-        store.read("episodes"),
-        store.read("injuries") if injuries_logged else None,
-        custom_factors=config.custom_factors,
-    )
+    with stages.stage("panel"):
+        panel = build_panel(
+            store.read("daily"),
+            store.read("episodes"),
+            store.read("injuries") if injuries_logged else None,
+            custom_factors=config.custom_factors,
+        )
     summary["panel"] = panel.summary
+    summary["data_dir"] = str(data_dir)
+    summary["store_dir"] = str(store_dir)
     summary["store_totals"] = store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
@@ -85,15 +104,16 @@ def run_job(
             "daily row: counted in summary.json and left out of the models."
         )
 
-    models = fit_models(panel, custom_factors=config.custom_factors)
-    write_model_outputs(models, out_dir)
+    models = fit_models(panel, custom_factors=config.custom_factors)  # a line per model
+    with stages.stage("write model outputs"):
+        write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
 
     if report:
         from pipeline.report import render_report
 
         path = render_report(out_dir, identifiers=identifiers, store_dir=store_dir,
-                             rules_path=rules_path)
+                             rules_path=rules_path, previous_run_dir=previous_run_dir)
         messages.append(f"Report: {path}")
     return {"summary": summary, "messages": messages}
 

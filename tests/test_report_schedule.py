@@ -67,7 +67,7 @@ def test_publishes_a_dated_report_and_an_index_of_every_report(tmp_path, fake_jo
     assert (second / "report.html").is_file() and (second / "effects.csv").is_file()
     index = (reports / "index.html").read_text()
     assert index.index("2026-03-02/report.html") < index.index("2026-03-01/report.html")
-    assert "diary days 2026-01-05 to 2026-04-04" in index
+    assert "2026-01-05 to 2026-04-04" in index
     # The store lives inside the reports directory, so each run only ingests what is new.
     assert {c["store_dir"] for c in fake_job} == {reports / "store"}
     # Published files follow the umask (temporary files start private).

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.dedupe import resolve, unknown_subjects
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
@@ -29,8 +30,6 @@ from pipeline.store import ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
-#: Files above this size get their own progress line.
-_PROGRESS_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -45,6 +44,8 @@ class IngestResult:
     config: DatasetConfig = field(default_factory=DatasetConfig)
     #: Whether the rows were written to a store (False for ``validate_dataset``).
     stored: bool = False
+    #: Per table, the (normalised) column names found in the files read (not in summary.json).
+    columns_found: dict[str, set[str]] = field(default_factory=dict)
 
 
 def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
@@ -91,7 +92,8 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     ]
     if files:
         custom = {f.column: f.kind for f in result.config.custom_factors}
-        store.append(result.accepted, files, custom)
+        with stages.stage("store accepted rows"):
+            store.append(result.accepted, files, custom)
     result.stored = True
     return result
 
@@ -107,6 +109,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     quarantines: list[pl.DataFrame] = []
     accepted: dict[str, pl.DataFrame] = {}
     known_subjects: pl.Series | None = None
+    columns_found: dict[str, set[str]] = {}
     with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
         for name in TABLE_ORDER:
             table = TABLES[name]
@@ -130,6 +133,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 rows = 0
                 for raw in read_table_chunks(file, data):
                     checked = validate_file(raw, table, columns)
+                    columns_found.setdefault(name, set()).update(raw.columns)
                     del raw
                     valid_parts.append(checked.valid)
                     table_quarantine.append(checked.quarantine)
@@ -139,6 +143,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 per_file.append({**_entry(file, digest.result()), "rows": rows,
                                  "status": "ingested"})
                 advance(file)
+            checking = stages.begin(f"check {name}: duplicates, conflicts, unknown subjects")
             stored = store.read(name) if store is not None and valid_parts else None
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
@@ -162,6 +167,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             table_reports[name] = _table_report(per_file, quarantine, resolved.accepted,
                                                 resolved.duplicates, unknown)
             _add_file_counts(per_file, quarantine, resolved.duplicates)
+            checking.end()
             file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
@@ -176,7 +182,8 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                           for n in ignored_files(data_dir)],
         "reasons": dict(REASONS),
     }
-    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config)
+    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
+                        columns_found=columns_found)
 
 
 def _sha256(data: bytes) -> str:
@@ -221,21 +228,31 @@ def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
 
 @contextmanager
 def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
-    """A rich progress bar over the bytes to read; a no-op unless enabled and the read is long."""
-    files = [f for fs in found.values() for f in fs]
-    sizes = {f.path: f.path.stat().st_size for f in files}
-    total = sum(sizes.values())
-    if not enabled or total < _PROGRESS_MIN_BYTES:
-        with nullcontext():
-            yield lambda file: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    """One line per file read and validated, with its size and time, under a bar over the bytes
+    of the whole dataset (``pipeline.progress``); nothing unless enabled (on a terminal).
+    ``advance(file)`` is called when ``file`` is done; files are read in ``TABLE_ORDER``."""
+    from pipeline import progress as stages
 
-    with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(),
-                  TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("dataset", total=total)
+    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    with stages.session(enabled), stages.stage("read dataset", total=sum(sizes.values())) as bar:
+        pending = iter(files)
+        current: list = [None]
+
+        def start_next() -> None:
+            file = next(pending, None)
+            current[0] = None if file is None else stages.begin(
+                f"read and validate {file.relative_path} ({stages.human_bytes(sizes[file.path])})")
 
         def advance(file: TableFile) -> None:
-            bar.update(task, advance=sizes[file.path], description=file.relative_path)
+            if current[0] is not None:
+                current[0].end()
+            bar.advance(sizes.get(file.path, 0))
+            start_next()
 
-        yield advance
+        start_next()
+        try:
+            yield advance
+        finally:
+            if current[0] is not None:
+                current[0].cancel()
