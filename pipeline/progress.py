@@ -58,8 +58,18 @@ class _Session:
 
         self.console = console or Console(stderr=True)
         self.started = time.monotonic()
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                            TaskProgressColumn(), TimeElapsedColumn(), console=self.console,
+        class KnownBar(BarColumn):
+            """A bar only where the stage's size is known (a pulsing bar tells nobody anything)."""
+
+            def render(self, task):
+                return super().render(task) if task.total is not None else ""
+
+        class KnownPercent(TaskProgressColumn):
+            def render(self, task):
+                return super().render(task) if task.total is not None else ""
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), KnownBar(),
+                            KnownPercent(), TimeElapsedColumn(), console=self.console,
                             transient=True)
 
     def line(self, name: str, elapsed_s: float, detail: str = "") -> None:

@@ -38,12 +38,13 @@ def run_job(
 
 def _run_job(data_dir, out_dir, *, store_dir, rules_path, report, identifiers, progress,
              previous_run_dir) -> dict:
-    from pipeline.dataset_config import load_dataset_config
-    from pipeline.features import build_panel
-    from pipeline.ingest import ingest_dataset, write_ingest_outputs
-    from pipeline.models import fit_models, write_model_outputs
-    from pipeline.redflags import evaluate, load_rules, write_flag_outputs
-    from pipeline.store import Store
+    with stages.stage("load the toolkit's libraries"):
+        from pipeline.dataset_config import load_dataset_config
+        from pipeline.features import build_panel
+        from pipeline.ingest import ingest_dataset, write_ingest_outputs
+        from pipeline.models import fit_models, write_model_outputs
+        from pipeline.redflags import evaluate, load_rules, write_flag_outputs
+        from pipeline.store import Store
 
     from pipeline.acceptance import check_usable
 

@@ -143,7 +143,8 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 per_file.append({**_entry(file, digest.result()), "rows": rows,
                                  "status": "ingested"})
                 advance(file)
-            checking = stages.begin(f"check {name}: duplicates, conflicts, unknown subjects")
+            checking = stages.begin(f"check {name}: duplicates, conflicts"
+                                    + (", unknown subjects" if name != "subjects" else ""))
             stored = store.read(name) if store is not None and valid_parts else None
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
