@@ -85,6 +85,10 @@ def _run_job(data_dir, out_dir, *, store_dir, rules_path, report, identifiers, p
     # No injuries file ever ingested means injuries were not logged (recent_injury unknown),
     # which is not the same as "no injuries".
     injuries_logged = any(f.table == "injuries" for f in store.manifest.files)
+    if injuries_logged and not sum(f.accepted for f in store.manifest.files
+                                   if f.table == "injuries"):
+        messages.append("Injuries: the injuries table is empty, read as no injuries logged "
+                        "(recent_injury is 'no' on every day).")
     with stages.stage("panel"):
         panel = build_panel(
             store.read("daily"),

@@ -47,7 +47,8 @@ def rendered_reports(tmp_path_factory) -> dict[str, Path]:
                 shutil.copytree(sample, runs[name], ignore=shutil.ignore_patterns("store"))
                 render_report(runs[name], identifiers=identifiers, store_dir=store)
             (shared / "complete").touch()
-    return runs
+    # The shareable report and its tables are written on their own into RUN/share/.
+    return {"full": runs["full"], "shareable": runs["shareable"] / "share"}
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from pipeline.ingest.csv_text import read_csv_chunks
 from pipeline.ingest.discover import TableFile
 from pipeline.ingest.jsonl_text import read_jsonl
 from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text
+from pipeline.schema import TABLES
 
 __all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
            "read_table_file"]
@@ -88,7 +89,13 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
         except (OSError, EOFError) as error:
             raise UserError(f"is not a readable gzip file ({error})",
                             path=file.relative_path) from None
-    if file.format in ("csv", "csv.gz"):
+    if file.format in ("csv", "csv.gz", "jsonl") and not data.strip() \
+            and not TABLES[file.table].required:
+        # An empty file of an optional table (a zero-byte injuries.csv) says none were logged:
+        # read it as a header-only file, so it counts as "no injuries", not as "not recorded".
+        data = ",".join(TABLES[file.table].required_columns).encode() + b"\n"
+        pieces = read_csv_chunks(data, file, chunk_bytes)
+    elif file.format in ("csv", "csv.gz"):
         pieces = read_csv_chunks(data, file, chunk_bytes)
     elif file.format == "jsonl":
         pieces = iter([read_jsonl(data, file)])

@@ -247,7 +247,8 @@ def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | 
     rules_path = Path(rules_path).resolve() if rules_path is not None else None
     previous = Path(previous_run_dir).resolve() if previous_run_dir is not None else None
     notebooks_dir = Path(notebooks_dir).resolve()
-    # A missing output or an empty, unreadable store is a UserError before any kernel starts.
+    # A missing output (or a given store that is not there) is a UserError before any kernel
+    # starts; a notebook that finds the store empty or unreadable raises one too.
     run = load_run(run_dir, store_dir=store_dir)
     out_dir = run_dir if identifiers else run_dir / SHARE_DIR
     out_dir.mkdir(exist_ok=True)
