@@ -63,13 +63,20 @@ def test_change_summary_counts_new_red_flags_and_newly_flagged_subjects(tmp_path
     assert summary == {
         "previous_report": "2026-03-01",
         "new_flags": 3,
-        "new_red_flags": 2,           # E2 swelling, E3 sleep_loss (E4 is an advisory)
+        "new_red_flag_firings": 2,    # E2 swelling, E3 sleep_loss (E4 is an advisory)
+        "new_red_flags": 2,           # in episodes: E2, E3
         "new_red_flag_subjects": 2,   # S2, S1
         "new_flagged_subjects": 1,    # S3 had no flag before
     }
     write_changes(current, previous)
     assert read_changes(current) == summary
     assert read_changes(tmp_path) == {}
+
+
+def test_new_red_flags_count_episodes_as_the_report_header_does(tmp_path):
+    current = _run(tmp_path, "cur", CURRENT)  # E1 fires two red-flag rules: one episode
+    summary = change_summary(current, None)
+    assert (summary["new_red_flag_firings"], summary["new_red_flags"]) == (4, 3)
 
 
 def test_an_empty_previous_report_makes_every_flag_new(tmp_path):

@@ -202,8 +202,8 @@ def test_the_previous_dated_report_is_passed_to_the_notebooks_and_changes_are_ke
     flags = pl.read_csv(reports / "2026-03-01" / "red_flags.csv")
     assert first["previous_report"] is None
     assert first["new_flags"] == flags.height > 0  # the first report: everything is new
-    assert second == {"previous_report": "2026-03-01", "new_flags": 0, "new_red_flags": 0,
-                      "new_red_flag_subjects": 0, "new_flagged_subjects": 0}
+    assert second == {"previous_report": "2026-03-01", "new_flags": 0, "new_red_flag_firings": 0,
+                      "new_red_flags": 0, "new_red_flag_subjects": 0, "new_flagged_subjects": 0}
 
 
 def test_the_index_lists_per_report_its_days_counts_new_red_flags_and_the_previous_one(
@@ -218,7 +218,8 @@ def test_the_index_lists_per_report_its_days_counts_new_red_flags_and_the_previo
                       "new red flags", "previous"]
     summary = json.loads((reports / "2026-03-02" / "summary.json").read_text())
     flags = pl.read_csv(reports / "2026-03-02" / "red_flags.csv")
-    red = flags.filter(pl.col("severity") == "red_flag").height
+    red = flags.filter(pl.col("severity") == "red_flag").select("subject_id", "episode_id") \
+        .n_unique()
     assert newest == ['<a href="2026-03-02/report.html">2026-03-02</a>',
                       f"{summary['panel']['first_date']} to {summary['panel']['last_date']}",
                       f"{summary['panel']['n_subjects']:,}", f"{summary['panel']['n_episodes']:,}",
@@ -233,8 +234,8 @@ def test_the_job_prints_new_files_new_red_flags_and_the_report_path(tmp_path, fa
     target = scheduled_report(SAMPLE, reports, now=day(1))
     lines = job_lines(target)
     assert lines[0].startswith("New files ingested: ")
-    assert any(re.match(r"New red flags \(first report: everything is new\): [\d,]+ ", line)
-               for line in lines)
+    assert any(re.match(r"New red flags \(first report: everything is new\): [\d,]+ episode\(s\) "
+                        r"in [\d,]+ subject\(s\)", line) for line in lines)
     assert "newly flagged subjects" in " ".join(lines)
     assert lines[-1] == f"Report: {target / 'report.html'}"
 

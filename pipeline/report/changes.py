@@ -41,8 +41,10 @@ def new_flags(current_run_dir: Path | str, previous_run_dir: Path | str | None) 
 
 
 def change_summary(current_run_dir: Path | str, previous_run_dir: Path | str | None) -> dict:
-    """Counts for the job's output and the index: new firings, new red flags (severity
-    ``red_flag``), and subjects flagged now who had no flag in the previous report."""
+    """Counts for the job's output and the index. Red flags are counted as the report's header
+    counts them, in episodes (an episode may fire several red-flag rules): new red-flag episodes
+    and their subjects; also every new firing of any rule, and the subjects flagged now who had no
+    flag in the previous report."""
     fresh = new_flags(current_run_dir, previous_run_dir)
     current_subjects = set(_flags(current_run_dir)["subject_id"].to_list())
     before = (set(_flags(previous_run_dir)["subject_id"].to_list())
@@ -51,7 +53,8 @@ def change_summary(current_run_dir: Path | str, previous_run_dir: Path | str | N
     return {
         "previous_report": Path(previous_run_dir).name if previous_run_dir is not None else None,
         "new_flags": fresh.height,
-        "new_red_flags": red.height,
+        "new_red_flag_firings": red.height,
+        "new_red_flags": red.select("subject_id", "episode_id").n_unique() if red.height else 0,
         "new_red_flag_subjects": red["subject_id"].n_unique(),
         "new_flagged_subjects": len(current_subjects - before),
     }

@@ -148,9 +148,10 @@ def job_lines(report_dir: Path) -> list[str]:
     if changes:
         since = (f"since the report of {changes['previous_report']}"
                  if changes.get("previous_report") else "(first report: everything is new)")
-        lines.append(f"New red flags {since}: {changes['new_red_flags']:,} "
-                     f"({changes['new_flags']:,} new rule firings in all); newly flagged subjects: "
-                     f"{changes['new_flagged_subjects']:,}.")
+        lines.append(f"New red flags {since}: {changes['new_red_flags']:,} episode(s) in "
+                     f"{changes['new_red_flag_subjects']:,} subject(s); newly flagged subjects "
+                     f"(any rule): {changes['new_flagged_subjects']:,}; new rule firings in all: "
+                     f"{changes['new_flags']:,}.")
     page = report_page(report_dir)
     lines.append(f"Report: {page or report_dir}")
     return lines
@@ -201,8 +202,11 @@ def _report_row(report: Path, previous: Path | None) -> str:
     if (report / "red_flags.csv").is_file():
         import polars as pl
 
-        flags = (pl.read_csv(report / "red_flags.csv", columns=["severity"])
-                 .filter(pl.col("severity") == "red_flag").height)
+        red = (pl.read_csv(report / "red_flags.csv", columns=["subject_id", "episode_id",
+                                                               "severity"],
+                           schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
+               .filter(pl.col("severity") == "red_flag"))
+        flags = red.select("subject_id", "episode_id").n_unique() if red.height else 0
     changes = read_changes(report)
     period = (f"{panel['first_date']} to {panel['last_date']}"
               if panel.get("first_date") and panel.get("last_date") else "")
@@ -234,9 +238,9 @@ def write_index(reports_dir: Path) -> Path:
         "table{border-collapse:collapse}th,td{padding:.3rem .7rem;border-bottom:1px solid #d9dee3;"
         "text-align:right}th:first-child,td:first-child,th:nth-child(2),td:nth-child(2)"
         "{text-align:left}</style></head><body>"
-        "<h1>Cramp diary reports</h1><p>Newest first. <em>Red flags</em> counts episodes' rule "
-        "firings of red-flag severity; <em>new red flags</em> are those not in the previous "
-        f"report.</p>{body}</body></html>\n"
+        "<h1>Cramp diary reports</h1><p>Newest first. <em>Red flags</em>: episodes that met a "
+        "red-flag rule; <em>new red flags</em>: those episodes with a red-flag firing the "
+        f"previous report did not have.</p>{body}</body></html>\n"
     )
     index = atomic.write_text(Path(reports_dir) / INDEX_NAME, page)
     index.chmod(0o666 & ~current_umask())
