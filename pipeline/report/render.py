@@ -251,6 +251,8 @@ def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | 
     # starts; a notebook that finds the store empty or unreadable raises one too.
     run = load_run(run_dir, store_dir=store_dir)
     out_dir = run_dir if identifiers else run_dir / SHARE_DIR
+    if not identifiers:
+        shutil.rmtree(out_dir, ignore_errors=True)  # only this render's files, nothing older
     out_dir.mkdir(exist_ok=True)
     tables_dir = out_dir / "report_tables"
     shutil.rmtree(tables_dir, ignore_errors=True)
