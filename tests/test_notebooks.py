@@ -40,7 +40,8 @@ def test_notebook_has_a_papermill_parameters_cell_defaulting_to_the_sample(path)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     assert "run_dir = None" in params[0].source  # None = the bundled sample's run
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"] == {"name": "cramp", "display_name": "Python (cramp)",
+                                        "language": "python"}  # the one `make lab` registers
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
