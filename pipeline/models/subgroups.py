@@ -20,7 +20,9 @@ Grouping rule (named constants below): a subgroup needs at least ``MIN_SUBGROUP_
 with episodes (the subjects a within-subject estimate rests on). Age bands are merged with their
 neighbours, youngest first, until each group reaches that number (a last group short of it joins
 the one before). A sex or outcome subgroup that is too small gets no estimate and is left out of
-the interaction test. Why 50: the interaction terms of a subgroup are estimated from its own
+the interaction test. Within a subgroup, a feature's estimate also needs ``MIN_VARYING_SUBJECTS``
+subjects with episodes in whom it varies (it is withheld otherwise, and that subgroup leaves the
+feature's interaction test). Why 50: the interaction terms of a subgroup are estimated from its own
 subjects only, and cluster-robust (sandwich) Wald tests over-reject with few clusters; Cameron &
 Miller (2015, "A practitioner's guide to cluster-robust inference", J Hum Resour 50:317) put that
 point at roughly 20–50 clusters. On simulated data without effect modification, 30 per subgroup
@@ -48,6 +50,11 @@ from pipeline.outputs import OutputColumn, OutputTable, declare
 MODEL = fd.WITHIN_SUBJECT
 #: Subjects with episodes a subgroup needs for an estimate (and age bands are merged to reach).
 MIN_SUBGROUP_SUBJECTS = 50
+#: Subjects with episodes in whom a feature varies, per subgroup, for its subgroup estimate and
+#: for the subgroup to enter the feature's interaction test. A rare exposure (a recent injury, a
+#: supplement few take) varies in few people: its subgroup terms rest on those few clusters only,
+#: and on simulated data without effect modification such tests gave p < 1e-5.
+MIN_VARYING_SUBJECTS = 30
 #: FDR level at which an interaction counts as found (the report's sentence).
 FDR_LEVEL = 0.05
 #: The muscle-group subgroups: the outcome restricted to these groups, and to all others.
@@ -122,7 +129,7 @@ def group_age_bands(informative: dict[str, int],
     episodes; a last group short of it joins the one before.
 
     >>> group_age_bands({"18-29": 10, "30-39": 25, "40-49": 31, "50-59": 5, "60-69": 40,
-    ...                  "70-79": 20, "80+": 4})
+    ...                  "70-79": 20, "80+": 4}, minimum=30)
     [('18-29', '30-39'), ('40-49',), ('50-59', '60-69'), ('70-79', '80+')]
     """
     groups: list[list[str]] = []
@@ -199,10 +206,12 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     rows: list[dict[str, Any]] = []
     tests: dict[tuple[str, str], tuple[float | None, str | None]] = {}
     for variable in VARIABLES:
+        varying: dict[tuple[str, str], int] = {}
         for sg in groups[variable]:
-            rows += _estimate_rows(frame, panel, features, reported, sg, start)
-        usable = [sg for sg in groups[variable] if sg.sufficient]
+            rows += _estimate_rows(frame, panel, features, reported, sg, start, varying)
         for f in reported:
+            usable = [sg for sg in groups[variable]
+                      if varying.get((sg.label, f.name), 0) >= MIN_VARYING_SUBJECTS]
             tests[(variable, f.name)] = _interaction_test(frame, panel, features, f, usable,
                                                            start)
 
@@ -225,7 +234,12 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
         pl.col("feature").replace_strict(feature_rank, return_dtype=pl.Int64), "_sg"))
 
 
-def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start) -> list[dict]:
+def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start,
+                   varying: dict) -> list[dict]:
+    """The subgroup's rows: the within_subject fit on its subject-days. An estimate resting on
+    fewer than ``MIN_VARYING_SUBJECTS`` subjects in whom the feature varies is withheld (the
+    feature stays in the fit, so the others are adjusted for it as in within_subject).
+    ``varying`` collects (subgroup, feature) -> those subjects."""
     from pipeline.models.effects import _effect_rows, _fit
 
     base = {"subgroup_variable": sg.variable, "subgroup": sg.label, "p_interaction": None,
@@ -242,6 +256,13 @@ def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start) -> lis
     out = []
     for row in _effect_rows(design, fit, failure):
         row.pop("p_value"), row.pop("q_value")
+        n_vary = design.sufficiency.get(row["feature"], {}).get("n_subjects_with_variation", 0)
+        varying[(sg.label, row["feature"])] = n_vary if row["irr"] is not None else 0
+        if row["irr"] is not None and n_vary < MIN_VARYING_SUBJECTS:
+            row.update(irr=None, ci_low=None, ci_high=None,
+                       note=f"not estimated: varies within only {n_vary:,} subject(s) with "
+                            f"episodes in this subgroup (need at least {MIN_VARYING_SUBJECTS} "
+                            "for a subgroup estimate)")
         out.append({**row, **base, **rank, "note": row["note"] or None})
     return out
 
@@ -254,11 +275,13 @@ def _interaction_test(frame, panel, features, feature: fd.Feature, usable: list[
     from pipeline.models.effects import _fit
 
     if len(usable) < 2:
-        return None, ("interaction not tested: fewer than 2 subgroups with enough subjects")
+        return None, ("interaction not tested: fewer than 2 subgroups with a subgroup estimate")
     if feature.name not in panel.features:
         return None, None  # absent from the dataset: the estimate rows already say so
     variable = usable[0].variable
     if variable == "muscle_group":
+        if len(usable) < 2:
+            return None, "interaction not tested: a muscle-group subgroup has no estimate"
         rows = _stacked(frame)
         indicators = [(usable[1], pl.col(_TYPE) == 1)]
     else:
