@@ -89,8 +89,9 @@ def test_calf_foot_outcome_counts_only_those_episodes(small):
 
 
 def test_interaction_test_equals_a_statsmodels_glm_with_subject_dummies_and_the_product():
-    import statsmodels.api as sm
     from scipy.stats import chi2
+    from statsmodels.genmod import families
+    from statsmodels.genmod.generalized_linear_model import GLM
 
     from pipeline.models.design import prepare_design
 
@@ -112,10 +113,9 @@ def test_interaction_test_equals_a_statsmodels_glm_with_subject_dummies_and_the_
     codes = data["_subject"].to_numpy()
     _, codes = np.unique(codes, return_inverse=True)
     dummies = np.eye(codes.max() + 1)[codes]
-    ref = sm.GLM(data["episodes"].to_numpy(), np.column_stack([X, dummies]),
-                 family=sm.families.Poisson()).fit(cov_type="cluster",
-                                                   cov_kwds={"groups": codes}, tol=1e-13,
-                                                   maxiter=300)
+    ref = GLM(data["episodes"].to_numpy(), np.column_stack([X, dummies]),
+              family=families.Poisson()).fit(cov_type="cluster", cov_kwds={"groups": codes},
+                                             tol=1e-13, maxiter=300)
     j = len(used)
     n, k, g = X.shape[0], X.shape[1], dummies.shape[1]
     wald_glm = ref.params[j] ** 2 / ref.cov_params()[j, j]
