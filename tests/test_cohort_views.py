@@ -4,6 +4,7 @@ survive the FDR correction; otherwise it says no difference was found."""
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from pipeline.models.subgroups import SUBGROUPS
 from pipeline.report.cohort_views import subgroup_sentences
@@ -33,3 +34,22 @@ def test_without_a_surviving_interaction_no_difference_is_reported():
         text = subgroup_sentences(_rows(q))
         assert text.startswith("- No difference between subgroups was found")
         assert "differed" not in text and "not the study's primary question" in text
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("report")
+def test_the_report_opens_with_the_cohort_section_and_shows_subgroups_after_the_effects(
+        tmp_path_factory):
+    """On the bundled sample's rendered report (shared with tests/test_report_render.py)."""
+    import re
+
+    from tests.test_report_render import rendered_reports
+
+    html = (rendered_reports(tmp_path_factory)["shareable"] / "report.html").read_text(
+        encoding="utf-8")
+    ids = re.findall(r'<section id="([a-z0-9-]+)">', html)
+    assert ids[0] == "who-is-in-the-data"
+    assert ids.index("effects") < ids.index("subgroups") < ids.index("data-quality")
+    cohort = html.split('<section id="who-is-in-the-data">')[1].split("</section>")[0]
+    assert "frequent cramps advisory" in cohort and "night (22:00–06:00)" in cohort
+    assert "Episodes by time of day" in cohort  # the figure by hour (alt text)
