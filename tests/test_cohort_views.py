@@ -53,3 +53,23 @@ def test_the_report_opens_with_the_cohort_section_and_shows_subgroups_after_the_
     cohort = html.split('<section id="who-is-in-the-data">')[1].split("</section>")[0]
     assert "frequent cramps advisory" in cohort and "night (22:00–06:00)" in cohort
     assert "Episodes by time of day" in cohort  # the figure by hour (alt text)
+
+
+def test_figures_read_the_disclosed_cohort_table_and_a_missing_one_is_a_user_error(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline import atomic
+    from pipeline.disclosure import DEFAULT_POLICY
+    from pipeline.errors import UserError
+    from pipeline.report.cohort_views import hour_frame, load_cohort, pain_figure
+    from tests.test_cohort import _cohort
+
+    run = SimpleNamespace(path=tmp_path)
+    with pytest.raises(UserError, match="no cohort.csv"):
+        load_cohort(run)
+    atomic.write_csv(tmp_path / "cohort.csv", _cohort(policy=DEFAULT_POLICY))
+    hours = hour_frame(run)
+    assert hours["hour"].to_list() == [f"{h:02d}" for h in range(24)]
+    # five episodes in all, each hour holds 0 or 1 of them: shown as 0 or suppressed, never 1
+    assert set(hours["episodes"].to_list()) <= {0, None}
+    assert pain_figure(run).axes[0].get_title() == "Episodes by pain score"

@@ -89,6 +89,17 @@ def hour_figure(run: RunOutputs) -> Figure:
                             ylabel="Episodes", title="Episodes by time of day")
 
 
+def pain_figure(run: RunOutputs) -> Figure:
+    """Bar chart of episodes by pain score (0–10; disclosed counts; not recorded left out)."""
+    frame = load_cohort(run).filter((pl.col("section") == SECTION_EPISODES)
+                                    & (pl.col("characteristic") == "pain")
+                                    & pl.col("level").str.contains(r"^\d+$"))
+    return figures.bar_plot(frame.select(pl.col("level").alias("pain"), pl.col("n")
+                                         .alias("episodes")), "pain", "episodes",
+                            xlabel="Pain at its worst (0 none – 10 worst imaginable)",
+                            ylabel="Episodes", title="Episodes by pain score")
+
+
 def subgroup_forest(run: RunOutputs, variable: str) -> Figure:
     """A compact forest plot for one subgrouping variable: per feature, one marker per subgroup
     (IRR and 95% CI on a log axis); features without any subgroup estimate are left out."""
@@ -122,7 +133,8 @@ def subgroup_forest(run: RunOutputs, variable: str) -> Figure:
     label = VARIABLE_LABELS.get(variable, variable)
     ax.set_title(f"Within-subject associations by {label}")
     if ax.get_legend_handles_labels()[0]:
-        fig.legend(loc="lower center", ncol=min(len(subgroups), 5), frameon=False, fontsize=8)
+        fig.legend(loc="lower center", ncol=min(len(subgroups), 5), frameon=False, fontsize=8,
+                   title=label.capitalize(), title_fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
@@ -179,5 +191,6 @@ def subgroup_tests_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY
 
 
 __all__ = ["VARIABLES", "cohort_section_table", "hour_figure", "hour_frame", "load_cohort",
+           "pain_figure",
            "load_subgroups", "subgroup_forest", "subgroup_prose", "subgroup_sentences",
            "subgroup_tests_table"]
