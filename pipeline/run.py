@@ -120,6 +120,11 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
         write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
 
+    from pipeline.describe import write_describe_outputs
+
+    messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
+                                       custom_factors=config.custom_factors)
+
     if report:
         from pipeline.report import render_report
 

@@ -141,8 +141,13 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
-def _fit(design: Design, start: dict[str, float] | None = None):
+def _fit(design: Design, start: dict[str, float] | None = None,
+         clusters: np.ndarray | None = None):
     """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
+
+    ``clusters`` (optional, within-subject designs): cluster labels of the design's rows when the
+    fixed-effect groups are finer than the subjects (a subject's days stacked once per outcome);
+    default: the groups themselves.
 
     When the estimator rejects particular features (no variation, separation, collinearity) they
     are dropped from the design with the reason, and the rest is refitted. ``start`` (optional,
@@ -165,7 +170,8 @@ def _fit(design: Design, start: dict[str, float] | None = None):
                 beta0 = None if not start else np.array(
                     [start.get(name, 0.0) for name in design.names])
                 fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
-                                              clusters=design.groups, feature_names=design.names,
+                                              clusters=design.groups if clusters is None
+                                              else clusters, feature_names=design.names,
                                               start=beta0)
             else:
                 fit = fit_poisson(design.X, design.y, clusters=design.groups,
