@@ -10,6 +10,7 @@ whatever happens.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.test_browser_report import DevTools, chromium  # noqa: F401 - the fixture
+from tests.test_browser_report import SCREENSHOTS, DevTools, chromium  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
@@ -150,9 +151,9 @@ RUN_ALL = """
     state.tables = node.querySelectorAll('.jp-OutputArea-output table').length;
     state.domErrors = node.querySelectorAll(
         '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]').length;
-    await widget.sessionContext.shutdown();
-    widget.context.model.dirty = false;  // close without saving: the file stays as it was
-    widget.dispose();
+    state.widgetId = widget.id;
+    window.__crampWidgets = window.__crampWidgets || {};
+    window.__crampWidgets[name] = widget;
   } catch (e) {
     state.exception = String(e && e.stack || e);
   }
@@ -192,6 +193,16 @@ def test_each_notebook_runs_in_jupyterlab_and_its_outputs_render(lab_page, path,
         assert time.monotonic() < deadline, f"{name}: cells did not finish in {RUN_TIMEOUT_S} s"
         time.sleep(1)
     state = tools.evaluate(f"window.__cramp[{json.dumps(name)}]")
+    # Keep a screenshot of the executed notebook for review, then close it without saving.
+    shot = tools.call("Page.captureScreenshot", format="png")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / f"lab-{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
+    tools.evaluate(f"""(async () => {{
+        const w = window.__crampWidgets[{json.dumps(name)}];
+        await w.sessionContext.shutdown();
+        w.context.model.dirty = false;  // close without saving: the file stays as it was
+        w.dispose();
+    }})()""")
     assert "exception" not in state, state.get("exception")
     assert state["kernel"] == "cramp" and state["kernelDisplay"] == "Python (cramp)"
     assert state["errors"] == [] and state["domErrors"] == 0, state["errors"]

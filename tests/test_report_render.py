@@ -223,3 +223,26 @@ def test_report_footer_states_its_provenance(rendered):
         footer = _html(run_dir).split("<footer>")[1]
         assert f"by cramp {toolkit_version()}" in footer
         assert "input file(s), sha256 " in footer and "Red-flag rules: " in footer
+
+
+def test_a_user_error_in_a_notebook_is_the_users_message_not_an_internal_error(tmp_path):
+    """A notebook that refuses the run's data (an empty store, an unknown subject) raises a
+    UserError: the render passes it on as one (exit 2), with the notebook named."""
+    from pipeline.errors import UserError
+    from pipeline.report.demo import write_demo_run
+    from pipeline.report.render import REPORT_NOTEBOOKS
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in REPORT_NOTEBOOKS:
+        cells = [new_code_cell("run_dir = None", metadata={"tags": ["parameters"]})]
+        if name == "01-data-quality":
+            cells.append(new_code_cell("from pipeline.errors import UserError\n"
+                                       "raise UserError(\"the run's store is empty\")"))
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    run_dir = write_demo_run(tmp_path / "run")
+    with pytest.raises(UserError, match=r"notebook 01-data-quality: the run's store is empty"):
+        render_report(run_dir, notebooks_dir=notebooks)

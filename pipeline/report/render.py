@@ -4,14 +4,14 @@ external resources, so the file opens the same on an offline ward PC as in a bro
 
 Cells tagged ``report-skip`` (notebook titles, set-up) are left out; cells tagged ``identifiers``
 (the red-flag follow-up lists) are left out of a shareable report, which is written on its own into
-``RUN/share/`` (with its aggregate tables) so that directory can be handed out as it is.
+``RUN/share/`` (with its aggregate tables) so that directory can be handed out as it is. Each
+``##`` heading starts a section whose id is the heading's slug (``#effects``, ``#dose-response``,
+``#red-flags``, ``#data-quality``).
 
 Rendering never depends on or changes the process's working directory: every path is made
 absolute here, each notebook's kernel is started in ``notebooks/`` by nbclient (a kernel is its
 own process), and papermill is never given ``cwd`` (it would ``os.chdir`` the whole process, which
-races when the notebooks render in parallel threads). Each ``##`` heading starts a
-section whose id is the heading's slug (``#effects``, ``#dose-response``, ``#red-flags``,
-``#data-quality``).
+races when the notebooks render in parallel threads).
 """
 
 from __future__ import annotations
