@@ -327,6 +327,16 @@ class CustomFactor:
         scale = 10                    # the IRR is reported per 10 index points
         minimum = 0
         maximum = 500
+        max_lag_days = 10             # optional: lags 0..10 in the lag model (default: the
+                                      # [analysis] max_lag_days, itself 3 by default; at most 28)
+
+    The optional ``[analysis]`` table sets how every within-subject model is fitted
+    (``pipeline.dataset_config.AnalysisConfig``)::
+
+        [analysis]
+        max_lag_days = 3                          # lags 0..N of every factor (0-28)
+        strata = "subject"                        # or "subject_month" (time-stratified design)
+        adjust = ["day_of_week", "days_in_study"] # either, both or none (the default)
     """
 
     column: str
@@ -338,6 +348,7 @@ class CustomFactor:
     minimum: float | None = None
     maximum: float | None = None
     description: str = ""
+    max_lag_days: int | None = None
 
     def as_column(self) -> Column:
         """The validator's view of the custom column (stored in ``daily`` like a core factor)."""
