@@ -94,13 +94,16 @@ def synth(
     confounded: Annotated[bool, typer.Option("--confounded", help="People with higher habitual "
                                              "stress and sitting cramp more for other reasons.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
+    lagged: Annotated[bool, typer.Option("--lagged", help="Plant effects at lags > 0 as well "
+                                         "(next-day exercise, alcohol, fluid; see the truth "
+                                         "file).")] = False,
 ) -> None:
     """Write a synthetic contract dataset with planted effects; the truth goes to OUT.truth.json."""
     from pipeline import synth as synth_module
 
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise UserError(f"--format must be csv, jsonl or parquet, not {fmt!r}")
-    dataset = synth_module.generate(subjects, days, seed, confounded=confounded)
+    dataset = synth_module.generate(subjects, days, seed, confounded=confounded, lagged=lagged)
     synth_module.write_dataset(dataset, out_dir, fmt=fmt)
     out.print(f"Wrote {out_dir} ({subjects} subjects × {days} days); planted truth beside it.")
 

@@ -85,9 +85,15 @@ def run_job(
             "daily row: counted in summary.json and left out of the models."
         )
 
-    models = fit_models(panel, custom_factors=config.custom_factors)
+    models = fit_models(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    from pipeline.models.lags import fit_lags, write_lags
+
+    lags = fit_lags(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    models.diagnostics["lags"] = lags.diagnostics
+    write_lags(lags, out_dir)
     write_model_outputs(models, out_dir)
-    messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
+    messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
+                    "written.")
 
     if report:
         from pipeline.report import render_report

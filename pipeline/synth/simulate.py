@@ -21,6 +21,7 @@ from pipeline.errors import UserError
 from pipeline.synth import episodes as ep
 from pipeline.synth import truth
 from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
+from pipeline.synth.lagged import lagged_predictor
 from pipeline.synth.truth_doc import truth_document
 
 DEFAULT_START = date(2026, 1, 5)
@@ -59,7 +60,8 @@ def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
 
 
 def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
-             start_date: date = DEFAULT_START, custom_factor: bool = True) -> SynthDataset:
+             start_date: date = DEFAULT_START, custom_factor: bool = True,
+             lagged: bool = False) -> SynthDataset:
     """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
 
     >>> ds = generate(20, 14, seed=1)
@@ -88,6 +90,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
                              custom_factor=custom_factor)
         subj_lp = np.log(blk.frailty * blk.age_mult)
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
+        if lagged:  # planted lag > 0 effects (pipeline/synth/lagged.py)
+            lp += lagged_predictor(blk.x)
         cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
         subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
         daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
@@ -144,6 +148,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     args = {"n_subjects": n_subjects, "n_days": n_days, "seed": seed, "confounded": confounded,
             "start_date": start_date.isoformat(), "custom_factor": custom_factor,
             "block_subjects": BLOCK_SUBJECTS}
+    if lagged:
+        args["lagged"] = True
     doc = truth_document(
         args=args, effects=effects, intercept=intercept, confounded=confounded,
         realized={
@@ -168,6 +174,11 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
         subject_level={"habitual_stress": subj["habitual_stress"],
                        "habitual_sitting": subj["habitual_sitting"], "frailty": subj["frailty"]},
     )
+    if lagged:
+        from pipeline.synth import lagged as planted_lags
+
+        doc["planted_lags"] = planted_lags.truth_entries()
+        doc["formula_lags"] = planted_lags.FORMULA
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
 
