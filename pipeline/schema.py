@@ -328,15 +328,13 @@ class CustomFactor:
         minimum = 0
         maximum = 500
         max_lag_days = 10             # optional: lags 0..10 in the lag model (default: the
-                                      # [analysis] max_lag_days, itself 3 by default; at most 28)
+                                      # [analysis] max_lag_days; at most 28)
 
-    The optional ``[analysis]`` table sets how every within-subject model is fitted
-    (``pipeline.dataset_config.AnalysisConfig``)::
-
+        # Optional: how every within-subject model is fitted (pipeline/analysis_config.py).
         [analysis]
-        max_lag_days = 3                          # lags 0..N of every factor (0-28)
-        strata = "subject"                        # or "subject_month" (time-stratified design)
-        adjust = ["day_of_week", "days_in_study"] # either, both or none (the default)
+        max_lag_days = 3              # lags 0..N of every factor (0-28; default 3)
+        strata = "subject"            # or "subject_month" (the time-stratified design)
+        adjust = ["day_of_week", "days_in_study"]   # either, both or none (the default)
     """
 
     column: str
