@@ -105,6 +105,18 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
                   f"{subset.get('n_subject_days', design.n_subject_days):,} rows", flush=True)
         del design, fit
 
+    # The distributed-lag model (lags.csv), as cramp run fits it after fit_models.
+    from pipeline.models.lags import fit_lags
+
+    timer.lap()
+    lag_results = fit_lags(panel, custom_factors=custom)
+    figures["lag_model_s"], figures["lag_model_cpu_s"] = timer.lap()
+    d = lag_results.diagnostics
+    print(f"{'within_subject_lags':27s} {figures['lag_model_s']:6.2f} s "
+          f"({figures['lag_model_cpu_s']:5.2f} CPU)  {d['n_subject_days']:,} complete-window rows "
+          f"of {d['n_subject_days_panel']:,} (subset: {(d['subset'] or {}).get('n_subjects', 'all')}"
+          f" subjects); adds {figures['lag_model_s']:.2f} s to cramp run", flush=True)
+
     timer.lap()
     ef.fit_models(panel, custom_factors=custom)
     figures["fit_models_s"], figures["fit_models_cpu_s"] = timer.lap()

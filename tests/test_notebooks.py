@@ -24,14 +24,15 @@ KEY_CELLS = {
     "02-factor-associations": ["views.sentences(run.effects)", "views.effects_table("],
     "03-red-flags": ["views.flag_counts_table(", "views.rules_table(run"],
     "01-data-quality": ["views.ingest_table(", "views.quarantine_reasons_table("],
+    "05-timing": ["timing.timing_sentences(", "timing.cumulative_table("],
 }
 
 pytestmark = pytest.mark.xdist_group("notebooks")
 
 
-def test_there_are_four_numbered_notebooks():
+def test_there_are_five_numbered_notebooks():
     assert [p.stem for p in NOTEBOOKS] == ["01-data-quality", "02-factor-associations",
-                                           "03-red-flags", "04-subject-timeline"]
+                                           "03-red-flags", "04-subject-timeline", "05-timing"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

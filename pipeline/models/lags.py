@@ -284,6 +284,8 @@ def fit_lags(panel: Panel, *, custom_factors=(), analysis: AnalysisConfig | None
         "n_subject_days": int(data.y.size), "joint_tests": tests,
         "not_estimated": dict(excluded), "subset": subset, "failure": failure,
         "small_sample_factor": None if fit is None else fit.small_sample_factor,
+        # The declarations, so a notebook can refit from the store with other choices.
+        "custom_factors": [dict(vars(c)) for c in custom_factors],
     }
     return LagResults(lags=lags, diagnostics=diagnostics)
 
