@@ -150,3 +150,65 @@ def test_a_custom_factor_may_set_its_own_lag(tmp_path):
     config = _config(tmp_path, '[[custom_factors]]\ncolumn = "airq"\nfactor = "air"\n'
                                'label = "Air"\nkind = "numeric"\nmax_lag_days = 10\n')
     assert config.custom_factors[0].max_lag_days == 10
+
+
+def test_the_subset_for_large_panels_holds_whole_subjects_and_is_stable():
+    from pipeline.models.lags import subject_subset
+
+    frame = pl.DataFrame({"subject_id": [f"S{i:04d}" for i in range(1000) for _ in range(10)],
+                          "x": range(10_000)})
+    sub, note = subject_subset(frame, 3000)
+    again, _ = subject_subset(frame.reverse(), 3000)
+    assert set(sub["subject_id"]) == set(again["subject_id"])          # order-free, by id
+    assert (sub.group_by("subject_id").len()["len"] == 10).all()        # whole subjects
+    assert 2400 < sub.height < 3600 and note["n_subjects"] == sub.height // 10
+    assert subject_subset(frame, 20_000) == (frame, None)
+
+
+# The whole job: `cramp synth --lagged`, a dataset.toml with [analysis] and a 10-day custom
+# factor, `cramp run --no-report` -> lags.csv and its diagnostics.
+
+@pytest.mark.slow
+def test_cramp_run_writes_lags_csv_with_the_dataset_s_analysis_choices(tmp_path):
+    from tests.test_cli import cramp
+
+    data = tmp_path / "data"
+    result = cramp("synth", "--out", str(data), "--subjects", "60", "--days", "75", "--seed",
+                   "4", "--lagged")
+    assert result.returncode == 0, result.stderr
+    truth = (tmp_path / "data.truth.json").read_text()
+    assert '"planted_lags"' in truth and '"alcohol_units"' in truth
+    toml = (data / "dataset.toml").read_text().replace(
+        'description = "Magnesium', 'max_lag_days = 10\ndescription = "Magnesium')
+    (data / "dataset.toml").write_text(
+        toml + '\n[analysis]\nmax_lag_days = 2\nstrata = "subject_month"\n'
+               'adjust = ["day_of_week"]\n')
+    out = tmp_path / "out"
+    result = cramp("run", "--data", str(data), "--out", str(out), "--no-report")
+    assert result.returncode == 0, result.stderr
+    lags = pl.read_csv(out / "lags.csv")
+    assert tuple(lags.columns) == LAGS.names
+    mg = lags.filter(pl.col("feature") == "magnesium_mg")
+    assert mg["lag"].to_list() == [str(k) for k in range(11)] + ["0-10"]
+    ex = lags.filter(pl.col("feature") == "exercise_min")
+    assert ex["lag"].to_list() == ["0", "1", "2", "0-2"]
+    assert ex["note"][0].startswith("strata: subject x calendar month (time-stratified), "
+                                    "adjusted for day of week")
+    import json
+
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    assert diagnostics["analysis"]["strata"] == "subject_month"
+    assert diagnostics["lags"]["lag_basis"]["magnesium_mg"].startswith("natural cubic spline")
+    assert "flat_lag_curve" in diagnostics["lags"]["joint_tests"]["exercise_min"]
+    effects = pl.read_csv(out / "effects.csv").filter(pl.col("model") == "within_subject")
+    assert all("subject x calendar month" in n for n in effects["note"] if n)
+
+
+def test_a_bad_analysis_value_is_one_message_and_exit_2(tmp_path):
+    from tests.test_cli import assert_user_error, cramp
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.toml").write_text('[analysis]\nstrata = "weekly"\n')
+    result = cramp("run", "--data", str(data), "--out", str(tmp_path / "out"), "--no-report")
+    assert_user_error(result, "strata", '"subject", "subject_month"')

@@ -223,9 +223,17 @@ def subject_subset(frame: pl.DataFrame, max_subject_days: int | None) -> tuple[p
     subject-days remain (all of them when the panel is smaller)."""
     if max_subject_days is None or frame.height <= max_subject_days:
         return frame, None
+    import hashlib
+
     fraction = max_subject_days / frame.height
-    u = (pl.col("subject_id").hash(SUBSET_SEED, 1, 2, 3) % 1_000_000).cast(pl.Float64) / 1e6
-    sub = frame.filter(u < fraction)
+    ids = frame["subject_id"].unique().to_list()
+    # sha256 of the seed and the id: stable across platforms and library versions (one hash per
+    # subject, not per row).
+    u = [int.from_bytes(hashlib.sha256(f"{SUBSET_SEED}:{s}".encode()).digest()[:8], "big")
+         / 2.0**64 for s in ids]
+    keep = pl.Series("subject_id", [s for s, v in zip(ids, u) if v < fraction],
+                     dtype=frame.schema["subject_id"])
+    sub = frame.filter(pl.col("subject_id").is_in(keep.implode()))
     note = {"n_subject_days": sub.height, "of_subject_days": frame.height,
             "n_subjects": int(sub["subject_id"].n_unique()),
             "of_subjects": int(frame["subject_id"].n_unique()), "seed": SUBSET_SEED,

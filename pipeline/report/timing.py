@@ -122,10 +122,21 @@ def design_note(diagnostics: dict) -> "Prose":
         return Prose("No lag model in this run.")
     a = d["analysis"]
     dropped = d["n_dropped_window_incomplete"] + d["n_dropped_value_missing"]
-    lags = sorted(set(d["max_lag_days"].values()))
+    from pipeline.models.lags import NOT_LAGGED
+
+    lagged = {k: v for k, v in d["max_lag_days"].items() if k not in NOT_LAGGED}
+    by_lag: dict[int, list[str]] = {}
+    for k, v in lagged.items():
+        by_lag.setdefault(v, []).append(k)
+    common = max(by_lag, key=lambda v: len(by_lag[v])) if by_lag else 0
+    others = "".join(f", {', '.join(feature_label(k) for k in by_lag[v])} 0 to {v}"
+                     for v in sorted(by_lag) if v != common)
+    same_day = [feature_label(k) for k in d["max_lag_days"] if k in NOT_LAGGED]
     subset = d.get("subset")
     text = (f"Fitted with {a['description']} (robust errors clustered by subject), lags 0 to "
-            f"{' or '.join(str(v) for v in lags)} days. Only days whose whole lag window was "
+            f"{common} days{others}"
+            + (f" ({', '.join(same_day)}: the same day only, as it already covers the previous "
+               "30 days)" if same_day else "") + ". Only days whose whole lag window was "
             f"logged enter: {dropped:,} of {d['n_subject_days_panel']:,} subject-days were left "
             f"out ({d['n_dropped_window_incomplete']:,} because the window reaches a day without "
             f"a diary entry or the time before the first one, {d['n_dropped_value_missing']:,} "
