@@ -149,7 +149,7 @@ def design_note(diagnostics: dict) -> "Prose":
 
 def lag_curve_plot(lags: pl.DataFrame, columns: int = 4) -> Figure:
     """IRR by lag with its pointwise 95% band, one small panel per factor (log IRR scale)."""
-    from pipeline.report.figures import use_report_style
+    from pipeline.report.figures import _log_irr_axis, use_report_style
 
     use_report_style()
     rows = per_lag(lags)
@@ -164,13 +164,17 @@ def lag_curve_plot(lags: pl.DataFrame, columns: int = 4) -> Figure:
     for ax, feature in zip(axes.ravel(), features):
         r = rows.filter(pl.col("feature") == feature).sort("lag_days")
         x = r["lag_days"].to_numpy()
-        ax.fill_between(x, r["ci_low"].to_numpy(), r["ci_high"].to_numpy(), color=BAND_COLOR,
-                        alpha=0.2, linewidth=0)
-        ax.plot(x, r["irr"].to_numpy(), color=BAND_COLOR, marker="o", markersize=3)
-        ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle=":")
-        ax.set_yscale("log")
+        irr, low, high = (r[c].to_numpy() for c in ("irr", "ci_low", "ci_high"))
+        if x.size > 1:
+            ax.fill_between(x, low, high, color=BAND_COLOR, alpha=0.2, linewidth=0)
+        else:  # a factor modelled on the same day only: a point with its interval
+            ax.errorbar(x, irr, yerr=[irr - low, high - irr], color=BAND_COLOR, capsize=3)
+        ax.plot(x, irr, color=BAND_COLOR, marker="o", markersize=3)
         ax.set_title(f"{feature_label(feature, r['factor'][0])} ({r['unit'][0]})", fontsize=9)
         ax.set_xticks(x if x.size <= 8 else x[::max(1, x.size // 6)])
+    values = rows["ci_low"].to_list() + rows["ci_high"].to_list()
+    for ax in axes.ravel()[:len(features)]:
+        _log_irr_axis(ax, values, axis="y")  # shared: the panels compare at a glance
     for ax in axes[-1]:
         ax.set_xlabel("days before the day at risk (lag)")
     for ax in axes[:, 0]:
