@@ -54,3 +54,28 @@ def test_default_analysis_leaves_the_notes_unchanged(synth_panel):
     models = fit_models(panel, custom_factors=custom, dose_response=False)
     assert not any("strata" in (n or "") for n in models.effects["note"])
     assert models.diagnostics["analysis"]["description"] == "strata: subject"
+
+
+def test_crv1_counts_only_the_slopes_when_strata_nest_in_the_subject_clusters():
+    """conditional.py's CRV1 factor G/(G-1) * (N-1)/(N-K): K = p for subject x month strata
+    (nested in subjects, their score sums vanish per cluster), K = p + groups when the groups
+    cut across clusters. The GLM comparison of this K is in tests/test_lags_reference.py."""
+    from pipeline.models.conditional import fit_conditional_poisson
+
+    rng = np.random.default_rng(0)
+    subject = np.repeat(np.arange(40), 60)
+    month = np.tile(np.arange(60) // 30, 40)
+    x = rng.normal(size=(subject.size, 2))
+    y = rng.poisson(np.exp(-1 + 0.2 * x[:, 0]))
+    strata = subject * 2 + month
+    fit = fit_conditional_poisson(x, y, groups=strata, clusters=subject, feature_names=["a", "b"])
+    G, N, p = fit.n_clusters, fit.n_obs, 2
+    assert fit.groups_nested_in_clusters
+    assert fit.small_sample_factor == pytest.approx(G / (G - 1) * (N - 1) / (N - p), rel=1e-12)
+    # Subjects span both months: clustered by month they are not nested in the clusters.
+    crossing = fit_conditional_poisson(x, y, groups=subject, clusters=month,
+                                       feature_names=["a", "b"])
+    S = crossing.n_groups_used
+    assert not crossing.groups_nested_in_clusters
+    assert crossing.small_sample_factor == pytest.approx(
+        2 / 1 * (N - 1) / (N - p - S), rel=1e-12)

@@ -26,7 +26,7 @@ from pipeline.errors import UserError
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Notebooks in the report, in reading order: findings first, red flags beside them, data last.
 REPORT_NOTEBOOKS = ("02-factor-associations", "05-timing", "03-red-flags", "01-data-quality")
-REQUIRED_SECTIONS = ("effects", "dose-response", "red-flags", "data-quality")
+REQUIRED_SECTIONS = ("effects", "dose-response", "timing", "red-flags", "data-quality")
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 300
 
