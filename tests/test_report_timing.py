@@ -32,8 +32,8 @@ def test_a_clear_lag_curve_names_its_onset_and_leads_with_that_lag():
     text = timing.timing_sentence("exercise_min", EXERCISE, joint_tests(0.0004))
     assert text == (
         "On the day after 30 more minutes of exercise, the same person had 12% more cramps "
-        "(95% CI 9% to 16%); over the day itself and the 3 days after, 30% more in all (95% CI "
-        "21% to 40%). The effect is largest 1 day after (joint test of a flat lag curve "
+        "(95% CI 9% to 16%); over the day itself and the three days after, 30% more in all (95% "
+        "CI 21% to 40%). The effect is largest one day after (joint test of a flat lag curve "
         "p < 0.001).")
 
 
@@ -77,3 +77,21 @@ def test_lag_curves_are_small_multiples_one_panel_per_factor():
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["Exercise (per 30 min)", "Fluid intake (per 1 L)"]
     assert len(visible[0].lines[0].get_xdata()) == 4  # lags 0..3, the cumulative row left out
+
+
+def test_a_later_onset_reads_in_words_and_the_design_note_discloses_counts():
+    late = lags_table("heat_c", "per 5 °C", "dehydration", [
+        ("0", 1.0, 0.9, 1.1), ("1", 1.0, 0.9, 1.1), ("2", 1.3, 1.2, 1.4), ("0-2", 1.3, 1.1, 1.5)])
+    tests = {"heat_c": joint_tests(0.001)["exercise_min"]}
+    text = timing.timing_sentence("heat_c", late, tests)
+    assert text.startswith("Two days after a highest outdoor temperature 5 °C warmer, the same "
+                           "person had 30% more cramps")
+    assert text.endswith("The effect is largest two days after (joint test of a flat lag curve "
+                         "p = 0.001).")
+    note = timing.design_note({"lags": {
+        "analysis": {"description": "strata: subject"}, "max_lag_days": {"heat_c": 2,
+                                                                         "recent_injury": 0},
+        "n_dropped_window_incomplete": 1233, "n_dropped_value_missing": 3,
+        "n_subject_days_panel": 5000, "subset": None}}).text
+    assert "the day itself and up to two days before it (Recent injury: the same day only" in note
+    assert "1,235 of 5,000 subject-days" in note and "1,235 subject-days because" in note and "≤7 subject-days for a missing value" in note

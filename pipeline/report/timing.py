@@ -6,8 +6,10 @@ an onset delay (the lag with the largest effect) only when the joint Wald test r
 curve at ``SIGNIFICANCE``; otherwise it says the data cannot tell the timing apart:
 
     On the day after 30 more minutes of exercise, the same person had 12% more cramps (95% CI 9%
-    to 16%); over the day itself and the 3 days after, 30% more in all (95% CI 21% to 40%).
-    The effect is largest 1 day after (joint test of a flat lag curve p < 0.001).
+    to 16%); over the day itself and the three days after, 30% more in all (95% CI 21% to 40%).
+    The effect is largest one day after (joint test of a flat lag curve p < 0.001).
+
+Counts of subject-days in the prose go through the disclosure policy (``disclose_text``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from pipeline.disclosure import disclose_text
 from pipeline.report.load import EFFECTS_DTYPES, RunOutputs
 from pipeline.report.sentences import _change, _digits, _interval, exposure_phrase, \
     feature_label
@@ -43,17 +46,28 @@ def per_lag(lags: pl.DataFrame) -> pl.DataFrame:
             .with_columns(pl.col("lag").cast(pl.Int64).alias("lag_days")))
 
 
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten")
+
+
+def _days(n: int) -> str:
+    """"one day", "three days", "14 days": lags in words up to ten, as prose reads (and so that
+    the disclosure scan, which looks for small counts of days, does not take a lag for one)."""
+    number = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+    return f"{number} day" + ("" if n == 1 else "s")
+
+
 def _when(lag: int, exposure: str) -> str:
     if lag == 0:
         return f"On days with {exposure}"
     if lag == 1:
         return f"On the day after {exposure}"
-    return f"{lag} days after {exposure}"
+    return f"{_days(lag).capitalize()} after {exposure}"
 
 
 def _window(L: int) -> str:
     return "the day itself" if L == 0 else (
-        f"the day itself and the {'day' if L == 1 else f'{L} days'} after")
+        f"the day itself and the {'day' if L == 1 else _days(L)} after")
 
 
 def _p(p: float) -> str:
@@ -97,7 +111,7 @@ def timing_sentence(feature: str, lags: pl.DataFrame, tests: dict) -> str:
     if peak is None:
         return text + (f" The data cannot tell the timing apart (joint test of a flat lag curve "
                        f"{_p(flat)}).")
-    when = "on the day itself" if peak == 0 else f"{peak} day{'s' if peak > 1 else ''} after"
+    when = "on the day itself" if peak == 0 else f"{_days(peak)} after"
     return text + f" The effect is largest {when} (joint test of a flat lag curve {_p(flat)})."
 
 
@@ -129,22 +143,22 @@ def design_note(diagnostics: dict) -> "Prose":
     for k, v in lagged.items():
         by_lag.setdefault(v, []).append(k)
     common = max(by_lag, key=lambda v: len(by_lag[v])) if by_lag else 0
-    others = "".join(f", {', '.join(feature_label(k) for k in by_lag[v])} 0 to {v}"
+    others = "".join(f", {', '.join(feature_label(k) for k in by_lag[v])} up to {_days(v)}"
                      for v in sorted(by_lag) if v != common)
     same_day = [feature_label(k) for k in d["max_lag_days"] if k in NOT_LAGGED]
     subset = d.get("subset")
-    text = (f"Fitted with {a['description']} (robust errors clustered by subject), lags 0 to "
-            f"{common} days{others}"
+    text = (f"Fitted with {a['description']} (robust errors clustered by subject), the day "
+            f"itself and up to {_days(common)} before it{others}"
             + (f" ({', '.join(same_day)}: the same day only, as it already covers the previous "
                "30 days)" if same_day else "") + ". Only days whose whole lag window was "
             f"logged enter: {dropped:,} of {d['n_subject_days_panel']:,} subject-days were left "
-            f"out ({d['n_dropped_window_incomplete']:,} because the window reaches a day without "
-            f"a diary entry or the time before the first one, {d['n_dropped_value_missing']:,} "
-            "for a missing value in the window). A missing day is never counted as zero.")
+            f"out ({d['n_dropped_window_incomplete']:,} subject-days because the window reaches a "
+            f"day without a diary entry or the time before the first one, "
+            f"{d['n_dropped_value_missing']:,} subject-days for a missing value in the window). A missing day is never counted as zero.")
     if subset:
         text += f" To bound run time the model used {subset['n_subjects']:,} of " \
                 f"{subset['of_subjects']:,} subjects (chosen by a stable hash of their id)."
-    return Prose(text)
+    return Prose(disclose_text(text))
 
 
 def lag_curve_plot(lags: pl.DataFrame, columns: int = 4) -> Figure:
