@@ -279,7 +279,7 @@ def fit_lags(panel: Panel, *, custom_factors=(), analysis: AnalysisConfig | None
             continue
         excluded.update(failures)
         terms = [t for t in terms if t.feature.name not in failures]
-    rows, tests = _rows(reported, terms, fit, failure, data, excluded, analysis)
+    rows, tests = _rows(reported, terms, fit, failure, data, excluded, analysis, custom_factors)
     lags = sort_lags(LAGS.conform(pl.DataFrame(rows, schema=LAGS.schema(), orient="row")),
                      custom_factors)
     diagnostics = {
@@ -387,7 +387,7 @@ def _row(f: fd.Feature, lag: str, counts: dict, note: str, est=None) -> dict[str
     return row
 
 
-def _rows(reported, terms, fit, failure, data: LagBucket, excluded, analysis):
+def _rows(reported, terms, fit, failure, data: LagBucket, excluded, analysis, custom_factors):
     n_subj = int(np.count_nonzero(np.bincount(data.subjects, weights=data.y) > 0)) \
         if data.y.size else 0
     counts = {"n_subjects": n_subj, "n_subject_days": int(data.y.size),
@@ -398,11 +398,13 @@ def _rows(reported, terms, fit, failure, data: LagBucket, excluded, analysis):
               f"({data.n_window_incomplete:,} reach an unlogged day or the time before the first "
               f"diary day, {data.n_value_missing:,} miss a value in the window)"]
     by_name = {t.feature.name: i for i, t in enumerate(terms)}
+    # Lags of features left out (absent, too much missing): as they would have been fitted.
+    planned = {t.feature.name: t.max_lag for t in lag_terms(reported, analysis, custom_factors)}
     rows: list[dict[str, Any]] = []
     tests: dict[str, Any] = {}
     for f in reported:
         i = by_name.get(f.name)
-        L = terms[i].max_lag if i is not None else analysis.max_lag_days
+        L = terms[i].max_lag if i is not None else planned[f.name]
         if f.name in excluded or fit is None or i is None:
             why = excluded.get(f.name) or failure or "model not fitted"
             for lag in [str(k) for k in range(L + 1)] + [f"0-{L}"]:
@@ -421,8 +423,9 @@ def _rows(reported, terms, fit, failure, data: LagBucket, excluded, analysis):
                          f"{est['beyond_lag0']['p_value']:.3g} (df {est['beyond_lag0']['df']}), "
                          f"flat lag curve p = {est['flat']['p_value']:.3g} "
                          f"(df {est['flat']['df']})")
-        cum_note = (note + f"; cumulative: {f.unit} more on each of the {L + 1} days "
-                    f"(the day and the {L} before)" + test_note)
+        cum_note = note + (f"; cumulative: one unit ({f.unit}) more on each of the {L + 1} days "
+                           f"(the day and the {L} before)" if L else
+                           "; cumulative over lag 0 only (the same as lag 0)") + test_note
         rows.append(_row(f, f"0-{L}", counts, cum_note,
                          (est["cumulative"], est["cumulative_se"])))
     return rows, tests
