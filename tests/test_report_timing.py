@@ -95,3 +95,19 @@ def test_a_later_onset_reads_in_words_and_the_design_note_discloses_counts():
         "n_subject_days_panel": 5000, "subset": None}}).text
     assert "the day itself and up to two days before it (Recent injury: the same day only" in note
     assert "1,235 of 5,000 subject-days" in note and "1,235 subject-days because" in note and "≤7 subject-days for a missing value" in note
+
+
+def test_the_notebook_refit_uses_other_choices_and_validates_them():
+    import pytest
+
+    from pipeline.errors import UserError
+    from pipeline.report import views
+
+    run = views.open_run(None)
+    refitted = timing.refit(run, max_lag_days=1, strata="subject_month")
+    ex = refitted.filter(pl.col("feature") == "exercise_min")
+    assert ex["lag"].to_list() == ["0", "1", "0-1"]
+    assert ex["note"][0].startswith("strata: subject x calendar month")
+    assert refitted.filter(pl.col("feature") == "magnesium_mg")["irr"].null_count() == 0
+    with pytest.raises(UserError, match='allowed values are "subject", "subject_month"'):
+        timing.refit(run, strata="weekly")
