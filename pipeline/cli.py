@@ -134,6 +134,9 @@ def synth(
     effect_modification: Annotated[bool, typer.Option(
         "--effect-modification", help="Plant a sitting effect only in people aged 60+ "
         "(pipeline/synth/modification.py).")] = False,
+    lagged: Annotated[bool, typer.Option("--lagged", help="Plant effects at lags > 0 as well "
+                                         "(next-day exercise, alcohol, fluid; see the truth "
+                                         "file).")] = False,
 ) -> None:
     """Write a synthetic contract dataset with planted effects; the truth goes to OUT.truth.json."""
     from pipeline import synth as synth_module
@@ -141,7 +144,7 @@ def synth(
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise UserError(f"--format must be csv, jsonl or parquet, not {fmt!r}")
     dataset = synth_module.generate(subjects, days, seed, confounded=confounded,
-                                    effect_modification=effect_modification)
+                                    effect_modification=effect_modification, lagged=lagged)
     synth_module.write_dataset(dataset, out_dir, fmt=fmt)
     out.print(f"Wrote {out_dir} ({subjects} subjects × {days} days); planted truth beside it.")
 

@@ -24,6 +24,7 @@ OUTPUT_MODULES: tuple[str, ...] = (
     "pipeline.models.effects",
     "pipeline.describe.cohort",
     "pipeline.models.subgroups",
+    "pipeline.models.lags",
 )
 
 

@@ -115,10 +115,18 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
             "daily row: counted in summary.json and left out of the models."
         )
 
-    models = fit_models(panel, custom_factors=config.custom_factors)  # a line per model
+    models = fit_models(panel, custom_factors=config.custom_factors,  # a line per model
+                        analysis=config.analysis)
+    from pipeline.models.lags import fit_lags, write_lags
+
+    with stages.stage("fit model within_subject_lags"):
+        lags = fit_lags(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    models.diagnostics["lags"] = lags.diagnostics
     with stages.stage("write model outputs"):
+        write_lags(lags, out_dir)
         write_model_outputs(models, out_dir)
-    messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
+    messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
+                    "written.")
 
     from pipeline.describe import write_describe_outputs
 

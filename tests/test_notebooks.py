@@ -26,6 +26,7 @@ KEY_CELLS = {
     "01-data-quality": ["views.ingest_table(", "views.quarantine_reasons_table("],
     "00-cohort": ["cohort.cohort_section_table("],
     "06-subgroups": ["cohort.subgroup_prose(", "cohort.subgroup_tests_table("],
+    "05-timing": ["timing.timing_sentences(", "timing.cumulative_table("],
 }
 
 pytestmark = pytest.mark.xdist_group("notebooks")
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.xdist_group("notebooks")
 def test_the_numbered_notebooks():
     assert [p.stem for p in NOTEBOOKS] == ["00-cohort", "01-data-quality",
                                            "02-factor-associations", "03-red-flags",
-                                           "04-subject-timeline", "06-subgroups"]
+                                           "04-subject-timeline", "05-timing", "06-subgroups"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

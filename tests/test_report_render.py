@@ -113,8 +113,8 @@ def test_an_incomplete_run_directory_is_a_user_error_naming_the_missing_files(tm
 
 
 def test_slugs():
-    assert [slug(t) for t in ("Effects", "Dose-response", "Red flags", "Data quality")] == \
-        list(REQUIRED_SECTIONS)
+    assert [slug(t) for t in ("Effects", "Dose-response", "Timing", "Red flags",
+                              "Data quality")] == list(REQUIRED_SECTIONS)
 
 
 # --- the real thing: the sample run rendered --------------------------------------------------------

@@ -30,10 +30,11 @@ from pipeline import atomic, progress
 from pipeline.errors import UserError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-#: Notebooks in the report, in reading order: the cohort, findings, red flags beside them, data last.
-REPORT_NOTEBOOKS = ("00-cohort", "02-factor-associations", "06-subgroups", "03-red-flags",
-                    "01-data-quality")
-REQUIRED_SECTIONS = ("effects", "dose-response", "red-flags", "data-quality")
+#: Notebooks in the report, in reading order: the cohort, findings (same day, timing, subgroups),
+#: red flags beside them, data last.
+REPORT_NOTEBOOKS = ("00-cohort", "02-factor-associations", "05-timing", "06-subgroups",
+                    "03-red-flags", "01-data-quality")
+REQUIRED_SECTIONS = ("effects", "dose-response", "timing", "red-flags", "data-quality")
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 300
 #: The shareable report's directory inside a run (nothing identifying is written into it).

@@ -22,6 +22,7 @@ from pipeline.synth import episodes as ep
 from pipeline.synth import modification
 from pipeline.synth import truth
 from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
+from pipeline.synth.lagged import lagged_predictor
 from pipeline.synth.truth_doc import truth_document
 
 DEFAULT_START = date(2026, 1, 5)
@@ -61,7 +62,7 @@ def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
 
 def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
              start_date: date = DEFAULT_START, custom_factor: bool = True,
-             effect_modification: bool = False) -> SynthDataset:
+             effect_modification: bool = False, lagged: bool = False) -> SynthDataset:
     """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
 
     ``effect_modification=True`` plants a sitting effect only in people aged 60+
@@ -97,6 +98,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
         if effect_modification:
             lp += modification.extra_log_rate(blk.x, blk.age_band)
+        if lagged:  # planted lag > 0 effects (pipeline/synth/lagged.py)
+            lp += lagged_predictor(blk.x)
         cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
         subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
         daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
@@ -155,6 +158,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
             "block_subjects": BLOCK_SUBJECTS}
     if effect_modification:  # only when set, so the default truth file is unchanged
         args["effect_modification"] = True
+    if lagged:
+        args["lagged"] = True
     doc = truth_document(
         args=args, effects=effects, intercept=intercept, confounded=confounded,
         realized={
@@ -181,6 +186,11 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     )
     if effect_modification:
         doc["effect_modification"] = modification.truth_entry()
+    if lagged:
+        from pipeline.synth import lagged as planted_lags
+
+        doc["planted_lags"] = planted_lags.truth_entries()
+        doc["formula_lags"] = planted_lags.FORMULA
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
 
