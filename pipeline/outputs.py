@@ -22,6 +22,7 @@ import polars as pl
 #: Modules that declare output tables; imported by :func:`all_outputs`.
 OUTPUT_MODULES: tuple[str, ...] = (
     "pipeline.models.effects",
+    "pipeline.models.subject_effects",
 )
 
 

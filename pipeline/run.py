@@ -88,6 +88,7 @@ def run_job(
     models = fit_models(panel, custom_factors=config.custom_factors)
     write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
+    messages.append(write_per_patient(panel, models, out_dir, config.custom_factors))
 
     if report:
         from pipeline.report import render_report
@@ -96,6 +97,15 @@ def run_job(
                              rules_path=rules_path)
         messages.append(f"Report: {path}")
     return {"summary": summary, "messages": messages}
+
+
+def write_per_patient(panel, models, out_dir: Path, custom_factors) -> str:
+    """Per-person estimates (subject_effects.csv, heterogeneity.csv; issue 13)."""
+    from pipeline.models.subject_effects import fit_subject_effects, write_subject_effects
+
+    write_subject_effects(fit_subject_effects(panel, models.effects,
+                                              custom_factors=custom_factors), out_dir)
+    return "Per-person estimates: subject_effects.csv and heterogeneity.csv written."
 
 
 def store_totals(store) -> dict[str, dict[str, int]]:

@@ -19,6 +19,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.errors import UserError
 from pipeline.synth import episodes as ep
+from pipeline.synth import heterogeneity as het
 from pipeline.synth import truth
 from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
 from pipeline.synth.truth_doc import truth_document
@@ -28,6 +29,8 @@ DEFAULT_START = date(2026, 1, 5)
 BLOCK_SUBJECTS = 4096
 _STREAMS = {"subjects": 0, "daily": 1, "window": 2, "injury": 3, "custom": 4, "missing": 5}
 _GLOBAL_STREAMS = {"counts": 100, "episodes": 102}
+#: Per-block stream of the planted per-person deviations (``heterogeneous=True`` only).
+_HETEROGENEITY_STREAM = 6
 _BOOL_FEATURES = ("electrolytes", "poor_posture")
 
 
@@ -59,7 +62,8 @@ def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
 
 
 def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
-             start_date: date = DEFAULT_START, custom_factor: bool = True) -> SynthDataset:
+             start_date: date = DEFAULT_START, custom_factor: bool = True,
+             heterogeneous: bool = False) -> SynthDataset:
     """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
 
     >>> ds = generate(20, 14, seed=1)
@@ -80,6 +84,7 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     # Per block, the daily table is built at once (so the big float arrays are freed); only what the
     # episode draw needs (subject, day, linear predictor) is kept for the logged and skipped days.
     daily_parts, logged_parts, skipped_parts, injury_parts, subject_parts = [], [], [], [], []
+    deviation_parts = []
     recent_injury_days = 0
     for b, lo in enumerate(range(0, n_subjects, BLOCK_SUBJECTS)):
         n = min(BLOCK_SUBJECTS, n_subjects - lo)
@@ -88,6 +93,10 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
                              custom_factor=custom_factor)
         subj_lp = np.log(blk.frailty * blk.age_mult)
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
+        if heterogeneous:  # per-person rate ratios (pipeline/synth/heterogeneity.py)
+            deviations = het.draw_deviations(_rng(seed, b, _HETEROGENEITY_STREAM), n)
+            lp += het.deviation_predictor(blk.x, deviations, effects)
+            deviation_parts.append(deviations)
         cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
         subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
         daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
@@ -168,6 +177,9 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
         subject_level={"habitual_stress": subj["habitual_stress"],
                        "habitual_sitting": subj["habitual_sitting"], "frailty": subj["frailty"]},
     )
+    if heterogeneous:
+        doc["args"]["heterogeneous"] = True
+        doc["heterogeneity"] = het.truth_section(sid.to_list(), cat(deviation_parts), effects)
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
 
