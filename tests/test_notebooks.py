@@ -24,6 +24,7 @@ KEY_CELLS = {
     "02-factor-associations": ["views.sentences(run.effects)", "views.effects_table("],
     "03-red-flags": ["views.flag_counts_table(", "views.rules_table(run"],
     "01-data-quality": ["views.ingest_table(", "views.quarantine_reasons_table("],
+    "04-subject-timeline": ["patient.patient_controls(run, subject"],
 }
 
 pytestmark = pytest.mark.xdist_group("notebooks")
