@@ -136,8 +136,10 @@ def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> Su
     within = effects.filter(pl.col("model") == fd.WITHIN_SUBJECT)
     within_irr = dict(zip(within["feature"].to_list(), within["irr"].to_list()))
     subject_parts, het_rows = [], []
+    by_feature = rows.sort("feature", "subject_id").partition_by("feature", as_dict=True)
+    empty = pl.DataFrame(schema=rows.schema)
     for f in features:
-        part = rows.filter(pl.col("feature") == f.name).sort("subject_id")
+        part = by_feature.get((f.name,), empty)
         y, v = part["log_irr"].to_numpy(), part["variance"].to_numpy()
         has = part["log_irr"].is_not_null().to_numpy()
         n = int(has.sum())
