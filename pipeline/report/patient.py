@@ -322,9 +322,13 @@ def _findings_section(data, subject_id, factor) -> Section:
     missing = not_estimated(data, subject_id, factor)
     note = ("Estimates use the person's whole diary (not only the dates shown) and are "
             "associations, not causes.")
+    if factor not in (None, ALL_FACTORS):
+        note = f"Showing one factor: {schema.FACTORS.get(factor, factor)}. " + note
     if found.height == 0:
         text = ("No factor has an estimate for this person"
                 + (f" ({missing['why not'][0]})" if missing.height else "") + ".")
+        if factor not in (None, ALL_FACTORS):
+            text = f"Showing one factor: {schema.FACTORS.get(factor, factor)}. " + text
         return Section(title, text, _prose(text))
     lines = [f"{r['sentence']} Evidence: {r['evidence']}. {r['comparison']}"
              for r in found.to_dicts()]
