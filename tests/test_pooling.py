@@ -90,3 +90,22 @@ def test_pool_refuses_too_few_or_invalid_inputs():
         pool(np.array([0.1]), np.array([0.1]))
     with pytest.raises(ValueError):
         pool(np.array([0.1, 0.2]), np.array([0.1, 0.0]))
+
+
+def test_integrating_tau_widens_intervals_most_where_tau_is_uncertain():
+    from pipeline.models.pooling import shrink_integrated
+
+    y, v = bcg()
+    fit = pool(y, v)
+    point, se = shrink_integrated(fit, y, v, fit.mu, fit.mu_se, y, v)
+    plain, se_plain = fit.blup(y, v)
+    np.testing.assert_allclose(point, plain)  # the point is the shrinkage at tau-hat
+    assert np.all(se >= se_plain * (1 - 1e-9))
+    # With tau-hat = 0 the estimate stays at the centre and the interval widens beyond its SE.
+    rng = np.random.default_rng(0)
+    v0 = rng.uniform(0.05, 0.2, 30)
+    y0 = 0.1 + rng.normal(0, np.sqrt(v0)) * 0.3
+    fit0 = pool(y0, v0)
+    point0, se0 = shrink_integrated(fit0, y0, v0, 0.12, 0.01, y0, v0)
+    np.testing.assert_array_equal(point0, np.full(30, 0.12))
+    assert np.all(se0 > 0.01)

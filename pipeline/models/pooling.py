@@ -17,9 +17,12 @@ univariate marginal model is correct for each feature on its own):
 - **Per-person estimate**: the empirical-Bayes best linear unbiased predictor (BLUP),
   theta_i = mu + B_i (y_i − mu) with B_i = tau² / (tau² + v_i), shrunk toward the random-effects
   mean mu by as much as the person's own estimate is uncertain relative to how much people differ.
-  Its variance, tau²(1 − B_i) + (1 − B_i)² Var(mu), counts the uncertainty of mu (Raudenbush & Bryk
-  2002, eq. 3.60; metafor's ``blup``); the uncertainty of tau² itself is not propagated (with the
-  few hundred persons a cohort has, it is small; the coverage test on planted data checks this).
+  Given tau, its variance is tau²(1 − B_i) + (1 − B_i)² Var(centre) (Raudenbush & Bryk 2002,
+  eq. 3.60; metafor's ``blup``). The uncertainty of tau itself is integrated over a grid weighted by
+  the restricted likelihood (:func:`shrink_integrated`): the interval is the point at tau-hat ± 1.96
+  root-mean-square error under that mixture. It matters most where tau-hat = 0 but the data cannot
+  rule out that people differ: the estimate is then the centre, its interval wider than the
+  centre's.
 
 **Centre: the cohort's ``within_subject`` estimate** (``effects.csv``; its subject-clustered
 variance in place of Var(mu)), not the random-effects mean mu of the own estimates. Two reasons:
@@ -76,6 +79,37 @@ class Pooled:
         theta = m + B * (y - m)
         var = self.tau2 * (1 - B) + (1 - B) ** 2 * m_se ** 2
         return theta, np.sqrt(var)
+
+
+#: Points of the grid over tau on which the uncertainty of tau is integrated.
+TAU_GRID_POINTS = 41
+
+
+def shrink_integrated(fit: Pooled, y: np.ndarray, v: np.ndarray, centre: float,
+                      centre_se: float, y_all: np.ndarray, v_all: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Shrunken estimates at tau-hat, with standard errors that also count the uncertainty of tau.
+
+    tau is integrated over a grid with weights proportional to the restricted likelihood (the
+    marginal likelihood of tau² once mu is integrated out under a flat prior; a uniform prior on
+    tau over [0, 2 × the upper Q-profile bound]). The returned SE is the root-mean-square error of
+    the point estimate (the shrinkage at tau-hat) under that mixture: sqrt(E[V(tau)] +
+    E[(theta(tau) − theta(tau-hat))²]). So when tau-hat = 0 a person's estimate is still the
+    centre, but their interval is wider than the centre's by as much as the data cannot rule out
+    that people differ. ``y_all``/``v_all``: every own estimate (the likelihood's data).
+    """
+    point, _ = fit.blup(y, v, centre, centre_se)
+    top = 2.0 * max(np.sqrt(fit.tau2_high), np.sqrt(fit.tau2), 1e-3)
+    taus = np.linspace(0.0, top, TAU_GRID_POINTS)
+    ll = np.array([reml_loglik(t * t, y_all, v_all) for t in taus])  # a few dozen points
+    w = np.exp(ll - ll.max())
+    w /= w.sum()
+    t2 = (taus ** 2)[:, None]
+    B = t2 / (t2 + v[None, :])
+    theta = centre + B * (y[None, :] - centre)
+    var = t2 * (1 - B) + (1 - B) ** 2 * centre_se ** 2
+    mse = (w[:, None] * (var + (theta - point[None, :]) ** 2)).sum(axis=0)
+    return point, np.sqrt(mse)
 
 
 def _weights_mean(y, v, tau2):

@@ -27,7 +27,7 @@ import polars as pl
 from pipeline.features import dictionary as fd
 from pipeline.features.panel import Panel
 from pipeline.models.per_subject import SUBJECT_ROWS_SCHEMA, fit_subject_bucket
-from pipeline.models.pooling import MIN_SUBJECTS_FOR_POOLING, Z95, pool
+from pipeline.models.pooling import MIN_SUBJECTS_FOR_POOLING, Z95, pool, shrink_integrated
 from pipeline.outputs import OutputColumn, OutputTable, declare
 
 #: Subjects per bucket of the in-process map (bounds memory; whole subjects only).
@@ -156,7 +156,8 @@ def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> Su
         else:
             fit = pool(y[has], v[has])
             centre, centre_se = _cohort_estimate(within, f.name, fit)
-            theta[has], se[has] = fit.blup(y[has], v[has], centre, centre_se)
+            theta[has], se[has] = shrink_integrated(fit, y[has], v[has], centre, centre_se,
+                                                    y[has], v[has])
             weight[has] = fit.tau2 / (fit.tau2 + v[has])
             mu_lo, mu_hi = fit.mu - Z95 * fit.mu_se, fit.mu + Z95 * fit.mu_se
             spread = Z95 * np.sqrt(fit.tau2 + centre_se ** 2)
