@@ -58,7 +58,7 @@ MAX_ABS_LOG_IRR = 10.0
 MAX_ITER = 60
 #: Convergence: a subject's Newton decrement (about twice the log-likelihood still to gain)
 #: below this.
-DECREMENT_TOL = 1e-12
+DECREMENT_TOL = 1e-10
 MAX_HALVINGS = 30
 #: Padded cells (subjects × longest diary in the batch) per batch: bounds the memory of a batch
 #: (times the number of parameters, 8 bytes each: 13 parameters → about 50 MB).
@@ -255,7 +255,7 @@ def _newton(Z, Y, use, beta0):
     A subject finishes when its Newton decrement grad'H^-1 grad (twice the log-likelihood still to
     gain) falls below ``DECREMENT_TOL``: its last Newton step is taken (quadratic convergence makes
     the coefficients exact to ~1e-12) and the covariance is the inverse of the Hessian just
-    computed (relative error of the order of that last step, ~1e-7). Finished, stalled and
+    computed (relative error of the order of that last step, ~1e-6). Finished, stalled and
     diverging subjects leave the active set, so a few slow ones do not make every subject pay for
     their iterations. Returns (coefficients, variances, converged)."""
     Gb, T, q = Z.shape

@@ -19,6 +19,8 @@ says why, and the cohort's mean (``heterogeneity.csv``) is then the best guess f
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +33,7 @@ from pipeline.models.pooling import MIN_SUBJECTS_FOR_POOLING, Z95, pool, shrink_
 from pipeline.outputs import OutputColumn, OutputTable, declare
 
 #: Subjects per bucket of the in-process map (bounds memory; whole subjects only).
-BUCKET_SUBJECTS = 2_000
+BUCKET_SUBJECTS = 1_000
 #: tau below this (log rate ratio per unit) reads as "no sign that people differ".
 NO_HETEROGENEITY_TAU = 1e-6
 
@@ -119,14 +121,21 @@ def subject_buckets(frame: pl.DataFrame, size: int = BUCKET_SUBJECTS):
 
 
 def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(),
-                        bucket_subjects: int = BUCKET_SUBJECTS) -> SubjectEffects:
-    """Both stages on an in-memory panel (``effects``: the run's effects.csv frame)."""
+                        bucket_subjects: int = BUCKET_SUBJECTS,
+                        workers: int | None = None) -> SubjectEffects:
+    """Both stages on an in-memory panel (``effects``: the run's effects.csv frame); buckets run
+    on ``workers`` threads (default: up to 2). The result does not depend on either."""
     features, start = within_features(effects, custom_factors)
     frame = panel.frame.collect() if isinstance(panel.frame, pl.LazyFrame) else panel.frame
     keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
     frame = frame.select(keep)
-    parts = [fit_subject_bucket(b, features, start)
-             for b in subject_buckets(frame, bucket_subjects)] if features else []
+    parts = []
+    if features:
+        # The in-process map: buckets on a small thread pool (numpy and polars release the GIL
+        # in the heavy parts); an executor (local pool, Dask) can run the same map instead.
+        with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(lambda b: fit_subject_bucket(b, features, start),
+                                  subject_buckets(frame, bucket_subjects)))
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
     return pool_subject_rows(rows, features, effects)
 
