@@ -46,7 +46,7 @@ def test_person_sentence(given, expected):
 @pytest.mark.parametrize("given, h, expected", [
     # no heterogeneity: the page says people do not differ
     (row(), het(tau=0.0), "the data show no sign that people differ in this, so this person's "
-                          "estimate is the cohort's."),
+                          "estimate is the cohort's (with a wider interval"),
     # log(0.75/0.85)/0.2 = -0.626, Phi = 0.266: below about 73% of people
     (row(), het(), "this person's rate ratio is lower than that of about 73% of people."),
     (row(irr=0.95), het(), "higher than that of about 71% of people"),

@@ -148,7 +148,8 @@ def cohort_sentence(row: dict, het: dict | None) -> str:
     average = f"on average {_change(cohort, digits)} cramps"
     if het["tau"] < NO_HETEROGENEITY_TAU:
         return (f"In the cohort, people had {average}; the data show no sign that people differ "
-                "in this, so this person's estimate is the cohort's.")
+                "in this, so this person's estimate is the cohort's (with a wider interval: the "
+                "data cannot rule out that people differ somewhat).")
     share = stats.norm.cdf((math.log(row["irr"]) - math.log(cohort)) / het["tau"])
     side, pct = ("higher", share) if share >= 0.5 else ("lower", 1 - share)
     text = (f"In the cohort, people had {average} (people differ: 95% of them between "
