@@ -76,15 +76,27 @@ def lab(tmp_path):
             process.wait(timeout=5)
 
 
+#: The notebook panel in Lab's main area (``shell.currentWidget`` is null while nothing has focus).
+PANEL = ("(window.jupyterapp && [...jupyterapp.shell.widgets('main')]"
+         ".find(w => w.sessionContext && w.title.label.startsWith('04-')))")
+STATE = """(() => { const app = window.jupyterapp; const w = app && """ + PANEL + """;
+    const s = w && w.sessionContext; return JSON.stringify({app: !!app, widget: w && w.title.label,
+    kernel: s && s.session && s.session.kernel && s.session.kernel.status,
+    dialog: (document.querySelector('.jp-Dialog') || {}).innerText,
+    output: [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText.slice(0, 300))});
+    })()"""
+
+
 def _poll(tools: DevTools, expression: str, timeout: float = RUN_TIMEOUT_S):
-    """Evaluate ``expression`` until it is truthy; return its value."""
+    """Evaluate ``expression`` until it is truthy; return its value (on timeout, say what Lab
+    shows)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = tools.evaluate(expression)
         if value:
             return value
         time.sleep(0.5)
-    raise TimeoutError(expression)
+    raise TimeoutError(f"{expression}\nLab: {tools.evaluate(STATE)}")
 
 
 PAGE_TEXT = ("(() => { const p = document.querySelector("
@@ -111,9 +123,10 @@ def test_patient_page_controls_rebuild_the_page_in_jupyterlab(lab, chromium):  #
         for domain in ("Page", "Runtime"):
             tools.call(f"{domain}.enable")
         tools.call("Page.navigate", url=f"{base}/lab/tree/{NOTEBOOK}?token={token}")
-        _poll(tools, "(() => { const w = window.jupyterapp && jupyterapp.shell.currentWidget;"
-                     " const k = w && w.sessionContext && w.sessionContext.session"
+        _poll(tools, f"(() => {{ const w = {PANEL}; const k = w && w.sessionContext.session"
                      " && w.sessionContext.session.kernel; return k && k.status === 'idle'; })()")
+        # Make the notebook the current widget (headless, nothing has focus), then run it.
+        tools.evaluate(f"(() => {{ jupyterapp.shell.activateById({PANEL}.id); return true; }})()")
         tools.evaluate("jupyterapp.commands.execute('notebook:run-all-cells').then(() => true)")
 
         first = _poll(tools, PAGE_TEXT)
@@ -134,6 +147,7 @@ def test_patient_page_controls_rebuild_the_page_in_jupyterlab(lab, chromium):  #
                      60)
         assert f"Subject {subject} " in page and "more stress" not in page
 
+        tools.evaluate("document.querySelector('.cramp-patient-controls').scrollIntoView()")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shot = tools.call("Page.captureScreenshot", format="png")
         (SCREENSHOTS / "patient-page.png").write_bytes(base64.b64decode(shot["data"]))
