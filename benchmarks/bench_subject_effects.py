@@ -11,6 +11,7 @@ Usage: ``python benchmarks/bench_subject_effects.py [N_SUBJECTS N_DAYS]``. Not r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -33,7 +34,10 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
     from pipeline.models.subject_effects import fit_subject_effects, write_subject_effects
 
     path = _dataset(n_subjects, n_days)
-    custom = tuple(schema.CustomFactor(**c) for c in json.loads((path / "custom.json").read_text()))
+    # The cache may have been written by a newer CustomFactor: keep the fields this one knows.
+    known = {f.name for f in dataclasses.fields(schema.CustomFactor)}
+    custom = tuple(schema.CustomFactor(**{k: v for k, v in c.items() if k in known})
+                   for c in json.loads((path / "custom.json").read_text()))
     read = {name: pl.scan_parquet(path / f"{name}.parquet")
             for name in ("daily", "episodes", "injuries")}
     panel = build_panel(read["daily"], read["episodes"], read["injuries"], custom_factors=custom)

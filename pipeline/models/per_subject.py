@@ -110,8 +110,9 @@ def fit_subject_bucket(bucket: pl.DataFrame, features: Sequence[fd.Feature],
     subjects = bucket.select(pl.col("subject_id").unique().sort()).to_series()
     if not names or subjects.len() == 0:
         return pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
-    complete = (bucket.filter(pl.all_horizontal(pl.col(names).is_not_null()))
-                .sort("subject_id", "date"))
+    complete = bucket.filter(pl.all_horizontal(pl.col(names).is_not_null()))
+    if not complete["subject_id"].is_sorted():  # rows of a subject must be contiguous
+        complete = complete.sort("subject_id", "date")
     G = subjects.len()
     code = subjects.search_sorted(complete["subject_id"]).to_numpy().astype(np.int64)
     X = complete.select(pl.col(names).cast(pl.Float64)).to_numpy()
