@@ -173,3 +173,29 @@ def test_coverage_and_error_hold_over_seeds():
             total += a["n"]
     low, high = band(total)
     assert low <= hits / total <= high, hits / total
+
+
+def test_cramp_run_writes_both_tables_as_declared():
+    from pipeline.report.sample import ensure_sample_run
+
+    run_dir = ensure_sample_run()  # cramp run on the bundled sample (cached)
+    for table in (SUBJECT_EFFECTS, HETEROGENEITY):
+        frame = pl.read_csv(run_dir / table.file, schema_overrides=table.schema())
+        assert tuple(frame.columns) == table.names
+        assert frame.height > 0
+    subjects = pl.read_csv(run_dir / "subject_effects.csv")["subject_id"].n_unique()
+    assert subjects == 200  # every subject of the sample has rows
+
+
+def test_cramp_synth_heterogeneous_writes_each_persons_truth(tmp_path):
+    import json
+
+    from tests.test_cli import cramp
+
+    out = tmp_path / "het"
+    result = cramp("synth", "--out", str(out), "--subjects", "5", "--days", "10",
+                   "--heterogeneous")
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "het.truth.json").read_text())
+    assert truth["args"]["heterogeneous"] is True
+    assert len(truth["heterogeneity"]["subjects"]) == 5
