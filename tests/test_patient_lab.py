@@ -29,7 +29,7 @@ NOTEBOOK = "04-subject-timeline.ipynb"
 #: Kernel start, the sample run (cached), imports and the first page, on a loaded machine.
 RUN_TIMEOUT_S = 240
 
-pytestmark = pytest.mark.xdist_group("lab")
+pytestmark = [pytest.mark.xdist_group("lab"), pytest.mark.slow]
 
 
 @pytest.fixture
@@ -83,7 +83,8 @@ STATE = """(() => { const app = window.jupyterapp; const w = app && """ + PANEL 
     const s = w && w.sessionContext; return JSON.stringify({app: !!app, widget: w && w.title.label,
     kernel: s && s.session && s.session.kernel && s.session.kernel.status,
     dialog: (document.querySelector('.jp-Dialog') || {}).innerText,
-    output: [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText.slice(0, 300))});
+    output: [...document.querySelectorAll('.jp-OutputArea-output')]
+            .map(o => o.innerText.slice(0, 300))});
     })()"""
 
 
@@ -110,8 +111,8 @@ def _choose(tools: DevTools, which: int, option_text: str) -> str:
     return tools.evaluate(f"""(() => {{
         const s = {SELECTS}[{which}];
         const options = [...s.options];
-        const o = {json.dumps(option_text)} ? options.find(x => x.text === {json.dumps(option_text)})
-                                            : options.find(x => !x.selected);
+        const wanted = {json.dumps(option_text)};
+        const o = wanted ? options.find(x => x.text === wanted) : options.find(x => !x.selected);
         s.value = o.value; s.dispatchEvent(new Event('change', {{bubbles: true}}));
         return o.text; }})()""")
 

@@ -278,7 +278,8 @@ def patient_page(data: PatientData | RunOutputs, subject_id: str | None,
               f"{days.height:,} logged day(s), {episodes.height:,} episode(s)")
     if days.height:
         header += f", {days['date'].min()} to {days['date'].max()}"
-    page.sections.append(Section("", header + ".", f"<p><strong>{html.escape(header)}.</strong></p>"))
+    page.sections.append(Section("", header + ".",
+                                 f"<p><strong>{html.escape(header)}.</strong></p>"))
     page.sections.append(_timeline(run, subject_id, days, episodes, start, end))
     page.sections.append(_findings_section(data, subject_id, factor))
     page.sections.append(_flags_section(run, subject_id, start, end))
@@ -313,8 +314,8 @@ def _timeline(run, subject_id, days, episodes, start, end) -> Section:
                                                          subject_id=subject_id, units=units))
     png = base64.b64encode(picture.png()).decode("ascii")
     text = f"{picture!r} ({span})"
-    return Section("Timeline", text, f'<img alt="{html.escape(picture.alt)}" '
-                                     f'src="data:image/png;base64,{png}"/><p>{html.escape(span)}</p>')
+    image = f'<img alt="{html.escape(picture.alt)}" src="data:image/png;base64,{png}"/>'
+    return Section("Timeline", text, f"{image}<p>{html.escape(span)}</p>")
 
 
 def _findings_section(data, subject_id, factor) -> Section:
