@@ -60,9 +60,11 @@ MAX_ITER = 60
 #: below this.
 DECREMENT_TOL = 1e-10
 MAX_HALVINGS = 30
-#: Padded cells (subjects × longest diary in the batch) per batch: bounds the memory of a batch
-#: (times the number of parameters, 8 bytes each: 13 parameters → about 50 MB).
-CELLS_PER_BATCH = 500_000
+#: Padded cells (subjects × longest diary in the batch) per batch. Small enough that a batch's
+#: arrays (cells × parameters × 8 bytes: 25,000 × 14 × 8 ≈ 2.8 MB) stay in cache across the
+#: passes of one Newton iteration: measured on 2,000 subjects × 365 days, 0.67 s CPU against
+#: 1.07 s with 500,000-cell batches (identical results).
+CELLS_PER_BATCH = 25_000
 
 #: Reason codes of the per-subject rows (``None``: estimated).
 REASONS = {
