@@ -130,6 +130,9 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 20261128,
     confounded: Annotated[bool, typer.Option("--confounded", help="People with higher habitual "
                                              "stress and sitting cramp more for other reasons.")] = False,
+    heterogeneous: Annotated[bool, typer.Option("--heterogeneous", help="People differ in their "
+                                                "rate ratios (each person's truth in the truth "
+                                                "file).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
     effect_modification: Annotated[bool, typer.Option(
         "--effect-modification", help="Plant a sitting effect only in people aged 60+ "
@@ -144,7 +147,8 @@ def synth(
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise UserError(f"--format must be csv, jsonl or parquet, not {fmt!r}")
     dataset = synth_module.generate(subjects, days, seed, confounded=confounded,
-                                    effect_modification=effect_modification, lagged=lagged)
+                                    effect_modification=effect_modification, lagged=lagged,
+                                    heterogeneous=heterogeneous)
     synth_module.write_dataset(dataset, out_dir, fmt=fmt)
     out.print(f"Wrote {out_dir} ({subjects} subjects × {days} days); planted truth beside it.")
 

@@ -25,6 +25,7 @@ OUTPUT_MODULES: tuple[str, ...] = (
     "pipeline.describe.cohort",
     "pipeline.models.subgroups",
     "pipeline.models.lags",
+    "pipeline.models.subject_effects",
 )
 
 

@@ -127,6 +127,8 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
         write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
                     "written.")
+    with stages.stage("per-person estimates"):
+        messages.append(write_per_patient(panel, models, out_dir, config.custom_factors))
 
     from pipeline.describe import write_describe_outputs
 
@@ -140,6 +142,15 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
                              rules_path=rules_path, previous_run_dir=previous_run_dir)
         messages.append(f"Report: {path}")
     return {"summary": summary, "messages": messages}
+
+
+def write_per_patient(panel, models, out_dir: Path, custom_factors) -> str:
+    """Per-person estimates (subject_effects.csv, heterogeneity.csv; issue 13)."""
+    from pipeline.models.subject_effects import fit_subject_effects, write_subject_effects
+
+    write_subject_effects(fit_subject_effects(panel, models.effects,
+                                              custom_factors=custom_factors), out_dir)
+    return "Per-person estimates: subject_effects.csv and heterogeneity.csv written."
 
 
 def store_totals(store) -> dict[str, dict[str, int]]:

@@ -27,6 +27,7 @@ KEY_CELLS = {
     "00-cohort": ["cohort.cohort_section_table("],
     "06-subgroups": ["cohort.subgroup_prose(", "cohort.subgroup_tests_table("],
     "05-timing": ["timing.timing_sentences(", "timing.cumulative_table("],
+    "04-subject-timeline": ["patient.patient_controls(run, subject"],
 }
 
 pytestmark = pytest.mark.xdist_group("notebooks")
