@@ -93,7 +93,8 @@ def test_page_has_every_section_and_red_flags_newest_first(data, subject):
                       "Lag profile"]
     text = repr(page)
     assert f"Subject {subject} (pseudonymous id" in text
-    assert "Lag profile\nNot available: this run has no lags.csv" in text
+    # The sample run has lags.csv (the distributed-lag model): the profile is shown, not "n/a".
+    assert "Lag profile\nNot available" not in text and "joint tests:" in text
     flags = data.run.red_flags.filter(pl.col("subject_id") == subject)
     shown = patient._flags_section(data.run, subject, None, None)
     assert flags.height >= 1
@@ -154,3 +155,8 @@ def test_controls_show_the_static_page_without_a_widget_front_end_and_follow_the
     assert "Showing one factor: Dehydration" in controls.page_html.value
     unknown = patient.PatientControls(data, "nobody")
     assert unknown.subject.value is None and "is not in this run's data" in repr(unknown.page)
+
+
+def test_a_run_without_lags_says_the_profile_is_not_available(data, subject):
+    section = patient._lags_section(dataclasses.replace(data, lags=None), subject, None)
+    assert section.text.startswith("Not available: this run has no lags.csv")
