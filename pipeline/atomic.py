@@ -56,7 +56,12 @@ def environment_error(error: BaseException, path: Path | str | None = None) -> U
         return None
     if path is None and isinstance(error, OSError):
         path = error.filename
-    return UserError(ENVIRONMENT_ERRORS[code], path=str(path) if path is not None else None)
+    if path is not None:
+        # A data file's name can hold an identifier; messages land in cron logs.
+        from pipeline.ingest.identifiers import mask_text
+
+        path = mask_text(str(path))
+    return UserError(ENVIRONMENT_ERRORS[code], path=path)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 
 from pipeline import atomic
 from pipeline.errors import UserError
+from pipeline.store import holds_foreign_files
 
 MARKER = ".cramp-run"
 LOCK = ".cramp-run.lock"
@@ -54,7 +55,7 @@ def check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError("the output path exists and is not a directory; choose a directory "
                         "for --out", path=str(out_dir))
-    if out_dir.is_dir() and any(p.name != LOCK for p in out_dir.iterdir()) \
+    if out_dir.is_dir() and holds_foreign_files(out_dir, MARKER, {LOCK}) \
             and not is_run_dir(out_dir):
         raise UserError(
             f"this directory is not empty and was not made by `cramp run` (no {MARKER} marker "

@@ -10,7 +10,7 @@ Layout::
                                           is accepted (the whole pending set, rewritten on change)
 
 Ownership: cramp writes into, rebuilds or removes only directories it made itself, which carry
-the marker file ``.cramp-store`` (:func:`claim`, :func:`check_removable`); a directory without
+the marker file ``.cramp-store`` (:meth:`Store.claim`, :func:`remove_store`); a directory without
 it (a dataset, someone's files) is refused with a clear message, never deleted.
 
 Crash safety: every file is written to a temporary name in its final directory, flushed to disk,
@@ -191,7 +191,7 @@ class Store:
     def read_quarantine(self) -> pl.LazyFrame:
         """Quarantined rows committed with their ingests (``validate.QUARANTINE_SCHEMA``).
         Rows held as ``unknown_subject`` are not here but in :meth:`read_held`;
-        ``pipeline.ingest.held.stored_quarantine`` gives both."""
+        ``pipeline.ingest.stored.stored_quarantine`` gives both."""
         from pipeline.ingest.validate import QUARANTINE_SCHEMA
 
         parts = [self.path / QUARANTINE_DIR / p for p in self.manifest.quarantine_parts]
@@ -218,9 +218,11 @@ class Store:
         an empty or missing directory becomes a store (marker written). Call before :meth:`lock`,
         so that a refused directory is left without even a lock file."""
         check_store_path(self.path)
-        if self.path.is_dir() and not (self.path / MARKER).is_file():
-            contents = {p.name for p in self.path.iterdir()} - {LOCK}
-            if contents:
+        if is_cramp_store(self.path):
+            self.manifest  # a store of an older format is refused with what to do
+            return
+        if self.path.is_dir():
+            if holds_foreign_files(self.path, MARKER, {LOCK}):
                 raise UserError(
                     "this directory is not empty and was not made by cramp (no "
                     f"{MARKER} marker file), so cramp will not write its store here; give "
@@ -317,6 +319,15 @@ def check_store_path(path: Path) -> None:
                         path=str(path))
 
 
+def holds_foreign_files(directory: Path, marker: str, allowed: set[str]) -> bool:
+    """Whether ``directory`` holds anything but ``allowed`` names and a temporary file of
+    ``marker`` (what a run killed while creating the directory leaves)."""
+    leftover = f".{marker}."
+    return any(p.name not in allowed and not (p.name.startswith(leftover)
+                                              and p.name.endswith(".tmp"))
+               for p in directory.iterdir())
+
+
 def is_cramp_store(path: Path) -> bool:
     """Whether cramp made ``path``: the marker file, or (stores from before the marker) a
     manifest that cramp wrote."""
@@ -335,7 +346,7 @@ def remove_store(path: Path) -> None:
     check_store_path(path)
     if not path.exists():
         return
-    if not is_cramp_store(path) and any(p.name != LOCK for p in path.iterdir()):
+    if not is_cramp_store(path) and holds_foreign_files(path, MARKER, {LOCK}):
         raise UserError(
             f"cramp rebuilds this store on every run, but this directory was not made by cramp "
             f"(no {MARKER} marker file), so it was not deleted. Move it elsewhere, or choose "

@@ -1,5 +1,5 @@
-"""Kill-test: ``cramp ingest`` is SIGKILLed at 30 seeded points; after each kill the store is exactly
-as before or exactly as after the ingest (manifest, rows, quarantine, held rows), its accounting
+"""Kill-test: ``cramp ingest`` is SIGKILLed at 30 seeded points; after each kill the store is
+exactly as before or exactly as after the ingest (manifest, rows, quarantine, held rows), its accounting
 adds up, and a re-run ends in the state of a clean ingest, with the same ``quarantine.csv`` and
 store totals.
 
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 
 from pipeline import synth
 from pipeline.ingest import ingest_dataset, write_ingest_outputs

@@ -47,7 +47,8 @@ def rendered_reports(tmp_path_factory) -> dict[str, Path]:
                 shutil.copytree(sample, runs[name], ignore=shutil.ignore_patterns("store"))
                 render_report(runs[name], identifiers=identifiers, store_dir=store)
             (shared / "complete").touch()
-    return runs
+    # The shareable report and its tables are written on their own into RUN/share/.
+    return {"full": runs["full"], "shareable": runs["shareable"] / "share"}
 
 
 @pytest.fixture(scope="session")
@@ -188,3 +189,37 @@ def test_a_failing_notebook_fails_the_render_with_its_cell_and_keeps_the_execute
         render_report(run_dir, notebooks_dir=notebooks)
     assert not (run_dir / "report.html").exists()
     assert (run_dir / "02-factor-associations.failed.ipynb").is_file()
+
+
+def test_rendering_never_changes_the_working_directory(tmp_path, monkeypatch):
+    """papermill's ``cwd`` would os.chdir the whole process (racing between the render threads);
+    the kernel's directory is given to nbclient instead, and paths reach it absolute."""
+    import papermill
+
+    from pipeline.report.render import NOTEBOOKS_DIR, execute_notebook
+
+    seen = {}
+
+    def fake_execute(source, out, **kwargs):
+        seen.update(kwargs, source=source, out=out)
+        return "executed"
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.chdir(tmp_path)
+    assert execute_notebook("01-data-quality", Path("rel/out.ipynb"),
+                            {"run_dir": "/abs/run", "previous_run_dir": None,
+                             "not_a_parameter": 1}) == "executed"
+    assert seen.get("cwd") is None
+    assert seen["resources"] == {"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    assert seen["out"] == str(tmp_path / "rel" / "out.ipynb")
+    assert "not_a_parameter" not in seen["parameters"]  # only what the notebook declares
+    assert seen["parameters"]["run_dir"] == "/abs/run"
+
+
+def test_report_footer_states_its_provenance(rendered):
+    from pipeline.report.provenance import toolkit_version
+
+    for run_dir in rendered.values():
+        footer = _html(run_dir).split("<footer>")[1]
+        assert f"by cramp {toolkit_version()}" in footer
+        assert "input file(s), sha256 " in footer and "Red-flag rules: " in footer

@@ -218,3 +218,43 @@ def test_store_totals_count_every_file_in_the_store_not_only_this_runs(tmp_path)
     frame = store_counts(summary)
     assert frame.to_dicts() == [{"table": "daily", "rows": 120, "accepted": 118}]
     assert store_counts({"tables": {}}).height == 0
+
+
+def test_a_subject_not_in_the_data_is_a_clear_error_not_an_empty_timeline(tmp_path):
+    """Notebook 04 with a mistyped subject id says so (the store is the sample's)."""
+    from pipeline.errors import UserError
+    from pipeline.report import views
+    from pipeline.report.sample import ensure_sample_run
+
+    run = load_run(ensure_sample_run())
+    known = run.red_flags["subject_id"][0]
+    assert views.check_subject(run, known) == known
+    assert views.subject_days(run, known).height > 0
+    for call in (views.subject_days, views.subject_episodes, views.subject_flags_table,
+                 views.subject_timeline):
+        with pytest.raises(UserError, match=r"subject 'S99999' is not in this run's data"):
+            call(run, "S99999")
+
+
+def test_a_run_without_its_store_is_an_error_in_the_data_quality_tables(tmp_path):
+    """A store that cannot be found must not turn into an empty days-logged table."""
+    import shutil
+
+    from pipeline.errors import UserError
+    from pipeline.report import views
+    from pipeline.report.sample import ensure_sample_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ensure_sample_run(), run_dir, ignore=shutil.ignore_patterns("store"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["store_dir"] = str(tmp_path / "gone")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    run = load_run(run_dir)
+    for call in (views.days_logged_table, views.missingness_table):
+        with pytest.raises(UserError, match="the run's store was not found"):
+            call(run)
+    (tmp_path / "empty-store").mkdir()
+    with pytest.raises(UserError, match="the run's store is empty"):
+        views.days_logged_table(load_run(run_dir, store_dir=tmp_path / "empty-store"))
+    with pytest.raises(UserError, match="store directory was not found"):
+        load_run(run_dir, store_dir=tmp_path / "nope")

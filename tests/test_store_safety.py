@@ -83,7 +83,8 @@ def test_a_store_cramp_made_is_rebuilt_and_marked(data, tmp_path):
     assert (out / "store" / MARKER).is_file() and (out / ".cramp-run").is_file()
     first = Store(out / "store").manifest
     run_job(data, out, report=False)
-    assert [f.sha256 for f in Store(out / "store").manifest.files] == [f.sha256 for f in first.files]
+    again = Store(out / "store").manifest
+    assert [f.sha256 for f in again.files] == [f.sha256 for f in first.files]
 
 
 def test_a_non_empty_output_directory_cramp_did_not_make_is_refused(data, tmp_path):
@@ -276,3 +277,31 @@ def test_validate_checks_it_can_write_before_validating(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2
+
+
+def test_ingest_into_a_store_of_an_earlier_format_says_to_rebuild_it(tmp_path):
+    data = write_dataset(tmp_path, {})
+    store = tmp_path / "store"
+    ingest_dataset(data, store)
+    (store / MARKER).unlink()  # stores of format 1 had no marker
+    manifest = json.loads((store / "manifest.json").read_text())
+    (store / "manifest.json").write_text(json.dumps({**manifest, "store_format": 1}))
+    result = cramp("ingest", str(data), "--store", str(store))
+    assert_user_error(result, "earlier cramp", "ingest the dataset again into a new store")
+
+
+def test_a_store_killed_while_being_created_is_still_cramps(tmp_path):
+    # A kill while the marker was being written leaves the lock and the marker's temporary file.
+    data = write_dataset(tmp_path, {})
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".lock").touch()
+    (store / f".{MARKER}.k1ll3d.tmp").touch()
+    ingest_dataset(data, store)
+    assert (store / MARKER).is_file() and Store(store).manifest.files
+
+
+def test_an_environment_error_never_prints_an_identifier_in_the_path():
+    error = PermissionError(errno.EACCES, "Permission denied", "data/daily/jane.doe@example.com.csv")
+    message = str(atomic.environment_error(error))
+    assert "jane.doe" not in message and "permission denied" in message

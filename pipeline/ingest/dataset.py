@@ -12,28 +12,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.errors import UserError
+from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
-from pipeline.ingest.dedupe import resolve
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
 from pipeline.ingest.read import read_bytes, read_table_chunks
-from pipeline.ingest.stored import (UNKNOWN_SUBJECT, admission_outcome, align, split_known,
-                                    store_totals, stored_quarantine, unknown_subject_quarantine)
+from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
+                                    stored_quarantine)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
 from pipeline.store import Admission, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
-#: Files above this size get their own progress line.
-_PROGRESS_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -58,6 +56,8 @@ class IngestResult:
     store_quarantine: pl.DataFrame | None = None
     #: After an ingest: rows stored per table (checked against ``store_totals``).
     store_rows: dict[str, int] = field(default_factory=dict)
+    #: Per table, the (normalised) column names found in the files read (not in summary.json).
+    columns_found: dict[str, set[str]] = field(default_factory=dict)
 
 
 def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
@@ -117,8 +117,9 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     ]
     if files or result.admissions:
         custom = {f.column: f.kind for f in result.config.custom_factors}
-        store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
-                     held=result.held, admissions=result.admissions)
+        with stages.stage("store accepted rows"):
+            store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
+                         held=result.held, admissions=result.admissions)
     result.stored = True
     result.store_quarantine = stored_quarantine(store)
     result.summary["store_totals"] = store_totals(store, result.store_quarantine)
@@ -141,6 +142,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     held: dict[str, pl.DataFrame] = {}
     admissions: list[Admission] = []
     known_subjects: pl.Series | None = None
+    columns_found: dict[str, set[str]] = {}
     with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
         for name in TABLE_ORDER:
             table = TABLES[name]
@@ -164,6 +166,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 rows = 0
                 for raw in read_table_chunks(file, data):
                     checked = validate_file(raw, table, columns)
+                    columns_found.setdefault(name, set()).update(raw.columns)
                     del raw
                     valid_parts.append(checked.valid)
                     table_quarantine.append(checked.quarantine)
@@ -173,39 +176,21 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 per_file.append({**_entry(file, digest.result()), "rows": rows,
                                  "status": "ingested"})
                 advance(file)
+            checking = stages.begin(f"check {name}: duplicates, conflicts"
+                                    + (", unknown subjects" if name != "subjects" else ""))
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
                                              **PROVENANCE_SCHEMA}))
-            candidates = new.clear()
-            if name != "subjects" and known_subjects is not None:
-                new, unknown_rows = split_known(new, known_subjects)
-                table_quarantine.append(unknown_subject_quarantine(name, unknown_rows))
-                if store is not None:
-                    # Rows held by earlier ingests whose subject is now accepted join this
-                    # run's rows, first (they come from earlier files).
-                    previously_held = store.read_held(name).collect()
-                    candidates, still_held = split_known(previously_held, known_subjects)
-                    candidates = align(candidates, new.schema)
-                    if candidates.height or unknown_rows.height:
-                        held[name] = pl.concat([still_held, unknown_rows],
-                                               how="diagonal_relaxed")
-            combined = pl.concat([candidates, new]) if candidates.height else new
-            stored = store.read(name) if store is not None and combined.height else None
-            content = [c.name for c in columns]
-            resolved = resolve(table, combined, stored, content)
-            admitted = admission_outcome(name, candidates, resolved.duplicate_index,
-                                         resolved.quarantine, resolved.quarantine_index)
-            admissions.extend(admitted.admissions)
-            to_store_quarantine.append(admitted.quarantine)
-            run_conflicts = resolved.quarantine.filter(
-                (resolved.quarantine_index >= candidates.height).to_list()) \
-                if resolved.quarantine.height else resolved.quarantine
-            table_quarantine.append(run_conflicts)
-            run_duplicates = (combined.select(SOURCE_FILE)[
-                resolved.duplicate_index.filter(resolved.duplicate_index >= candidates.height)]
-                .group_by(SOURCE_FILE).len("duplicates"))
+            subjects = known_subjects if name != "subjects" else None
+            outcome = resolve_with_held(table, new, store, subjects, [c.name for c in columns])
+            table_quarantine.extend(outcome.quarantine)
+            to_store_quarantine.append(outcome.admitted.quarantine)
+            admissions.extend(outcome.admitted.admissions)
+            if outcome.held is not None:
+                held[name] = outcome.held
+            resolved, run_duplicates = outcome.resolved, outcome.duplicates
             accepted[name] = resolved.accepted
-            run_accepted = resolved.accepted.height - admitted.accepted
+            run_accepted = resolved.accepted.height - outcome.admitted.accepted
             if name == "subjects":
                 parts = [resolved.accepted.get_column("subject_id")]
                 if store is not None:
@@ -219,6 +204,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             table_reports[name] = _table_report(per_file, quarantine, run_accepted,
                                                 run_duplicates, unknown)
             _add_file_counts(per_file, quarantine, run_duplicates)
+            checking.end()
             file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
@@ -238,7 +224,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     }
     return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
                         new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
-                        held=held, admissions=tuple(admissions))
+                        held=held, admissions=tuple(admissions), columns_found=columns_found)
 
 
 def _sha256(data: bytes) -> str:
@@ -283,21 +269,31 @@ def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
 
 @contextmanager
 def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
-    """A rich progress bar over the bytes to read; a no-op unless enabled and the read is long."""
-    files = [f for fs in found.values() for f in fs]
-    sizes = {f.path: f.path.stat().st_size for f in files}
-    total = sum(sizes.values())
-    if not enabled or total < _PROGRESS_MIN_BYTES:
-        with nullcontext():
-            yield lambda file: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    """One line per file read and validated, with its size and time, under a bar over the bytes
+    of the whole dataset (``pipeline.progress``); nothing unless enabled (on a terminal).
+    ``advance(file)`` is called when ``file`` is done; files are read in ``TABLE_ORDER``."""
+    from pipeline import progress as stages
 
-    with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(),
-                  TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("dataset", total=total)
+    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    with stages.session(enabled), stages.stage("read dataset", total=sum(sizes.values())) as bar:
+        pending = iter(files)
+        current: list = [None]
+
+        def start_next() -> None:
+            file = next(pending, None)
+            current[0] = None if file is None else stages.begin(
+                f"read and validate {file.relative_path} ({stages.human_bytes(sizes[file.path])})")
 
         def advance(file: TableFile) -> None:
-            bar.update(task, advance=sizes[file.path], description=file.relative_path)
+            if current[0] is not None:
+                current[0].end()
+            bar.advance(sizes.get(file.path, 0))
+            start_next()
 
-        yield advance
+        start_next()
+        try:
+            yield advance
+        finally:
+            if current[0] is not None:
+                current[0].cancel()

@@ -3,7 +3,8 @@
 Rows that passed row-level validation are compared with each other and with the rows already
 in the store (which come first: stored rows are never changed by a later ingest).
 
-* ``unknown_subject``: the row's ``subject_id`` is not an accepted subject (stored or new).
+* ``unknown_subject`` (``stored.split_known``): the row's ``subject_id`` is not an accepted
+  subject (stored or new); such rows are held in the store until their subject arrives.
 * ``conflict``: rows sharing the table's key (``schema.Table.key``; ``fallback_key`` for rows
   whose key is null) with different content. Every new row in such a group is quarantined; a
   stored row stays stored, so a new file cannot silently change what earlier files said.
@@ -37,25 +38,6 @@ class Resolved:
     #: a caller that put rows of two origins into ``new`` tells their outcomes apart by these.
     duplicate_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
     quarantine_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
-
-
-def unknown_subjects(table: Table, valid: pl.DataFrame,
-                     known: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split rows into (known subject, quarantine rows for unknown subjects)."""
-    if table.name == "subjects" or "subject_id" not in valid.columns:
-        return valid, empty_quarantine()
-    is_known = pl.col("subject_id").is_in(known.implode())
-    bad = valid.filter(~is_known)
-    quarantine = bad.select(
-        pl.lit(table.name).alias("table"),
-        pl.col(SOURCE_FILE).alias("source_file"),
-        pl.col(SOURCE_LINE).alias("line"),
-        pl.lit("subject_id").alias("column"),
-        pl.col("subject_id").alias("value"),
-        pl.lit("unknown_subject").alias("reason"),
-        pl.lit("this subject_id does not appear in the subjects table").alias("message"),
-    )
-    return valid.filter(is_known), quarantine
 
 
 def key_columns(table: Table) -> list[pl.Expr]:

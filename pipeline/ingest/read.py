@@ -35,6 +35,7 @@ from pipeline.schema import (
     MAX_DECOMPRESSED_BYTES,
     MAX_DECOMPRESSION_RATIO,
     RATIO_CHECK_FROM_BYTES,
+    TABLES,
 )
 
 __all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
@@ -92,7 +93,13 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
         data = read_bytes(file)
     if file.format == "csv.gz":
         data = decompress_gzip(data, file)
-    if file.format in ("csv", "csv.gz"):
+    if file.format in ("csv", "csv.gz", "jsonl") and not data.strip() \
+            and not TABLES[file.table].required:
+        # An empty file of an optional table (a zero-byte injuries.csv) says none were logged:
+        # read it as a header-only file, so it counts as "no injuries", not as "not recorded".
+        data = ",".join(TABLES[file.table].required_columns).encode() + b"\n"
+        pieces = read_csv_chunks(data, file, chunk_bytes)
+    elif file.format in ("csv", "csv.gz"):
         pieces = read_csv_chunks(data, file, chunk_bytes)
     elif file.format == "jsonl":
         pieces = iter([read_jsonl(data, file)])

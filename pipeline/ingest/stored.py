@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from pipeline.ingest.dedupe import Resolved, resolve
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
-from pipeline.schema import SOURCE_FILE, SOURCE_LINE, TABLES
+from pipeline.schema import SOURCE_FILE, SOURCE_LINE, TABLES, Table
 from pipeline.store import Admission, Store, now_utc
 
 UNKNOWN_SUBJECT = "unknown_subject"
@@ -87,6 +88,49 @@ def admission_outcome(table: str, candidates: pl.DataFrame, duplicate_index: pl.
                        for f, a, d, c in counts.iter_rows())
     return Admitted(admissions, quarantine.filter(conflict_mask.to_list()) if quarantine.height
                     else empty_quarantine(), int((outcome == "admitted").sum()))
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    """One table's new rows resolved against the store, with the held rows now admissible."""
+
+    #: ``accepted`` is every row to store (admitted held rows first).
+    resolved: Resolved
+    #: This run's quarantine rows (unknown subjects, conflicts among the new rows).
+    quarantine: list[pl.DataFrame]
+    #: This run's duplicates as (source_file, count); admitted held rows are not counted here.
+    duplicates: pl.DataFrame
+    admitted: Admitted
+    #: Every row now held (None: unchanged).
+    held: pl.DataFrame | None
+
+
+def resolve_with_held(table: Table, new: pl.DataFrame, store: Store | None,
+                      known_subjects: pl.Series | None, content: list[str]) -> TableOutcome:
+    """Split off the rows of unknown subjects (held), add the held rows whose subject is now
+    accepted (before the new rows), and resolve duplicates and conflicts against the store.
+    ``known_subjects`` is None for the subjects table itself."""
+    candidates, held, quarantine = new.clear(), None, []
+    if known_subjects is not None:
+        new, unknown_rows = split_known(new, known_subjects)
+        quarantine.append(unknown_subject_quarantine(table.name, unknown_rows))
+        if store is not None:
+            candidates, still_held = split_known(store.read_held(table.name).collect(),
+                                                 known_subjects)
+            candidates = align(candidates, new.schema)
+            if candidates.height or unknown_rows.height:
+                held = pl.concat([still_held, unknown_rows], how="diagonal_relaxed")
+    combined = pl.concat([candidates, new]) if candidates.height else new
+    stored = store.read(table.name) if store is not None and combined.height else None
+    resolved = resolve(table, combined, stored, content)
+    n = candidates.height
+    admitted = admission_outcome(table.name, candidates, resolved.duplicate_index,
+                                 resolved.quarantine, resolved.quarantine_index)
+    if resolved.quarantine.height:
+        quarantine.append(resolved.quarantine.filter((resolved.quarantine_index >= n).to_list()))
+    duplicates = (combined.select(SOURCE_FILE)[resolved.duplicate_index.filter(
+        resolved.duplicate_index >= n)].group_by(SOURCE_FILE).len("duplicates"))
+    return TableOutcome(resolved, quarantine, duplicates, admitted, held)
 
 
 def stored_quarantine(store: Store) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline import progress
 from pipeline.errors import UserError
 from pipeline.outputs import OutputColumn, OutputTable, declare
 from pipeline.features import dictionary as fd
@@ -94,6 +95,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
     within: dict[str, float] = {}  # within_subject estimates: the secondary models' start
     for model, conditional, features, reported in model_specs(custom_factors):
         # One model's design in memory at a time: each is released before the next is built.
+        timer = progress.begin(f"fit model {model}")
         design = prepare_design(frame, panel, model, conditional, features, reported)
         if model not in PRIMARY_MODELS and not set(design.names) & {f.name for f in reported}:
             # Nothing this model reports survived the checks: its rows say why; skip the fit.
@@ -112,6 +114,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
         if model == fd.WITHIN_SUBJECT and dose_response:
             dose, dose_notes = fit_dose_response(design, within)
         del design, fit
+        timer.end()
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
                                                       orient="row")), custom_factors)
@@ -138,8 +141,13 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
-def _fit(design: Design, start: dict[str, float] | None = None):
+def _fit(design: Design, start: dict[str, float] | None = None,
+         clusters: np.ndarray | None = None):
     """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
+
+    ``clusters`` (optional, within-subject designs): cluster labels of the design's rows when the
+    fixed-effect groups are finer than the subjects (a subject's days stacked once per outcome);
+    default: the groups themselves.
 
     When the estimator rejects particular features (no variation, separation, collinearity) they
     are dropped from the design with the reason, and the rest is refitted. ``start`` (optional,
@@ -162,7 +170,8 @@ def _fit(design: Design, start: dict[str, float] | None = None):
                 beta0 = None if not start else np.array(
                     [start.get(name, 0.0) for name in design.names])
                 fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
-                                              clusters=design.groups, feature_names=design.names,
+                                              clusters=design.groups if clusters is None
+                                              else clusters, feature_names=design.names,
                                               start=beta0)
             else:
                 fit = fit_poisson(design.X, design.y, clusters=design.groups,

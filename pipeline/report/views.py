@@ -16,7 +16,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.disclosure import DEFAULT_POLICY, disclose_text
 from pipeline.report import figures
-from pipeline.report.load import RunOutputs, load_run, read_store_table
+from pipeline.report.load import RunOutputs, load_run, store_tables
 from pipeline.report.sentences import describe_effect, effect_sentences, feature_label
 from pipeline.report.tables import (
     MODEL_ORDER,
@@ -41,7 +41,7 @@ __all__ = [
     "flagged_subjects_table", "flagged_episodes_table", "not_recorded_follow_up_table",
     "ingest_table", "store_totals_table", "quarantine_reasons_table", "missingness_table",
     "days_logged_table",
-    "panel_counts_table", "default_subject", "subject_days", "subject_episodes",
+    "panel_counts_table", "default_subject", "check_subject", "subject_days", "subject_episodes",
     "subject_flags_table", "subject_timeline",
 ]
 
@@ -231,15 +231,8 @@ def quarantine_reasons_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_PO
 
 
 def _store_tables(run: RunOutputs) -> dict[str, pl.LazyFrame]:
-    if run.store_dir is None:
-        return {}
-    out = {}
-    for name in schema.TABLES:
-        try:
-            out[name] = read_store_table(run.store_dir, name)
-        except Exception:  # an optional table (injuries) may be absent from the store
-            continue
-    return out
+    # A store that is missing, unreadable or empty is a UserError, never an empty table.
+    return store_tables(run)
 
 
 def missingness_table(run: RunOutputs) -> ShownTable:
@@ -291,8 +284,25 @@ def default_subject(run: RunOutputs) -> str | None:
     return ranked["subject_id"][0]
 
 
+def check_subject(run: RunOutputs, subject_id: str | None) -> str:
+    """``subject_id`` if the run's store holds that subject; otherwise a UserError saying so (an
+    unknown id must not draw an empty timeline and "(no rows)")."""
+    from pipeline.errors import UserError
+
+    if subject_id in (None, ""):
+        raise UserError("no subject to show: this run has no flagged subject to default to; set "
+                        "subject_id to one of the run's subjects")
+    subjects = _store_tables(run)["subjects"]
+    if subjects.filter(pl.col("subject_id") == subject_id).select(pl.len()).collect().item() == 0:
+        n = subjects.select(pl.len()).collect().item()
+        raise UserError(f"subject {subject_id!r} is not in this run's data ({n:,} subjects "
+                        "accepted; ids are case-sensitive)", path=str(run.path))
+    return subject_id
+
+
 def subject_days(run: RunOutputs, subject_id: str) -> pl.DataFrame:
     """One subject's daily rows (without provenance), by date."""
+    check_subject(run, subject_id)
     daily = _store_tables(run).get("daily")
     if daily is None:
         return pl.DataFrame(schema={"subject_id": pl.String, "date": pl.Date})
@@ -302,6 +312,7 @@ def subject_days(run: RunOutputs, subject_id: str) -> pl.DataFrame:
 
 def subject_episodes(run: RunOutputs, subject_id: str) -> pl.DataFrame:
     """One subject's episodes (without provenance), by start time."""
+    check_subject(run, subject_id)
     episodes = _store_tables(run).get("episodes")
     if episodes is None:
         return pl.DataFrame(schema={"subject_id": pl.String, "started_at": pl.Datetime("us")})
@@ -311,6 +322,7 @@ def subject_episodes(run: RunOutputs, subject_id: str) -> pl.DataFrame:
 
 def subject_flags_table(run: RunOutputs, subject_id: str) -> ShownTable:
     """One subject's flagged episodes (identifying: for clinical review)."""
+    check_subject(run, subject_id)
     frame = (run.red_flags.filter(pl.col("subject_id") == subject_id)
              .with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M")))
     return follow_up_table("subject_timeline_flags", frame, f"Flagged episodes of {subject_id}.")

@@ -19,6 +19,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.errors import UserError
 from pipeline.synth import episodes as ep
+from pipeline.synth import modification
 from pipeline.synth import truth
 from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
 from pipeline.synth.truth_doc import truth_document
@@ -59,8 +60,12 @@ def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
 
 
 def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
-             start_date: date = DEFAULT_START, custom_factor: bool = True) -> SynthDataset:
+             start_date: date = DEFAULT_START, custom_factor: bool = True,
+             effect_modification: bool = False) -> SynthDataset:
     """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
+
+    ``effect_modification=True`` plants a sitting effect only in people aged 60+
+    (:mod:`pipeline.synth.modification`); the default leaves the data unchanged.
 
     >>> ds = generate(20, 14, seed=1)
     >>> ds.subjects.columns
@@ -70,6 +75,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     """
     _check_args(n_subjects, n_days, seed)
     effects = truth.effects(custom_factor)
+    if effect_modification:
+        effects = modification.replace_effects(effects)
     doy, weekday = calendar(start_date, n_days)
 
     width = max(5, len(str(n_subjects)))
@@ -88,6 +95,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
                              custom_factor=custom_factor)
         subj_lp = np.log(blk.frailty * blk.age_mult)
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
+        if effect_modification:
+            lp += modification.extra_log_rate(blk.x, blk.age_band)
         cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
         subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
         daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
@@ -144,6 +153,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     args = {"n_subjects": n_subjects, "n_days": n_days, "seed": seed, "confounded": confounded,
             "start_date": start_date.isoformat(), "custom_factor": custom_factor,
             "block_subjects": BLOCK_SUBJECTS}
+    if effect_modification:  # only when set, so the default truth file is unchanged
+        args["effect_modification"] = True
     doc = truth_document(
         args=args, effects=effects, intercept=intercept, confounded=confounded,
         realized={
@@ -168,6 +179,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
         subject_level={"habitual_stress": subj["habitual_stress"],
                        "habitual_sitting": subj["habitual_sitting"], "frailty": subj["frailty"]},
     )
+    if effect_modification:
+        doc["effect_modification"] = modification.truth_entry()
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
 
