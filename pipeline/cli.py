@@ -56,7 +56,8 @@ def _root(
 
 
 def _print_ingest_summary(summary: dict, title: str) -> None:
-    table = RichTable(title=title, title_justify="left")
+    # The title names the user's directories, which may be named after a person.
+    table = RichTable(title=Text(mask_message(title)), title_justify="left")
     table.add_column("table")
     for name in ("read", "accepted", "quarantined", "duplicates"):
         table.add_column(name, justify="right")
