@@ -256,7 +256,8 @@ def counts_over_time_plot(disclosed: pl.DataFrame, *, time: str = "period", grou
         if partial.any():
             any_partial = True
             ax.plot(x, y, ls=":", lw=1.2, color=color)
-            ax.scatter([v for v, p in zip(x, partial) if p], y[partial], s=28, marker="o",
+            drawn = partial & ~np.isnan(y)  # a suppressed count stays a gap
+            ax.scatter([v for v, p in zip(x, drawn) if p], y[drawn], s=28, marker="o",
                        facecolors="white", edgecolors=[color], linewidths=1.5, zorder=3,
                        label="_partial")
         ax.plot(x, np.where(partial, np.nan, y), marker="o", ms=4, lw=1.5, color=color, label=g)
