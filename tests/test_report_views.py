@@ -85,8 +85,10 @@ def test_flags_over_time_chart_draws_partial_periods_hollow_and_says_so(demo_run
     # The demo diary runs 2026-01-05 to 2026-04-04: January and April are partial months.
     assert partial["period"].unique().sort().to_list() == [dt.date(2026, 1, 1),
                                                           dt.date(2026, 4, 1)]
-    assert "2026-01-01 (27 of 31 days)" in shown.caption
-    assert "2026-04-01 (4 of 30 days)" in shown.caption
+    assert ("2026-01-01 (the diary starts 2026-01-05), 2026-04-01 (the diary ends 2026-04-04)"
+            in shown.caption)
+    assert partial["coverage"].unique().sort().to_list() == ["partial: 27 of 31 days",
+                                                            "partial: 4 of 30 days"]
     fig = figures.counts_over_time_plot(frame)
     ax = fig.axes[0]
     hollow = [c for c in ax.collections if c.get_label() == "_partial"]

@@ -45,16 +45,16 @@ CURRENT = PREVIOUS.vstack(flags(
 ))
 
 COLUMNS = ["subject_id", "severity", "new", "latest_episode_id", "latest_started_at",
-           "latest_rules", "latest_evidence", "flagged_episodes", "new_flags"]
+           "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes"]
 
 
 def test_worklist_is_red_flags_first_then_most_recent_with_what_is_new():
     out = views.worklist(run_with(CURRENT), run_with(PREVIOUS))
     assert out.columns == COLUMNS
     assert out.rows() == [
-        # S2's latest episode met two rules; both firings are new
+        # S2's latest episode met two rules; it is the one new episode
         ("S2", "red_flag", "NEW", "E5", "2026-01-09 21:00", "numbness, swelling",
-         "numbness=both_legs; swelling=true", 2, 2),
+         "numbness=both_legs; swelling=true", 2, 1),
         # S3 has nothing new since the previous report
         ("S3", "red_flag", "", "E3", "2026-01-07 08:00", "severe_pain", "pain=8", 1, 0),
         # advisories after every red flag, however recent
@@ -67,14 +67,14 @@ def test_worklist_is_red_flags_first_then_most_recent_with_what_is_new():
 def test_with_no_previous_report_every_flag_is_new():
     out = views.worklist(run_with(CURRENT))
     assert out["new"].to_list() == ["NEW"] * 4
-    assert out["new_flags"].sum() == CURRENT.height
+    assert out["new_episodes"].sum() == CURRENT["episode_id"].n_unique()
 
 
 def test_a_new_rule_firing_on_a_known_episode_is_new():
     previous = flags(("E5", "S2", "2026-01-09 21:00", "numbness", "red_flag", ""))
     current = previous.vstack(flags(("E5", "S2", "2026-01-09 21:00", "swelling", "red_flag", "")))
     out = views.worklist(run_with(current), run_with(previous))
-    assert out.select("new", "flagged_episodes", "new_flags").row(0) == ("NEW", 1, 1)
+    assert out.select("new", "flagged_episodes", "new_episodes").row(0) == ("NEW", 1, 1)
 
 
 def test_the_previous_report_is_read_from_its_run_directory(tmp_path):

@@ -214,15 +214,22 @@ def flags_over_time_table(run: RunOutputs, tables_dir=None, every: str = "1mo",
                           policy=DEFAULT_POLICY) -> ShownTable:
     """Flagged episodes per rule per period; ``coverage`` marks a first or last period the diary
     covers only in part (the chart draws those hollow)."""
-    frame = flags_over_time(run.red_flags, every, run.panel.get("first_date"),
-                            run.panel.get("last_date"))
-    partial = frame.filter(pl.col("coverage") != "full")["period"].unique().sort()
-    periods = ", ".join(f"{d:%Y-%m-%d} ({c.removeprefix('partial: ')})" for d, c in
-                        frame.filter(pl.col("coverage") != "full")
-                        .unique("period", maintain_order=True).select("period", "coverage")
-                        .iter_rows())
+    first, last = run.panel.get("first_date"), run.panel.get("last_date")
+    frame = flags_over_time(run.red_flags, every, first, last)
+    partial = frame.filter(pl.col("coverage") != "full")["period"].unique().sort().to_list()
+    # Dates, not "4 of 30 days": a day count in prose would read as a small count of people.
+    first = first or (f"{run.red_flags['started_at'].min():%Y-%m-%d}" if partial else None)
+    last = last or (f"{run.red_flags['started_at'].max():%Y-%m-%d}" if partial else None)
+    start, end = (frame["period"].min(), frame["period"].max()) if frame.height else (None, None)
+
+    def why(period) -> str:
+        if period == start == end:
+            return f"the diary runs {first} to {last}"
+        return f"the diary starts {first}" if period == start else f"the diary ends {last}"
+
+    periods = ", ".join(f"{d:%Y-%m-%d} ({why(d)})" for d in partial)
     note = (f" Partial periods (the diary covers only part of them, so their counts are not "
-            f"comparable with the others; drawn hollow and dotted): {periods}." if partial.len()
+            f"comparable with the others; drawn hollow and dotted): {periods}." if partial
             else " Every period is fully covered by the diary.")
     return aggregate_table("flags_over_time", frame, ["episodes"],
                            f"Flagged episodes per rule per period ({_period_name(every)})."
@@ -292,7 +299,7 @@ def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
     Per subject: ``severity`` (the highest of its flags), ``new`` ("NEW" when any flag is not in
     ``previous_run``'s red_flags.csv, else ""), its latest flagged episode (``latest_episode_id``,
     ``latest_started_at``, the rules it met and their evidence), ``flagged_episodes`` and
-    ``new_flags`` counts. ``previous_run``: the previous report's run directory (or loaded run);
+    ``new_episodes`` (episodes with a flag not in the previous report). ``previous_run``: the previous report's run directory (or loaded run);
     None means no previous report, so every flag is new.
     """
     rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
@@ -309,7 +316,8 @@ def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
         pl.col("_rank").min(),
         pl.col("is_new").any().alias("_any_new"),
         pl.col("episode_id").n_unique().cast(pl.Int64).alias("flagged_episodes"),
-        pl.col("is_new").sum().cast(pl.Int64).alias("new_flags"))
+        pl.col("episode_id").filter(pl.col("is_new")).n_unique().cast(pl.Int64)
+        .alias("new_episodes"))
     severity = {i: s for s, i in rank.items()}
     return (
         per_subject.join(latest, on="subject_id")
@@ -322,7 +330,7 @@ def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
             .alias("new"),
             pl.col("episode_id").alias("latest_episode_id"),
             pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M").alias("latest_started_at"),
-            "latest_rules", "latest_evidence", "flagged_episodes", "new_flags")
+            "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes")
         .collect()
     )
 
@@ -337,7 +345,7 @@ def worklist_table(run: RunOutputs, previous_run=None, tables_dir=None,
     return follow_up_table(
         "worklist", frame, "Worklist: one row per flagged subject, red flags first, then the "
         f"most recent flagged episode first. NEW: a flag not in {since}; flagged_episodes counts "
-        "every flagged episode of the subject, new_flags the new rule firings.",
+        "the subject's flagged episodes, new_episodes those with a new flag.",
         tables_dir=tables_dir, top=top)
 
 
