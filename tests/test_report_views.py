@@ -282,3 +282,16 @@ def test_store_totals_count_every_file_in_the_store_not_only_this_runs(tmp_path)
     frame = store_counts(summary)
     assert frame.to_dicts() == [{"table": "daily", "rows": 120, "accepted": 118}]
     assert store_counts({"tables": {}}).height == 0
+
+
+def test_flags_over_time_reads_one_row_per_period_with_red_flag_rules_first(demo_run):
+    over_time = views.flags_over_time_table(demo_run, policy=views.EXACT_COUNTS)
+    wide = views.flags_over_time_by_rule(demo_run, over_time)
+    assert wide.frame.columns == ["period", "numbness", "severe_pain", "skin_changes",
+                                  "sleep_loss", "swelling", "emergency_visit", "prolonged",
+                                  "coverage"]
+    assert wide.frame.height == over_time.frame["period"].n_unique() == 4
+    assert wide.frame.select(pl.sum_horizontal(pl.exclude("period", "coverage"))).sum().item() \
+        == demo_run.red_flags.height
+    assert wide.frame["coverage"].to_list()[0] == "partial: 27 of 31 days"
+    assert wide.caption == over_time.caption

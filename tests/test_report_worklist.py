@@ -44,8 +44,8 @@ CURRENT = PREVIOUS.vstack(flags(
     ("E6", "S4", "2026-01-08 09:00", "emergency_visit", "advisory", "er_visit=true"),
 ))
 
-COLUMNS = ["subject_id", "severity", "new", "latest_episode_id", "latest_started_at",
-           "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes"]
+COLUMNS = ["subject_id", "severity", "new", "latest_started_at", "latest_rules",
+           "latest_evidence", "flagged_episodes", "new_episodes", "latest_episode_id"]
 
 
 def test_worklist_is_red_flags_first_then_most_recent_with_what_is_new():
@@ -53,14 +53,14 @@ def test_worklist_is_red_flags_first_then_most_recent_with_what_is_new():
     assert out.columns == COLUMNS
     assert out.rows() == [
         # S2's latest episode met two rules; it is the one new episode
-        ("S2", "red_flag", "NEW", "E5", "2026-01-09 21:00", "numbness, swelling",
-         "numbness=both_legs; swelling=true", 2, 1),
+        ("S2", "red_flag", "NEW", "2026-01-09 21:00", "numbness, swelling",
+         "numbness=both_legs; swelling=true", 2, 1, "E5"),
         # S3 has nothing new since the previous report
-        ("S3", "red_flag", "", "E3", "2026-01-07 08:00", "severe_pain", "pain=8", 1, 0),
+        ("S3", "red_flag", "", "2026-01-07 08:00", "severe_pain", "pain=8", 1, 0, "E3"),
         # advisories after every red flag, however recent
-        ("S1", "advisory", "NEW", "E4", "2026-01-20 08:00", "prolonged", "duration_min=25", 2, 1),
-        ("S4", "advisory", "NEW", "E6", "2026-01-08 09:00", "emergency_visit", "er_visit=true",
-         1, 1),
+        ("S1", "advisory", "NEW", "2026-01-20 08:00", "prolonged", "duration_min=25", 2, 1, "E4"),
+        ("S4", "advisory", "NEW", "2026-01-08 09:00", "emergency_visit", "er_visit=true", 1, 1,
+         "E6"),
     ]
 
 

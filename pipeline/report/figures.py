@@ -212,7 +212,8 @@ def calibration_plot(calibration: pl.DataFrame) -> Figure:
     use_report_style()
     fig = Figure(figsize=(5.5, 4.5))
     ax = fig.subplots()
-    for model in sorted(calibration["model"].unique().to_list()):
+    present = set(calibration["model"].to_list())
+    for model in [m for m in MODEL_STYLE if m in present] + sorted(present - set(MODEL_STYLE)):
         part = calibration.filter(pl.col("model") == model).sort("decile")
         style = model_style(model)
         ax.plot(part["predicted"].to_numpy(), part["observed"].to_numpy(), marker=style["marker"],

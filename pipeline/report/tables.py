@@ -62,6 +62,10 @@ class ShownTable:
     caption: str
     null_labels: dict[str, str] = field(default_factory=dict)
     css_class: str = "cramp-table"
+    #: Columns kept on one line (ids, dates); other text may wrap.
+    nowrap: tuple[str, ...] = ()
+    #: Text columns that hold numbers (formatted as text) and so align right, like numeric ones.
+    numeric_text: tuple[str, ...] = ()
 
     def _rows(self) -> list[list[str]]:
         return [[_cell(v, c, self.null_labels) for c, v in zip(self.frame.columns, row)]
@@ -82,11 +86,15 @@ class ShownTable:
 
     def _table_html(self) -> str:
         esc = html.escape
-        numeric = [t.is_numeric() for t in self.frame.dtypes]
-        num = lambda is_num: ' class="num"' if is_num else ""
-        head = "".join(f"<th{num(n)}>{esc(c)}</th>" for c, n in zip(self.frame.columns, numeric))
+        columns = self.frame.columns
+        numeric = [t.is_numeric() or c in self.numeric_text
+                   for c, t in zip(columns, self.frame.dtypes)]
+        classes = [" ".join(k for k, on in (("num", n), ("nw", c in self.nowrap)) if on)
+                   for c, n in zip(columns, numeric)]
+        attr = [f' class="{k}"' if k else "" for k in classes]
+        head = "".join(f"<th{a}>{esc(c)}</th>" for c, a in zip(columns, attr))
         body = "".join(
-            "<tr>" + "".join(f"<td{num(n)}>{esc(v)}</td>" for v, n in zip(row, numeric)) + "</tr>"
+            "<tr>" + "".join(f"<td{a}>{esc(v)}</td>" for v, a in zip(row, attr)) + "</tr>"
             for row in self._rows()
         )
         if not body:
@@ -156,7 +164,7 @@ def aggregate_table(
 
 def follow_up_table(
     name: str, frame: pl.DataFrame, caption: str, *, tables_dir: Path | str | None = None,
-    top: int | None = FOLLOW_UP_ROWS, full_list: str | None = None,
+    top: int | None = FOLLOW_UP_ROWS, full_list: str | None = None, nowrap: tuple[str, ...] = (),
 ) -> ShownTable:
     """A red-flag follow-up list: pseudonymous ids, never suppressed, labelled as such.
 
@@ -172,7 +180,7 @@ def follow_up_table(
         text += (f" Showing the first {top:,} of {frame.height:,} rows; every row is in "
                  f"{where}.")
         frame = frame.head(top)
-    return ShownTable(frame, text, css_class="cramp-table follow-up")
+    return ShownTable(frame, text, css_class="cramp-table follow-up", nowrap=nowrap)
 
 
 # --- effects --------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from pipeline.report import figures
 from pipeline.report.load import RunOutputs, load_run, read_store_table
 from pipeline.report.sentences import describe_effect, effect_sentences, feature_label
 from pipeline.report.sentences import model_label
-from pipeline.report.tables import EXACT_COUNTS, SEVERITY_ORDER, TableGroup, disclosure_policy
+from pipeline.report.tables import (EXACT_COUNTS, NULL_TEXT, SEVERITY_ORDER, TableGroup,
+                                    disclosure_policy)
 from pipeline.report.tables import (
     MODEL_ORDER,
     ShownTable,
@@ -47,7 +48,7 @@ __all__ = [
     "flagged_episodes_table", "not_recorded_follow_up_table",
     "ingest_table", "store_totals_table", "quarantine_reasons_table", "missingness_table",
     "days_logged_table", "disclosure_policy", "EXACT_COUNTS", "TableGroup", "model_label",
-    "worklist", "worklist_table", "new_flags", "rules_frame", "condition_in_words",
+    "worklist", "worklist_table", "new_flags", "flags_over_time_by_rule", "rules_frame", "condition_in_words",
     "panel_counts_table", "default_subject", "subject_days", "subject_episodes",
     "subject_flags_table", "subject_timeline",
 ]
@@ -106,12 +107,13 @@ def dispersion_table(diagnostics: dict, policy=DEFAULT_POLICY) -> ShownTable:
                    else f"no: {disclose_text(str(d.get('failure')), policy)}"),
         "converged": {True: "yes", False: "no"}.get(d.get("converged")),
         "Pearson dispersion": (None if d.get("pearson_dispersion") is None
-                               else round(float(d["pearson_dispersion"]), 2)),
+                               else f"{float(d['pearson_dispersion']):.2f}"),
     } for m, d in _models(diagnostics)]
     frame = pl.DataFrame(rows, schema={"model": pl.String, "kind": pl.String, "fitted": pl.String,
-                                       "converged": pl.String, "Pearson dispersion": pl.Float64})
+                                       "converged": pl.String, "Pearson dispersion": pl.String})
     return ShownTable(frame, "Model fit. Dispersion well above 1 means more day-to-day variation "
-                             "than a Poisson model expects; the robust CIs allow for it.")
+                             "than a Poisson model expects; the robust CIs allow for it.",
+                      numeric_text=("Pearson dispersion",))
 
 
 def calibration_frame(diagnostics: dict) -> pl.DataFrame:
@@ -236,6 +238,22 @@ def flags_over_time_table(run: RunOutputs, tables_dir=None, every: str = "1mo",
                            + note, tables_dir=tables_dir, policy=policy)
 
 
+def flags_over_time_by_rule(run: RunOutputs, over_time: ShownTable) -> ShownTable:
+    """:func:`flags_over_time_table` as a reader scans it: one row per period, one column per rule
+    (red-flag rules first), the period's coverage last. Same disclosed counts, same caption."""
+    frame = over_time.frame
+    rules = flags_by_rule(run.red_flags)["rule_id"].to_list()
+    rules = [r for r in rules if r in set(frame["rule_id"].to_list())]
+    if not rules:
+        return ShownTable(pl.DataFrame(schema={"period": pl.Date, "coverage": pl.String}),
+                          over_time.caption)
+    wide = frame.pivot(on="rule_id", index=["period", "coverage"], values="episodes",
+                       aggregate_function=None).sort("period")
+    label = next(iter(over_time.null_labels.values()), NULL_TEXT)
+    return ShownTable(wide.select("period", *rules, "coverage"), over_time.caption,
+                      {r: label for r in rules}, nowrap=("period",))
+
+
 def _period_name(every: str) -> str:
     return {"1mo": "calendar month", "1w": "week from Monday", "1d": "day",
             "1q": "quarter"}.get(every, every)
@@ -262,6 +280,8 @@ def not_recorded_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) 
 
 # --- the follow-up worklist -----------------------------------------------------------------------
 
+#: Follow-up columns kept on one line; evidence, rule lists and long episode ids wrap.
+_NOWRAP = ("subject_id", "severity", "new", "latest_started_at", "started_at", "rule_id")
 #: One rule firing, the same in every report (episode ids are stable across runs).
 FLAG_KEY = ("subject_id", "episode_id", "rule_id")
 
@@ -328,9 +348,9 @@ def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
             .alias("severity"),
             pl.when(pl.col("_any_new")).then(pl.lit("NEW")).otherwise(pl.lit(""))
             .alias("new"),
-            pl.col("episode_id").alias("latest_episode_id"),
             pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M").alias("latest_started_at"),
-            "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes")
+            "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes",
+            pl.col("episode_id").alias("latest_episode_id"))
         .collect()
     )
 
@@ -346,7 +366,7 @@ def worklist_table(run: RunOutputs, previous_run=None, tables_dir=None,
         "worklist", frame, "Worklist: one row per flagged subject, red flags first, then the "
         f"most recent flagged episode first. NEW: a flag not in {since}; flagged_episodes counts "
         "the subject's flagged episodes, new_episodes those with a new flag.",
-        tables_dir=tables_dir, top=top)
+        tables_dir=tables_dir, top=top, nowrap=_NOWRAP)
 
 
 def flagged_episodes_table(run: RunOutputs, tables_dir=None, top: int | None = FOLLOW_UP_ROWS
@@ -364,7 +384,7 @@ def flagged_episodes_table(run: RunOutputs, tables_dir=None, top: int | None = F
              .collect())
     return follow_up_table("red_flags", frame, "Flagged episodes and the values that fired the "
                            "rule, red flags first, most recent first.", tables_dir=tables_dir,
-                           top=top, full_list="red_flags.csv beside the report")
+                           top=top, full_list="red_flags.csv beside the report", nowrap=_NOWRAP)
 
 
 def not_recorded_follow_up_table(run: RunOutputs, tables_dir=None,
@@ -381,7 +401,8 @@ def not_recorded_follow_up_table(run: RunOutputs, tables_dir=None,
     return follow_up_table("red_flags_not_recorded", frame,
                            "Episodes each rule could not assess, per subject (ask about them), "
                            "red-flag rules first, most unassessed first.", tables_dir=tables_dir,
-                           top=top, full_list="red_flags_not_recorded.csv beside the report")
+                           top=top, full_list="red_flags_not_recorded.csv beside the report",
+                           nowrap=_NOWRAP)
 
 
 # --- data quality ---------------------------------------------------------------------------------
