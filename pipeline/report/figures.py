@@ -262,6 +262,9 @@ def counts_over_time_plot(disclosed: pl.DataFrame, *, time: str = "period", grou
                        facecolors="white", edgecolors=[color], linewidths=1.5, zorder=3,
                        label="_partial")
         ax.plot(x, np.where(partial, np.nan, y), marker="o", ms=4, lw=1.5, color=color, label=g)
+    periods = sorted(disclosed[time].unique().to_list())
+    if 0 < len(periods) <= 24:
+        ax.set_xticks(periods)  # one tick per period start, not matplotlib's mid-period dates
     ax.set_xlabel("Period starting")
     ax.set_ylim(bottom=0)
     ax.set_ylabel("Flagged episodes")

@@ -92,7 +92,8 @@ class ShownTable:
         classes = [" ".join(k for k, on in (("num", n), ("nw", c in self.nowrap)) if on)
                    for c, n in zip(columns, numeric)]
         attr = [f' class="{k}"' if k else "" for k in classes]
-        head = "".join(f"<th{a}>{esc(c)}</th>" for c, a in zip(columns, attr))
+        # "latest_episode_id" reads, and wraps, as "latest episode id" (the CSV keeps the name).
+        head = "".join(f"<th{a}>{esc(c.replace('_', ' '))}</th>" for c, a in zip(columns, attr))
         body = "".join(
             "<tr>" + "".join(f"<td{a}>{esc(v)}</td>" for v, a in zip(row, attr)) + "</tr>"
             for row in self._rows()

@@ -251,7 +251,7 @@ def flags_over_time_by_rule(run: RunOutputs, over_time: ShownTable) -> ShownTabl
                        aggregate_function=None).sort("period")
     label = next(iter(over_time.null_labels.values()), NULL_TEXT)
     return ShownTable(wide.select("period", *rules, "coverage"), over_time.caption,
-                      {r: label for r in rules}, nowrap=("period",))
+                      {r: label for r in rules}, nowrap=("period", "coverage"))
 
 
 def _period_name(every: str) -> str:
