@@ -9,9 +9,10 @@ table rows it holds, and how long headless Chromium takes to open it. Run by han
 reference machine) unless ``--run-dir`` names a finished run to measure instead. The target is a
 report under 3 MB that Chromium shows in under 3 s (issue 9: before, 25.7 MB and 46 s).
 
-"Browser load" is the time from navigating headless Chromium to the file until the load event
-has fired, every image is decoded and a forced layout of the whole page has returned: what a
-reader waits for before the page can be scrolled.
+"Browser load" is the time from navigating headless Chromium to the file until the document is
+complete, every image is decoded and a forced layout of the whole page has returned (measured in
+the page with ``performance.now()``; the wall-clock time seen from this process is printed beside
+it): what a reader waits for before the page can be scrolled.
 """
 
 from __future__ import annotations
@@ -33,32 +34,48 @@ sys.path.insert(0, str(ROOT))
 TARGET_SIZE_MB = 3.0
 TARGET_LOAD_S = 3.0
 LARGE = {"subjects": 10_000, "days": 365, "seed": 1}
+#: Longest a page load may take before the benchmark gives up.
+LOAD_TIMEOUT_S = 600
 
 
 def _peak_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
-def browser_load_s(report: Path, repeats: int = 3) -> list[float]:
-    """Seconds for headless Chromium to load, decode and lay out ``report`` (a fresh page each
-    time, in one browser)."""
-    from tests.test_browser_report import DevTools  # the same browser flags as the tests
+def browser_load_s(report: Path, repeats: int = 3) -> list[tuple[float, float]]:
+    """(in-page, wall-clock) seconds for headless Chromium to load, decode and lay out ``report``,
+    ``repeats`` times in one browser. In-page is ``performance.now()`` once the document is
+    complete, every image decoded and a layout forced: milliseconds since that navigation began,
+    so it cannot be confused with an earlier page's events."""
+    import tests.test_browser_report as browser  # the same browser and flags as the tests
 
+    browser.TIMEOUT_S = LOAD_TIMEOUT_S  # the old 26 MB report needed more than the tests' 60 s
     chromium = subprocess.run([str(ROOT / "scripts" / "ensure-chromium")], capture_output=True,
                               text=True, check=True).stdout.strip().splitlines()[-1]
-    tools = DevTools(chromium)
+    tools = browser.DevTools(chromium)
+    uri = report.as_uri()
+
+    def wait_until(href: str) -> None:
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while tools.evaluate("[location.href, document.readyState]") != [href, "complete"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{href} did not load in {LOAD_TIMEOUT_S} s")
+            time.sleep(0.02)
+
     times = []
     try:
         tools.call("Page.enable")
         for _ in range(repeats):
             tools.call("Page.navigate", url="about:blank")
-            tools.events.clear()
+            wait_until("about:blank")
             started = time.perf_counter()
-            tools.call("Page.navigate", url=report.as_uri())
-            tools.wait_for("Page.loadEventFired")
-            tools.evaluate("Promise.all([...document.images].map(i => i.decode().catch(() => 0)))"
-                           ".then(() => document.documentElement.getBoundingClientRect().height)")
-            times.append(time.perf_counter() - started)
+            tools.call("Page.navigate", url=uri)
+            wait_until(uri)
+            in_page_ms = tools.evaluate(
+                "Promise.all([...document.images].map(i => i.decode().catch(() => 0)))"
+                ".then(() => { document.documentElement.getBoundingClientRect();"
+                " return performance.now(); })")
+            times.append((in_page_ms / 1000, time.perf_counter() - started))
     finally:
         tools.close()
     return times
@@ -70,9 +87,9 @@ def describe(report: Path) -> str:
     images = len(re.findall(r"<img ", page))
     load = browser_load_s(report)
     size_mb = report.stat().st_size / 1e6
-    return (f"report.html {size_mb:.2f} MB, {rows:,} table rows, {images} figures; Chromium load "
-            f"{min(load):.2f} s (best of {len(load)}; all: "
-            + ", ".join(f"{t:.2f}" for t in load) + ")")
+    return (f"report.html {size_mb:.2f} MB, {rows:,} table rows, {images} figures; Chromium "
+            f"load {min(t for t, _ in load):.2f} s in-page (best of {len(load)}; in-page/wall: "
+            + ", ".join(f"{t:.2f}/{w:.2f}" for t, w in load) + ")")
 
 
 def sample() -> None:
