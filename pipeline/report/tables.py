@@ -66,6 +66,8 @@ class ShownTable:
     nowrap: tuple[str, ...] = ()
     #: Text columns that hold numbers (formatted as text) and so align right, like numeric ones.
     numeric_text: tuple[str, ...] = ()
+    #: Columns of long unbroken tokens (episode ids) that may break anywhere to fit the page.
+    break_anywhere: tuple[str, ...] = ()
 
     def _rows(self) -> list[list[str]]:
         return [[_cell(v, c, self.null_labels) for c, v in zip(self.frame.columns, row)]
@@ -89,7 +91,8 @@ class ShownTable:
         columns = self.frame.columns
         numeric = [t.is_numeric() or c in self.numeric_text
                    for c, t in zip(columns, self.frame.dtypes)]
-        classes = [" ".join(k for k, on in (("num", n), ("nw", c in self.nowrap)) if on)
+        classes = [" ".join(k for k, on in (("num", n), ("nw", c in self.nowrap),
+                                            ("ba", c in self.break_anywhere)) if on)
                    for c, n in zip(columns, numeric)]
         attr = [f' class="{k}"' if k else "" for k in classes]
         # "latest_episode_id" reads, and wraps, as "latest episode id" (the CSV keeps the name).
@@ -181,7 +184,9 @@ def follow_up_table(
         text += (f" Showing the first {top:,} of {frame.height:,} rows; every row is in "
                  f"{where}.")
         frame = frame.head(top)
-    return ShownTable(frame, text, css_class="cramp-table follow-up", nowrap=nowrap)
+    ids = tuple(c for c in frame.columns if c.endswith("episode_id"))
+    return ShownTable(frame, text, css_class="cramp-table follow-up", nowrap=nowrap,
+                      break_anywhere=ids)
 
 
 # --- effects --------------------------------------------------------------------------------------
