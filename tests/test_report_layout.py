@@ -63,7 +63,8 @@ def test_each_guidance_quote_is_visible_without_scrolling(page):
 
 def test_numbers_sit_under_their_headers(page):
     tools, _ = page
-    misaligned = tools.evaluate("""[...document.querySelectorAll('table.cramp-table')].flatMap(t => {
+    misaligned = tools.evaluate("""[...document.querySelectorAll('table.cramp-table')]
+      .flatMap(t => {
         const heads = [...t.querySelectorAll('thead th')];
         return [...t.querySelectorAll('tbody tr')].slice(0, 3).flatMap(tr =>
             [...tr.children].map((td, i) => [td, heads[i]])

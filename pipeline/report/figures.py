@@ -253,7 +253,8 @@ def counts_over_time_plot(disclosed: pl.DataFrame, *, time: str = "period", grou
         part = disclosed.filter(pl.col(group) == g).sort(time)
         x = part[time].to_list()
         y = part[count].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        partial = (part["coverage"] != "full").to_numpy() if has_coverage else np.zeros(len(y), bool)
+        partial = ((part["coverage"] != "full").to_numpy() if has_coverage
+                   else np.zeros(len(y), bool))
         if partial.any():
             any_partial = True
             ax.plot(x, y, ls=":", lw=1.2, color=color)

@@ -210,7 +210,7 @@ def ci_digits(irr: float, low: float, high: float) -> int:
 
 
 def _fmt_ci(irr, low, high) -> str | None:
-    """``1.04 (1.03 to 1.05)``; a narrow interval gets more decimals (``1.041 (1.040 to 1.042)``)."""
+    """``1.04 (1.03 to 1.05)``; a narrow interval gets more decimals: ``1.041 (1.040 to 1.042)``."""
     if irr is None or low is None or high is None or any(math.isnan(v) for v in (irr, low, high)):
         return None
     d = ci_digits(irr, low, high)

@@ -48,7 +48,8 @@ __all__ = [
     "flagged_episodes_table", "not_recorded_follow_up_table",
     "ingest_table", "store_totals_table", "quarantine_reasons_table", "missingness_table",
     "days_logged_table", "disclosure_policy", "EXACT_COUNTS", "TableGroup", "model_label",
-    "worklist", "worklist_table", "new_flags", "flags_over_time_by_rule", "rules_frame", "condition_in_words",
+    "worklist", "worklist_table", "new_flags", "flags_over_time_by_rule", "rules_frame",
+    "condition_in_words",
     "panel_counts_table", "default_subject", "subject_days", "subject_episodes",
     "subject_flags_table", "subject_timeline",
 ]
@@ -147,8 +148,8 @@ def sufficiency_table(diagnostics: dict, policy=DEFAULT_POLICY) -> ShownTable:
 # --- red flags ------------------------------------------------------------------------------------
 
 #: How a condition clause's SQL reads in the rules table (display only; evaluation reads the SQL).
-_CONDITION_WORDS = ((" >= ", " ≥ "), (" <= ", " ≤ "), (" != ", " ≠ "), (" IN ", " is one of "),
-                    (" AND ", " and "), (" NOT ", " not "))
+_CONDITION_WORDS = ((" >= ", " ≥ "), (" <= ", " ≤ "), (" != ", " ≠ "),
+                    (" IN ", " is one of "), (" AND ", " and "), (" NOT ", " not "))
 #: A rationale's own closing disclaimer; the table states "toolkit rationale" once, in front.
 _RATIONALE_DISCLAIMER = re.compile(r"\s*\(Toolkit rationale[^)]*\)\s*$", re.I)
 
@@ -319,8 +320,9 @@ def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
     Per subject: ``severity`` (the highest of its flags), ``new`` ("NEW" when any flag is not in
     ``previous_run``'s red_flags.csv, else ""), its latest flagged episode (``latest_episode_id``,
     ``latest_started_at``, the rules it met and their evidence), ``flagged_episodes`` and
-    ``new_episodes`` (episodes with a flag not in the previous report). ``previous_run``: the previous report's run directory (or loaded run);
-    None means no previous report, so every flag is new.
+    ``new_episodes`` (episodes with a flag not in the previous report). ``previous_run``: the
+    previous report's run directory (or loaded run); None means no previous report, so every flag
+    is new.
     """
     rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
     flags = new_flags(run.red_flags, _previous_flags(previous_run)).lazy().with_columns(
