@@ -366,8 +366,8 @@ def worklist_table(run: RunOutputs, previous_run=None, tables_dir=None,
              "the previous report (there is none, so every flag counts as new)")
     return follow_up_table(
         "worklist", frame, "Worklist: one row per flagged subject, red flags first, then the "
-        f"most recent flagged episode first. NEW: a flag not in {since}; flagged_episodes counts "
-        "the subject's flagged episodes, new_episodes those with a new flag.",
+        f"most recent flagged episode first. NEW: a flag not in {since}; \u201cflagged episodes\u201d "
+        "counts the subject's flagged episodes, \u201cnew episodes\u201d those with a new flag.",
         tables_dir=tables_dir, top=top, nowrap=_NOWRAP)
 
 
