@@ -103,3 +103,31 @@ def test_flagged_episodes_are_most_severe_then_most_recent_first(tmp_path):
         ("E5", "numbness"), ("E5", "swelling"), ("E3", "severe_pain")]
     assert "every row is in red_flags.csv beside the report" in shown.caption
     assert pl.read_csv(tmp_path / "follow_up" / "red_flags.csv").height == CURRENT.height
+
+
+def test_notebook_03_marks_what_is_new_since_the_previous_report(tmp_path):
+    """The scheduled job passes papermill ``previous_run_dir``; the worklist then marks NEW exactly
+    the subjects with a flag the previous report did not have."""
+    import nbformat
+
+    from pipeline.report.render import NOTEBOOKS_DIR, execute_notebook
+
+    nb = nbformat.read(NOTEBOOKS_DIR / "03-red-flags.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "previous_run_dir = None" in params.source
+
+    current = write_demo_run(tmp_path / "current")
+    previous = write_demo_run(tmp_path / "previous")
+    flags = pl.read_csv(previous / "red_flags.csv", infer_schema_length=None)
+    dropped = flags.filter(pl.col("subject_id").is_in(["S000", "S007"]))
+    flags.join(dropped, on=["episode_id", "rule_id"], how="anti").write_csv(
+        previous / "red_flags.csv")
+    tables = tmp_path / "tables"
+    execute_notebook("03-red-flags", tmp_path / "03.ipynb", {
+        "run_dir": str(current), "tables_dir": str(tables), "identifiers": True,
+        "previous_run_dir": str(previous)})
+    worklist = pl.read_csv(tables / "follow_up" / "worklist.csv", infer_schema_length=None)
+    new = worklist.filter(pl.col("new") == "NEW")["subject_id"].sort().to_list()
+    assert new == ["S000", "S007"]
+    assert worklist.filter(pl.col("new") == "NEW")["new_episodes"].sum() == \
+        dropped["episode_id"].n_unique()
