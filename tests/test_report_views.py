@@ -251,6 +251,10 @@ def test_a_run_with_no_flags_and_no_curves_still_shows_every_table_and_figure(tm
     run = load_run(run_dir)
     assert views.flag_counts_table(run).frame.height == 0
     assert views.flags_over_time_table(run).frame.height == 0
+    assert views.flags_over_time_by_rule(run, views.flags_over_time_table(run)).frame.height == 0
+    assert views.worklist_table(run).frame.height == 0
+    assert views.flagged_episodes_table(run).frame.height == 0
+    assert "(no rows)" in repr(views.worklist_table(run))
     assert views.not_recorded_table(run).frame.height == 0
     assert views.default_subject(run) is None
     figures.show(figures.counts_over_time_plot(views.flags_over_time_table(run).frame)).png()
