@@ -20,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from pipeline.report.render import REQUIRED_SECTIONS, notebook_sections, render_report, slug
 from pipeline.report.sample import ensure_sample_run
+from pipeline.report.tables import FOLLOW_UP_ROWS
 
 pytestmark = pytest.mark.xdist_group("report")
 
@@ -151,7 +152,12 @@ def test_report_identifying_section_is_labelled_and_left_out_when_shareable(rend
     subjects = pl.read_csv(rendered["full"] / "red_flags.csv")["subject_id"].unique().to_list()
     assert subjects, "the sample should have flagged subjects"
     assert "pseudonymous subject ids" in full
-    assert all(s in full for s in subjects[:20])  # the follow-up list is complete, not suppressed
+    # The worklist holds every flagged subject; the page shows its first rows, most severe first.
+    worklist = pl.read_csv(rendered["full"] / "report_tables" / "follow_up" / "worklist.csv")
+    assert sorted(worklist["subject_id"]) == sorted(subjects)
+    shown = worklist["subject_id"].head(FOLLOW_UP_ROWS).to_list()
+    assert all(s in full for s in shown)
+    assert worklist["severity"].head(FOLLOW_UP_ROWS).to_list()[0] == "red_flag"
     assert 'id="red-flag-follow-up"' not in shareable
     assert not [s for s in subjects if re.search(rf"\b{re.escape(s)}\b", shareable)]
     assert (rendered["full"] / "report_tables" / "follow_up" / "red_flags.csv").is_file()
@@ -164,7 +170,8 @@ def test_follow_up_list_holds_every_flag_unsuppressed(rendered):
     source = pl.read_csv(rendered["full"] / "red_flags.csv",
                          schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
     assert shown.height == source.height
-    assert shown.select("episode_id", "rule_id").equals(source.select("episode_id", "rule_id"))
+    key = ["episode_id", "rule_id"]
+    assert shown.select(key).sort(key).equals(source.select(key).sort(key))
 
 
 def test_a_failing_notebook_fails_the_render_with_its_cell_and_keeps_the_executed_copy(tmp_path):

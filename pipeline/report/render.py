@@ -182,12 +182,13 @@ def _page(title: str, header_html: str, sections: list[Section], footer_html: st
     )
 
 
-def _flag_callout(run_dir: Path) -> str:
+def _flag_callout(run_dir: Path, identifiers: bool = False) -> str:
     """A line at the top saying how many episodes met a red-flag rule: never buried below the
-    statistics. The counts are disclosure-controlled (the header is part of a shareable report)."""
+    statistics. Exact in the care-team report, disclosure-controlled in the shareable one."""
     import polars as pl
 
     from pipeline.disclosure import DEFAULT_POLICY, disclose_count
+    from pipeline.report.tables import disclosure_policy
 
     path = run_dir / "red_flags.csv"
     if not path.is_file():
@@ -195,8 +196,9 @@ def _flag_callout(run_dir: Path) -> str:
     flags = pl.read_csv(path, columns=["subject_id", "episode_id", "severity"],
                         schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
     red = flags.filter(pl.col("severity") == "red_flag")
-    episodes = disclose_count(red["episode_id"].n_unique() if red.height else 0)
-    subjects = disclose_count(red["subject_id"].n_unique() if red.height else 0)
+    policy = disclosure_policy(identifiers)
+    episodes = disclose_count(red["episode_id"].n_unique() if red.height else 0, policy)
+    subjects = disclose_count(red["subject_id"].n_unique() if red.height else 0, policy)
     label = DEFAULT_POLICY.suppressed_label
     shown = lambda n: label if n is None else f"{n:,}"
     return (f'<p class="notice flags"><strong>Red flags:</strong> {shown(episodes)} episode(s) '
@@ -215,7 +217,7 @@ def _header(run_dir: Path, identifiers: bool) -> str:
     period = ""
     if panel.get("first_date") and panel.get("last_date"):
         period = f"<p>Diary days from {panel['first_date']} to {panel['last_date']}.</p>"
-    period += _flag_callout(run_dir)
+    period += _flag_callout(run_dir, identifiers)
     if identifiers:
         notice = ('<p class="notice identifying">This report includes a red-flag follow-up '
                   "section that lists <strong>pseudonymous subject ids</strong> for clinical "
