@@ -35,9 +35,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -x -m "not slow"
 
+# One kernel: the notebooks' kernelspec is "cramp" (this environment's Python, registered here) and
+# JupyterLab offers only it, not a second "Python 3 (ipykernel)". Root (containers) needs --allow-root.
+LAB_ARGS ?=
 lab: $(STAMP)
 	$(PY) -m ipykernel install --user --name cramp --display-name "Python (cramp)"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks \
+	  --KernelSpecManager.allowed_kernelspecs=cramp --MultiKernelManager.default_kernel_name=cramp \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -6,7 +6,8 @@ wall and CPU times for the panel, each model's design and fit, the dose-response
 whole ``fit_models`` call, and peak RSS. CPU time is printed because on a shared machine the wall
 time also measures the neighbours.
 
-Usage: ``python benchmarks/bench_models.py [N_SUBJECTS N_DAYS]``. Not run in CI.
+Usage: ``python benchmarks/bench_models.py [N_SUBJECTS N_DAYS] [--lags-only]`` (``--lags-only``:
+the panel and the distributed-lag model only). Not run in CI.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _Timer:
         return wall, cpu
 
 
-def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
+def main(n_subjects: int = 10_000, n_days: int = 365, lags_only: bool = False) -> dict:
     import json
 
     import polars as pl
@@ -80,6 +81,8 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
           f"features: {figures['panel_s']:.2f} s wall, {figures['panel_cpu_s']:.2f} s CPU",
           flush=True)
 
+    if lags_only:
+        return _lag_model(panel, custom, figures, timer)
     # Each stage separately (the steps fit_models runs), then fit_models end to end.
     frame = ef.with_subject_codes(panel.frame)
     within: dict[str, float] = {}  # as fit_models: the secondary models start from these
@@ -105,6 +108,8 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
                   f"{subset.get('n_subject_days', design.n_subject_days):,} rows", flush=True)
         del design, fit
 
+    _lag_model(panel, custom, figures, timer)
+
     timer.lap()
     ef.fit_models(panel, custom_factors=custom)
     figures["fit_models_s"], figures["fit_models_cpu_s"] = timer.lap()
@@ -120,5 +125,25 @@ def main(n_subjects: int = 10_000, n_days: int = 365) -> dict:
     return figures
 
 
+def _lag_model(panel, custom, figures: dict, timer: _Timer) -> dict:
+    """The distributed-lag model (lags.csv), as cramp run fits it after fit_models: the time it
+    adds to ``cramp run --no-report``."""
+    from pipeline.models.lags import fit_lags
+
+    timer.lap()
+    lag_results = fit_lags(panel, custom_factors=custom)
+    figures["lag_model_s"], figures["lag_model_cpu_s"] = timer.lap()
+    d = lag_results.diagnostics
+    subset = d["subset"] or {}
+    print(f"{'within_subject_lags':27s} {figures['lag_model_s']:6.2f} s "
+          f"({figures['lag_model_cpu_s']:5.2f} CPU)  {d['n_subject_days']:,} complete-window rows "
+          f"of {d['n_subject_days_panel']:,} subject-days (subjects: "
+          f"{subset.get('n_subjects', 'all')} of {subset.get('of_subjects', 'all')}); "
+          f"adds {figures['lag_model_s']:.2f} s wall to cramp run --no-report", flush=True)
+    return figures
+
+
 if __name__ == "__main__":
-    main(*[int(a) for a in sys.argv[1:3]])
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    main(*[int(a) for a in sys.argv[1:] if not a.startswith("--")][:2],
+         lags_only="--lags-only" in flags)

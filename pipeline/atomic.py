@@ -157,8 +157,11 @@ def write_json(destination: Path, data: Any) -> Path:
 
 
 def write_csv(destination: Path, frame: pl.DataFrame) -> Path:
-    """Atomically write a CSV (ISO dates, LF line endings)."""
-    return write_with(destination, lambda tmp: frame.write_csv(tmp))
+    """Atomically write a CSV for people (ISO dates, LF line endings), formula cells neutralised
+    (``pipeline.csvsafe``): every CSV the toolkit writes may be opened in a spreadsheet."""
+    from pipeline import csvsafe  # csvsafe builds on this module
+
+    return csvsafe.write_csv(destination, frame)
 
 
 def write_parquet(destination: Path, frame: pl.DataFrame) -> Path:

@@ -35,11 +35,35 @@ DataDir = Annotated[Path, typer.Option("--data", help="Dataset directory (one fi
 
 
 def _progress() -> bool:
-    return sys.stdout.isatty()
+    """Stage lines go to standard error, and only when a person is watching it."""
+    return sys.stderr.isatty()
+
+
+def _absolute(path: Path | None) -> Path | None:
+    """Paths are resolved once, here at the edge: nothing later depends on the working directory."""
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from pipeline.report.provenance import toolkit_version
+
+        out.print(f"cramp {toolkit_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the toolkit version and exit.")] = False,
+) -> None:
+    """Cramp toolkit: validated ingest, factor models, red-flag rules and reports for anonymised
+    muscle-cramp diaries."""
 
 
 def _print_ingest_summary(summary: dict, title: str) -> None:
-    table = RichTable(title=title, title_justify="left")
+    # The title names the user's directories, which may be named after a person.
+    table = RichTable(title=Text(mask_message(title)), title_justify="left")
     table.add_column("table")
     for name in ("read", "accepted", "quarantined", "duplicates"):
         table.add_column(name, justify="right")
@@ -113,14 +137,25 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 20261128,
     confounded: Annotated[bool, typer.Option("--confounded", help="People with higher habitual "
                                              "stress and sitting cramp more for other reasons.")] = False,
+    heterogeneous: Annotated[bool, typer.Option("--heterogeneous", help="People differ in their "
+                                                "rate ratios (each person's truth in the truth "
+                                                "file).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
+    effect_modification: Annotated[bool, typer.Option(
+        "--effect-modification", help="Plant a sitting effect only in people aged 60+ "
+        "(pipeline/synth/modification.py).")] = False,
+    lagged: Annotated[bool, typer.Option("--lagged", help="Plant effects at lags > 0 as well "
+                                         "(next-day exercise, alcohol, fluid; see the truth "
+                                         "file).")] = False,
 ) -> None:
     """Write a synthetic contract dataset with planted effects; the truth goes to OUT.truth.json."""
     from pipeline import synth as synth_module
 
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise UserError(f"--format must be csv, jsonl or parquet, not {fmt!r}")
-    dataset = synth_module.generate(subjects, days, seed, confounded=confounded)
+    dataset = synth_module.generate(subjects, days, seed, confounded=confounded,
+                                    effect_modification=effect_modification, lagged=lagged,
+                                    heterogeneous=heterogeneous)
     synth_module.write_dataset(dataset, out_dir, fmt=fmt)
     out.print(f"Wrote {out_dir} ({subjects} subjects × {days} days); planted truth beside it.")
 
@@ -142,8 +177,9 @@ def run(
     """Ingest, validate, build the panel, fit the models, apply the red-flag rules and report."""
     from pipeline.run import run_job
 
-    result = run_job(data, out_dir, store_dir=store, rules_path=rules, report=report,
-                     identifiers=identifiers, progress=_progress(), executor=executor,
+    result = run_job(_absolute(data), _absolute(out_dir), store_dir=_absolute(store),
+                     rules_path=_absolute(rules), report=report, identifiers=identifiers,
+                     progress=_progress(), executor=executor,
                      scheduler=scheduler)
     _print_ingest_summary(result["summary"], f"Ingest of {data}")
     for line in result["messages"]:
@@ -164,10 +200,13 @@ def scheduled_report(
 ) -> None:
     """The scheduled job: ingest what is new, refit, write REPORTS/<YYYY-MM-DD>/ and the index."""
     from pipeline.report import scheduled_report as run_scheduled
+    from pipeline.report.schedule import job_lines
 
-    path = run_scheduled(data, reports, identifiers=identifiers, rules_path=rules,
+    path = run_scheduled(_absolute(data), _absolute(reports), identifiers=identifiers,
+                         rules_path=_absolute(rules), progress=_progress(),
                          executor=executor, scheduler=scheduler)
-    out.print(f"Report written to {path}")
+    for line in job_lines(path):
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command()
@@ -186,6 +225,9 @@ def docs(
         if check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(str(relative))
+                out.print(f"stale       {relative}", highlight=False)
+            else:
+                out.print(f"up to date  {relative}", highlight=False)
         else:
             from pipeline.atomic import write_text
 
@@ -193,6 +235,9 @@ def docs(
             out.print(f"Wrote {path}")
     if stale:
         raise UserError("stale generated documents (run `make docs`): " + ", ".join(stale))
+    if check:
+        out.print(f"Checked {len(GENERATED_DOCS)} generated document(s) against the code they are "
+                  f"generated from: all up to date.", highlight=False)
 
 
 def _print_user_error(error: UserError) -> None:

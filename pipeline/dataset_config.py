@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from pipeline.analysis_config import AnalysisConfig, parse_analysis, parse_max_lag_days
 from pipeline.errors import UserError
 from pipeline.schema import (
     FACTORS,
@@ -26,7 +27,7 @@ from pipeline.schema import (
 
 DATASET_CONFIG_FILE = "dataset.toml"
 
-_TOP_LEVEL_KEYS = frozenset({"custom_factors"})
+_TOP_LEVEL_KEYS = frozenset({"custom_factors", "analysis"})
 _FACTOR_KEYS = {f.name for f in fields(CustomFactor)}
 _REQUIRED_FACTOR_KEYS = ("column", "factor", "label", "kind")
 _KINDS = ("numeric", "boolean")
@@ -41,6 +42,8 @@ class DatasetConfig:
     custom_factors: tuple[CustomFactor, ...] = ()
     #: The file it came from, or None when the dataset has no ``dataset.toml``.
     path: Path | None = None
+    #: The ``[analysis]`` table (strata, time adjustment, lags): ``pipeline.analysis_config``.
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @property
     def custom_columns(self) -> tuple[str, ...]:
@@ -69,15 +72,16 @@ def load_dataset_config(data_dir: Path) -> DatasetConfig:
         raise UserError("is nested too deeply to be read (arrays or inline tables inside each "
                         "other hundreds of levels deep); a dataset.toml needs only "
                         "[[custom_factors]] tables", path=str(path)) from None
-    return DatasetConfig(custom_factors=parse_custom_factors(raw, str(path)), path=path)
+    return DatasetConfig(custom_factors=parse_custom_factors(raw, str(path)), path=path,
+                         analysis=parse_analysis(raw, str(path)))
 
 
 def parse_custom_factors(raw: dict, where: str) -> tuple[CustomFactor, ...]:
     """Validate the parsed TOML document and build its ``CustomFactor``s (``where`` names the file)."""
     unknown = sorted(set(raw) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise UserError(f"unknown key(s) {', '.join(unknown)}; expected only [[custom_factors]]",
-                        path=where)
+        raise UserError(f"unknown key(s) {', '.join(unknown)}; expected only [[custom_factors]] "
+                        "and [analysis]", path=where)
     tables = raw.get("custom_factors", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise UserError("custom_factors must be an array of tables ([[custom_factors]])",
@@ -121,6 +125,13 @@ def _parse_one(table: dict, where: str) -> CustomFactor:
     for key in ("column", "factor", "label", "kind", "unit", "description"):
         if key in table and not isinstance(table[key], str):
             raise UserError(f"{where}: {key} must be a string")
+    from pipeline.ingest.identifiers import find_identifier  # ingest imports this module
+
+    for key in ("label", "unit", "description"):
+        # These words are printed in effects.csv and the report: never an identifier.
+        if key in table and find_identifier(table[key]):
+            raise UserError(f"{where}: {key} looks like it holds {find_identifier(table[key])}; "
+                            "a factor's words are printed in every output")
     for key in ("column", "factor"):
         if not _NAME_PATTERN.match(table[key]):
             raise UserError(f"{where}: {key} {table[key]!r} must be lower-case letters, digits "
@@ -141,4 +152,6 @@ def _parse_one(table: dict, where: str) -> CustomFactor:
         raise UserError(f"{where}: scale must be positive")
     if "minimum" in numbers and "maximum" in numbers and numbers["minimum"] > numbers["maximum"]:
         raise UserError(f"{where}: minimum is greater than maximum")
+    if "max_lag_days" in table:
+        parse_max_lag_days(table["max_lag_days"], f"{where}: max_lag_days")
     return CustomFactor(**{**table, **numbers})

@@ -22,6 +22,10 @@ import polars as pl
 #: Modules that declare output tables; imported by :func:`all_outputs`.
 OUTPUT_MODULES: tuple[str, ...] = (
     "pipeline.models.effects",
+    "pipeline.describe.cohort",
+    "pipeline.models.subgroups",
+    "pipeline.models.lags",
+    "pipeline.models.subject_effects",
 )
 
 

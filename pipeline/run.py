@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import atomic
+from pipeline import atomic, progress as stages
 from pipeline.errors import UserError
 
 
@@ -21,43 +21,52 @@ def run_job(
     report: bool = True,
     identifiers: bool = True,
     progress: bool = False,
+    previous_run_dir: Path | None = None,
     executor: str = "local",
     scheduler: str | None = None,
 ) -> dict:
     """Run the whole job on ``data_dir`` and write every output into ``out_dir``.
 
     Returns ``{"summary": <summary.json content>, "messages": [lines for the user]}``. Raises
-    ``UserError`` for problems with the input or options (the CLI exits 2). The whole job holds
-    the run directory's lock (``pipeline.run_dir``): a second run on the same ``out_dir`` stops.
-    The per-bucket work (red flags, every model pass) runs on ``executor``: ``local`` (threads
-    here) or ``dask`` (the scheduler at ``scheduler`` or $DASK_SCHEDULER_ADDRESS, else a
-    LocalCluster), see pipeline/execution.py and docs/scaling.md.
+    ``UserError`` for problems with the input or options (the CLI exits 2). ``progress``: show
+    one line per stage (``pipeline.progress``; the CLI turns it on only on a terminal). The
+    whole job holds the run directory's lock (``pipeline.run_dir``): a second run on the same
+    ``out_dir`` stops. The per-bucket work (red flags, every model pass) runs on ``executor``:
+    ``local`` (threads here) or ``dask`` (the scheduler at ``scheduler`` or
+    $DASK_SCHEDULER_ADDRESS, else a LocalCluster), see pipeline/execution.py, docs/scaling.md.
     """
     from pipeline import execution
     from pipeline.ingest.dataset import check_not_inside
     from pipeline.run_dir import run_dir_lock
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    # Every path is made absolute once, here: nothing later depends on the working directory.
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     if not data_dir.is_dir():
         raise UserError("dataset directory not found (expected a directory of tables)",
                         path=str(data_dir))
     check_not_inside(data_dir, out_dir, "the output directory (--out)")
-    with execution.session(executor, scheduler), run_dir_lock(out_dir):
+    with execution.session(executor, scheduler), stages.session(progress), \
+            run_dir_lock(out_dir):
         return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
-                               report=report, identifiers=identifiers, progress=progress)
+                               report=report, identifiers=identifiers, progress=progress,
+                               previous_run_dir=previous_run_dir)
 
 
 def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
-                    rules_path: Path | None, report: bool, identifiers: bool,
-                    progress: bool) -> dict:
-    from pipeline.dataset_config import load_dataset_config
-    from pipeline.features import build_panel
-    from pipeline.ingest import ingest_dataset, write_ingest_outputs
-    from pipeline.models import fit_models, write_model_outputs
-    from pipeline.redflags import load_rules, write_flag_outputs
-    from pipeline.redflags.buckets import evaluate_store
-    from pipeline.store import Store, remove_store
+                    rules_path: Path | None, report: bool, identifiers: bool, progress: bool,
+                    previous_run_dir: Path | None) -> dict:
+    with stages.stage("load the toolkit's libraries"):
+        from pipeline.dataset_config import load_dataset_config
+        from pipeline.features import build_panel
+        from pipeline.ingest import ingest_dataset, write_ingest_outputs
+        from pipeline.models import fit_models, write_model_outputs
+        from pipeline.redflags import load_rules, write_flag_outputs
+        from pipeline.redflags.buckets import evaluate_store
+        from pipeline.store import Store, remove_store
 
+    from pipeline.acceptance import check_usable
+
+    rules_path = Path(rules_path).resolve() if rules_path is not None else None
     if store_dir is None:
         # The default store belongs to this run directory: rebuilt on every run, so the run's
         # summary, quarantine and data-quality section describe the whole dataset, not only the
@@ -65,7 +74,7 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
         store_dir = out_dir / "store"
         fresh_store = True
     else:
-        store_dir = Path(store_dir)
+        store_dir = Path(store_dir).resolve()
         fresh_store = False
     # Fail fast on bad options before touching the store.
     rules = load_rules(rules_path)
@@ -79,21 +88,30 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
     messages: list[str] = []
 
     store = Store(store_dir)
-    flags = evaluate_store(store, rules)
-    write_flag_outputs(flags, out_dir)
+    check_usable(result, store, out_dir)  # "all rows quarantined" says so, here
+    with stages.stage("red flags"):
+        flags = evaluate_store(store, rules)
+        write_flag_outputs(flags, out_dir)
     n_flagged = flags.flags.height
     messages.append(f"Red flags: {n_flagged:,} rule firings written to red_flags.csv.")
 
     # No injuries file ever ingested means injuries were not logged (recent_injury unknown),
     # which is not the same as "no injuries".
     injuries_logged = any(f.table == "injuries" for f in store.manifest.files)
-    panel = build_panel(
-        store.read("daily"),
-        store.read("episodes"),
-        store.read("injuries") if injuries_logged else None,
-        custom_factors=config.custom_factors,
-    )
+    if injuries_logged and not sum(f.accepted for f in store.manifest.files
+                                   if f.table == "injuries"):
+        messages.append("Injuries: the injuries table is empty, read as no injuries logged "
+                        "(recent_injury is 'no' on every day).")
+    with stages.stage("panel"):
+        panel = build_panel(
+            store.read("daily"),
+            store.read("episodes"),
+            store.read("injuries") if injuries_logged else None,
+            custom_factors=config.custom_factors,
+        )
     summary["panel"] = panel.summary
+    summary["data_dir"] = str(data_dir)
+    summary["store_dir"] = str(store_dir)
     summary["store_totals"] = result.summary.get("store_totals") or store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
@@ -104,21 +122,52 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
             "daily row: counted in summary.json and left out of the models."
         )
 
-    models = fit_models(panel, custom_factors=config.custom_factors)
-    write_model_outputs(models, out_dir)
-    messages.append("Models: effects.csv, dose_response.csv and diagnostics.json written.")
+    models = fit_models(panel, custom_factors=config.custom_factors,  # a line per model
+                        analysis=config.analysis)
+    from pipeline.models.lags import fit_lags, write_lags
+
+    with stages.stage("fit model within_subject_lags"):
+        lags = fit_lags(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    models.diagnostics["lags"] = lags.diagnostics
+    with stages.stage("write model outputs"):
+        write_lags(lags, out_dir)
+        write_model_outputs(models, out_dir)
+    messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
+                    "written.")
+    with stages.stage("per-person estimates"):
+        messages.append(write_per_patient(panel, models, out_dir, config.custom_factors))
+
+    from pipeline.describe import write_describe_outputs
+
+    messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
+                                       custom_factors=config.custom_factors)
 
     if report:
         from pipeline.report import render_report
 
         path = render_report(out_dir, identifiers=identifiers, store_dir=store_dir,
-                             rules_path=rules_path)
+                             rules_path=rules_path, previous_run_dir=previous_run_dir)
         messages.append(f"Report: {path}")
     return {"summary": summary, "messages": messages}
 
 
-def store_totals(store) -> dict[str, dict]:
-    """Per table, every file the store holds: see ``pipeline.ingest.stored.store_totals``."""
-    from pipeline.ingest.stored import store_totals as totals
+def write_per_patient(panel, models, out_dir: Path, custom_factors) -> str:
+    """Per-person estimates (subject_effects.csv, heterogeneity.csv; issue 13)."""
+    from pipeline.models.subject_effects import fit_subject_effects, write_subject_effects
 
-    return totals(store)
+    write_subject_effects(fit_subject_effects(panel, models.effects,
+                                              custom_factors=custom_factors), out_dir)
+    return "Per-person estimates: subject_effects.csv and heterogeneity.csv written."
+
+
+def store_totals(store) -> dict[str, dict[str, int]]:
+    """Per table, every file the store holds (this run's and earlier ones): files, rows read,
+    rows accepted. ``summary.tables`` counts only what this run read; with an incremental store
+    (``--store``, ``cramp report``) the two differ."""
+    totals: dict[str, dict[str, int]] = {}
+    for f in store.manifest.files:
+        t = totals.setdefault(f.table, {"files": 0, "rows": 0, "accepted": 0})
+        t["files"] += 1
+        t["rows"] += f.rows
+        t["accepted"] += f.accepted
+    return dict(sorted(totals.items()))

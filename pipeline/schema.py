@@ -381,6 +381,14 @@ class CustomFactor:
         scale = 10                    # the IRR is reported per 10 index points
         minimum = 0
         maximum = 500
+        max_lag_days = 10             # optional: lags 0..10 in the lag model (default: the
+                                      # [analysis] max_lag_days; at most 28)
+
+        # Optional: how every within-subject model is fitted (pipeline/analysis_config.py).
+        [analysis]
+        max_lag_days = 3              # lags 0..N of every factor (0-28; default 3)
+        strata = "subject"            # or "subject_month" (the time-stratified design)
+        adjust = ["day_of_week", "days_in_study"]   # either, both or none (the default)
     """
 
     column: str
@@ -392,6 +400,7 @@ class CustomFactor:
     minimum: float | None = None
     maximum: float | None = None
     description: str = ""
+    max_lag_days: int | None = None
 
     def as_column(self) -> Column:
         """The validator's view of the custom column (stored in ``daily`` like a core factor)."""

@@ -59,3 +59,27 @@ def test_written_file_opens_as_text_in_a_spreadsheet(tmp_path):
                                                        "line": [2, 3]}))
     rows = list(csv.reader(open(path, encoding="utf-8", newline="")))
     assert rows == [["value", "line"], ["'=cmd|' /C calc'!A0", "2"], ["-3", "3"]]
+
+
+def test_every_csv_writer_goes_through_csvsafe():
+    """A new output written with ``DataFrame.write_csv`` directly would skip the neutralising:
+    only ``csvsafe`` itself (and the synthetic *input* writer) may call it."""
+    import re
+    from pathlib import Path
+
+    import pipeline
+
+    root = Path(pipeline.__file__).parent
+    allowed = {"csvsafe.py", "synth/write.py"}
+    direct = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if str(p.relative_to(root)) not in allowed
+              and re.search(r"\.write_csv\(", p.read_text(encoding="utf-8"))
+              and re.search(r"(?<!atomic)(?<!csvsafe)\.write_csv\(", p.read_text(encoding="utf-8"))]
+    assert direct == []
+
+
+def test_atomic_write_csv_is_formula_safe(tmp_path):
+    from pipeline import atomic
+
+    path = atomic.write_csv(tmp_path / "x.csv", pl.DataFrame({"label": ["=1+1"]}))
+    assert path.read_text(encoding="utf-8") == "label\n'=1+1\n"

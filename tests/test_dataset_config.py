@@ -125,3 +125,10 @@ def test_dataset_toml_linked_from_outside_is_refused(tmp_path):
     with pytest.raises(UserError, match="symbolic link") as error:
         load_dataset_config(data)
     assert "TOP-SECRET" not in str(error.value) and "outside.toml" not in str(error.value)
+
+
+def test_identifier_in_a_factor_label_is_refused_masked(tmp_path):
+    text = AIRQ.replace('label = "Air-quality index"', 'label = "ask jane.doe@example.com"')
+    with pytest.raises(UserError, match="looks like it holds an e-mail address") as error:
+        _load(tmp_path, text)
+    assert "jane.doe" not in str(error.value)

@@ -1,4 +1,6 @@
-"""Every aggregate table the report writes passes small-number suppression: no count from 1 to 7.
+"""Every aggregate table the shareable report writes passes small-number suppression: no count
+from 1 to 7. The care-team report (identifiers) shows exact counts: it lists every flagged subject
+by id, so suppression there would protect no one and would misstate red flags.
 
 The notebooks write each aggregate they show to ``report_tables/aggregate/`` (and follow-up lists,
 which are never suppressed, to ``report_tables/follow_up/``), so this scans exactly what the report
@@ -29,9 +31,8 @@ EXPECTED_AGGREGATES = {"effects", "flags_by_rule", "flags_over_time", "flags_not
                        "panel_counts"}
 
 
-@pytest.mark.parametrize("variant", ["full", "shareable"])
-def test_no_aggregate_table_in_the_report_holds_a_count_from_1_to_7(rendered, variant):
-    directory = rendered[variant] / "report_tables" / "aggregate"
+def test_no_aggregate_table_in_the_shareable_report_holds_a_count_from_1_to_7(rendered):
+    directory = rendered["shareable"] / "report_tables" / "aggregate"
     paths = sorted(directory.glob("*.csv"))
     assert {p.stem for p in paths} >= EXPECTED_AGGREGATES
     for path in paths:
@@ -55,11 +56,30 @@ def _research_text(page: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
-@pytest.mark.parametrize("variant", ["full", "shareable"])
-def test_no_count_from_1_to_7_is_written_in_the_reports_research_prose(rendered, variant):
-    text = _research_text((rendered[variant] / "report.html").read_text(encoding="utf-8"))
+def test_no_count_from_1_to_7_is_written_in_the_shareable_reports_prose(rendered):
+    text = _research_text((rendered["shareable"] / "report.html").read_text(encoding="utf-8"))
     assert "subject-days" in text  # the notes were scanned, not stripped
     assert text_violations(text) == []
+
+
+def test_the_care_team_report_counts_red_flags_exactly_and_says_so(rendered):
+    flags = pl.read_csv(rendered["full"] / "red_flags.csv", infer_schema_length=None)
+    expected = (flags.group_by("rule_id")
+                .agg(pl.len().alias("episodes"), pl.col("subject_id").n_unique().alias("subjects"))
+                .sort("rule_id"))
+    shown = pl.read_csv(rendered["full"] / "report_tables" / "aggregate" / "flags_by_rule.csv")
+    assert shown.select("rule_id", "episodes", "subjects").sort("rule_id").rows() == \
+        expected.rows()
+    assert any(n % 5 for n in expected["episodes"]), "the sample should have counts rounding hides"
+    over_time = pl.read_csv(rendered["full"] / "report_tables" / "aggregate" /
+                            "flags_over_time.csv")
+    assert over_time["episodes"].sum() == flags.height
+    page = (rendered["full"] / "report.html").read_text(encoding="utf-8")
+    assert "Counts are exact (care-team report" in page
+    red = flags.filter(pl.col("severity") == "red_flag")
+    assert f"{red['episode_id'].n_unique():,} episode(s)" in page  # the header's callout
+    shareable = (rendered["shareable"] / "report.html").read_text(encoding="utf-8")
+    assert "Counts are exact" not in shareable and "Counts of 1–7 shown as ≤7" in shareable
 
 
 def test_counts_in_prose_are_disclosed():

@@ -377,3 +377,11 @@ def test_report_and_its_tables_carry_no_identifier_or_formula(base_dataset, tmp_
     for secret in ("jane.doe", "07700 900123"):
         assert not [n for n, t in texts.items() if secret in t], secret
     assert formula_cells(out) == []
+
+
+def test_printed_paths_are_masked(base_dataset, tmp_path, capsys, monkeypatch):
+    """stdout lands in cron logs too: a dataset directory named after a person is masked."""
+    data = shutil.copytree(base_dataset, tmp_path / "jane.doe@example.com")
+    code, stdout, stderr = run_cli(["validate", str(data)], capsys, monkeypatch)
+    assert code == 0, stderr
+    assert "jane.doe" not in stdout and "j***@***.com" in stdout

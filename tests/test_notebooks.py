@@ -24,14 +24,19 @@ KEY_CELLS = {
     "02-factor-associations": ["views.sentences(run.effects)", "views.effects_table("],
     "03-red-flags": ["views.flag_counts_table(", "views.rules_table(run"],
     "01-data-quality": ["views.ingest_table(", "views.quarantine_reasons_table("],
+    "00-cohort": ["cohort.cohort_section_table("],
+    "06-subgroups": ["cohort.subgroup_prose(", "cohort.subgroup_tests_table("],
+    "05-timing": ["timing.timing_sentences(", "timing.cumulative_table("],
+    "04-subject-timeline": ["patient.patient_controls(run, subject"],
 }
 
 pytestmark = pytest.mark.xdist_group("notebooks")
 
 
-def test_there_are_four_numbered_notebooks():
-    assert [p.stem for p in NOTEBOOKS] == ["01-data-quality", "02-factor-associations",
-                                           "03-red-flags", "04-subject-timeline"]
+def test_the_numbered_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == ["00-cohort", "01-data-quality",
+                                           "02-factor-associations", "03-red-flags",
+                                           "04-subject-timeline", "05-timing", "06-subgroups"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -40,7 +45,8 @@ def test_notebook_has_a_papermill_parameters_cell_defaulting_to_the_sample(path)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     assert "run_dir = None" in params[0].source  # None = the bundled sample's run
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"] == {"name": "cramp", "display_name": "Python (cramp)",
+                                        "language": "python"}  # the one `make lab` registers
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

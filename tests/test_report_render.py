@@ -20,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from pipeline.report.render import REQUIRED_SECTIONS, notebook_sections, render_report, slug
 from pipeline.report.sample import ensure_sample_run
+from pipeline.report.tables import FOLLOW_UP_ROWS
 
 pytestmark = pytest.mark.xdist_group("report")
 
@@ -47,7 +48,8 @@ def rendered_reports(tmp_path_factory) -> dict[str, Path]:
                 shutil.copytree(sample, runs[name], ignore=shutil.ignore_patterns("store"))
                 render_report(runs[name], identifiers=identifiers, store_dir=store)
             (shared / "complete").touch()
-    return runs
+    # The shareable report and its tables are written on their own into RUN/share/.
+    return {"full": runs["full"], "shareable": runs["shareable"] / "share"}
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +114,8 @@ def test_an_incomplete_run_directory_is_a_user_error_naming_the_missing_files(tm
 
 
 def test_slugs():
-    assert [slug(t) for t in ("Effects", "Dose-response", "Red flags", "Data quality")] == \
-        list(REQUIRED_SECTIONS)
+    assert [slug(t) for t in ("Effects", "Dose-response", "Timing", "Red flags",
+                              "Data quality")] == list(REQUIRED_SECTIONS)
 
 
 # --- the real thing: the sample run rendered --------------------------------------------------------
@@ -150,7 +152,12 @@ def test_report_identifying_section_is_labelled_and_left_out_when_shareable(rend
     subjects = pl.read_csv(rendered["full"] / "red_flags.csv")["subject_id"].unique().to_list()
     assert subjects, "the sample should have flagged subjects"
     assert "pseudonymous subject ids" in full
-    assert all(s in full for s in subjects[:20])  # the follow-up list is complete, not suppressed
+    # The worklist holds every flagged subject; the page shows its first rows, most severe first.
+    worklist = pl.read_csv(rendered["full"] / "report_tables" / "follow_up" / "worklist.csv")
+    assert sorted(worklist["subject_id"]) == sorted(subjects)
+    shown = worklist["subject_id"].head(FOLLOW_UP_ROWS).to_list()
+    assert all(s in full for s in shown)
+    assert worklist["severity"].head(FOLLOW_UP_ROWS).to_list()[0] == "red_flag"
     assert 'id="red-flag-follow-up"' not in shareable
     assert not [s for s in subjects if re.search(rf"\b{re.escape(s)}\b", shareable)]
     assert (rendered["full"] / "report_tables" / "follow_up" / "red_flags.csv").is_file()
@@ -163,7 +170,8 @@ def test_follow_up_list_holds_every_flag_unsuppressed(rendered):
     source = pl.read_csv(rendered["full"] / "red_flags.csv",
                          schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
     assert shown.height == source.height
-    assert shown.select("episode_id", "rule_id").equals(source.select("episode_id", "rule_id"))
+    key = ["episode_id", "rule_id"]
+    assert shown.select(key).sort(key).equals(source.select(key).sort(key))
 
 
 def test_a_failing_notebook_fails_the_render_with_its_cell_and_keeps_the_executed_copy(tmp_path):
@@ -188,3 +196,60 @@ def test_a_failing_notebook_fails_the_render_with_its_cell_and_keeps_the_execute
         render_report(run_dir, notebooks_dir=notebooks)
     assert not (run_dir / "report.html").exists()
     assert (run_dir / "02-factor-associations.failed.ipynb").is_file()
+
+
+def test_rendering_never_changes_the_working_directory(tmp_path, monkeypatch):
+    """papermill's ``cwd`` would os.chdir the whole process (racing between the render threads);
+    the kernel's directory is given to nbclient instead, and paths reach it absolute."""
+    import papermill
+
+    from pipeline.report.render import NOTEBOOKS_DIR, execute_notebook
+
+    seen = {}
+
+    def fake_execute(source, out, **kwargs):
+        seen.update(kwargs, source=source, out=out)
+        return "executed"
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.chdir(tmp_path)
+    assert execute_notebook("01-data-quality", Path("rel/out.ipynb"),
+                            {"run_dir": "/abs/run", "previous_run_dir": None,
+                             "not_a_parameter": 1}) == "executed"
+    assert seen.get("cwd") is None
+    assert seen["resources"] == {"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    assert seen["out"] == str(tmp_path / "rel" / "out.ipynb")
+    assert "not_a_parameter" not in seen["parameters"]  # only what the notebook declares
+    assert seen["parameters"]["run_dir"] == "/abs/run"
+
+
+def test_report_footer_states_its_provenance(rendered):
+    from pipeline.report.provenance import toolkit_version
+
+    for run_dir in rendered.values():
+        footer = _html(run_dir).split("<footer>")[1]
+        assert f"by cramp {toolkit_version()}" in footer
+        assert "input file(s), sha256 " in footer and "Red-flag rules: " in footer
+
+
+def test_a_user_error_in_a_notebook_is_the_users_message_not_an_internal_error(tmp_path):
+    """A notebook that refuses the run's data (an empty store, an unknown subject) raises a
+    UserError: the render passes it on as one (exit 2), with the notebook named."""
+    from pipeline.errors import UserError
+    from pipeline.report.demo import write_demo_run
+    from pipeline.report.render import REPORT_NOTEBOOKS
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in REPORT_NOTEBOOKS:
+        cells = [new_code_cell("run_dir = None", metadata={"tags": ["parameters"]})]
+        if name == "01-data-quality":
+            cells.append(new_code_cell("from pipeline.errors import UserError\n"
+                                       "raise UserError(\"the run's store is empty\")"))
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    run_dir = write_demo_run(tmp_path / "run")
+    with pytest.raises(UserError, match=r"notebook 01-data-quality: the run's store is empty"):
+        render_report(run_dir, notebooks_dir=notebooks)

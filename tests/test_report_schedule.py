@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 import json
+import re
+
+import polars as pl
 from pathlib import Path
 
 import pytest
@@ -67,7 +70,7 @@ def test_publishes_a_dated_report_and_an_index_of_every_report(tmp_path, fake_jo
     assert (second / "report.html").is_file() and (second / "effects.csv").is_file()
     index = (reports / "index.html").read_text()
     assert index.index("2026-03-02/report.html") < index.index("2026-03-01/report.html")
-    assert "diary days 2026-01-05 to 2026-04-04" in index
+    assert "2026-01-05 to 2026-04-04" in index
     # The store lives inside the reports directory, so each run only ingests what is new.
     assert {c["store_dir"] for c in fake_job} == {reports / "store"}
     # Published files follow the umask (temporary files start private).
@@ -164,3 +167,89 @@ def test_real_job_twice_ingests_each_file_once(tmp_path, monkeypatch):
     second = json.loads((reports / "2026-03-02" / "summary.json").read_text())
     assert second["tables"]["episodes"]["read"] == 0
     assert second["store_totals"]["episodes"]["accepted"] == rows_first
+
+
+# --- what changed, and what the job says ------------------------------------------------------------
+
+def test_leftovers_of_a_killed_run_are_removed_under_the_lock(tmp_path, fake_job):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in (".building-2026-03-01-abc123", ".replaced-2026-03-01-4242"):
+        (reports / name).mkdir()
+        (reports / name / "summary.json").write_text("{}")
+    scheduled_report(SAMPLE, reports, now=day(2))
+    assert sorted(p.name for p in reports.iterdir() if p.name.startswith(".")) == [LOCK_NAME]
+
+
+def test_the_previous_dated_report_is_passed_to_the_notebooks_and_changes_are_kept(
+        tmp_path, fake_job, monkeypatch):
+    from pipeline.report.changes import read_changes
+
+    seen = []
+
+    def render_report(run_dir, *, previous_run_dir=None, **_):
+        seen.append(previous_run_dir)
+        (Path(run_dir) / "report.html").write_text("<html>r</html>")
+        return Path(run_dir) / "report.html"
+
+    monkeypatch.setattr(render_module, "render_report", render_report)
+    reports = tmp_path / "reports"
+    scheduled_report(SAMPLE, reports, now=day(1))
+    scheduled_report(SAMPLE, reports, now=day(2))
+    scheduled_report(SAMPLE, reports, now=day(2))  # a same-day re-run compares with the day before
+    assert seen == [None, reports / "2026-03-01", reports / "2026-03-01"]
+    first, second = read_changes(reports / "2026-03-01"), read_changes(reports / "2026-03-02")
+    flags = pl.read_csv(reports / "2026-03-01" / "red_flags.csv")
+    assert first["previous_report"] is None
+    assert first["new_flags"] == flags.height > 0  # the first report: everything is new
+    assert second == {"previous_report": "2026-03-01", "new_flags": 0, "new_red_flag_firings": 0,
+                      "new_red_flags": 0, "new_red_flag_subjects": 0, "new_flagged_subjects": 0}
+
+
+def test_the_index_lists_per_report_its_days_counts_new_red_flags_and_the_previous_one(
+        tmp_path, fake_job):
+    reports = tmp_path / "reports"
+    scheduled_report(SAMPLE, reports, now=day(1))
+    scheduled_report(SAMPLE, reports, now=day(2))
+    index = (reports / "index.html").read_text()
+    rows = re.findall(r"<tr>(.*?)</tr>", index)
+    header, newest, oldest = (re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in rows)
+    assert header == ["report", "diary days", "subjects", "episodes", "red flags",
+                      "new red flags", "previous"]
+    summary = json.loads((reports / "2026-03-02" / "summary.json").read_text())
+    flags = pl.read_csv(reports / "2026-03-02" / "red_flags.csv")
+    red = flags.filter(pl.col("severity") == "red_flag").select("subject_id", "episode_id") \
+        .n_unique()
+    assert newest == ['<a href="2026-03-02/report.html">2026-03-02</a>',
+                      f"{summary['panel']['first_date']} to {summary['panel']['last_date']}",
+                      f"{summary['panel']['n_subjects']:,}", f"{summary['panel']['n_episodes']:,}",
+                      f"{red:,}", "0", '<a href="2026-03-01/report.html">2026-03-01</a>']
+    assert oldest[-2:] == [f"{red:,}", ""]  # first report: all new; no previous
+
+
+def test_the_job_prints_new_files_new_red_flags_and_the_report_path(tmp_path, fake_job):
+    from pipeline.report.schedule import job_lines
+
+    reports = tmp_path / "reports"
+    target = scheduled_report(SAMPLE, reports, now=day(1))
+    lines = job_lines(target)
+    assert lines[0].startswith("New files ingested: ")
+    assert any(re.match(r"New red flags \(first report: everything is new\): [\d,]+ episode\(s\) "
+                        r"in [\d,]+ subject\(s\)", line) for line in lines)
+    assert "newly flagged subjects" in " ".join(lines)
+    assert lines[-1] == f"Report: {target / 'report.html'}"
+
+
+def test_a_shareable_report_is_listed_and_linked_from_its_share_directory(tmp_path, fake_job,
+                                                                           monkeypatch):
+    def render_report(run_dir, *, identifiers=True, **_):
+        page = Path(run_dir) / ("report.html" if identifiers else "share/report.html")
+        page.parent.mkdir(exist_ok=True)
+        page.write_text("<html>r</html>")
+        return page
+
+    monkeypatch.setattr(render_module, "render_report", render_report)
+    reports = tmp_path / "reports"
+    scheduled_report(SAMPLE, reports, now=day(1), identifiers=False)
+    assert [p.name for p in list_reports(reports)] == ["2026-03-01"]
+    assert 'href="2026-03-01/share/report.html"' in (reports / "index.html").read_text()

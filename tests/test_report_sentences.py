@@ -30,8 +30,12 @@ def row(feature, unit, irr, low, high, model="within_subject", note=None):
     (row("caffeine_mg", "per 100 mg", 1.02, 0.97, 1.08),
      "On days with 100 mg more caffeine (about a cup of coffee), the same person had 2% more "
      "cramps, but the data are compatible with no difference (95% CI from 3% fewer to 8% more)."),
-    # a bound that rounds to 0% reads as "no difference"
+    # a bound that would round to 0% gets a decimal rather than reading as "no difference"
     (row("sitting_h", "per 1 h", 1.02, 0.998, 1.05),
+     "On days with one more hour of sitting, the same person had 2.0% more cramps, but the data "
+     "are compatible with no difference (95% CI from 0.2% fewer to 5.0% more)."),
+    # a bound exactly at 1 is no difference
+    (row("sitting_h", "per 1 h", 1.02, 1.0, 1.05),
      "On days with one more hour of sitting, the same person had 2% more cramps, but the data are "
      "compatible with no difference (95% CI from no difference to 5% more)."),
     # population model: about people, not the same person

@@ -254,3 +254,26 @@ def _summarise(df: pl.DataFrame, n_episodes: int, n_injuries: int, available, ab
         "features_absent": dict(absent),
         "missing_values": {k: int(v) for k, v in nulls.items()},
     }
+
+
+def episode_counts_where(keys: pl.DataFrame | pl.LazyFrame, episodes: pl.LazyFrame,
+                         condition: pl.Expr, name: str) -> pl.DataFrame:
+    """Per row of ``keys`` (subject_id, date: panel rows), the number of episodes that started on
+    that date and meet ``condition`` (e.g. calf or foot cramps), as Int64 column ``name``.
+
+    An extra outcome beside the panel's ``episodes`` (which counts every episode), for models of
+    one kind of cramp. Rows keep the order of ``keys``; a pure function of whole subjects, so it can
+    run on one bucket of subjects like the panel itself.
+    """
+    counts = (
+        episodes.filter(condition)
+        .select("subject_id", pl.col("started_at").dt.date().alias("date"))
+        .group_by(KEY_COLUMNS)
+        .agg(pl.len().cast(pl.Int64).alias(name))
+    )
+    return (
+        keys.lazy().select(KEY_COLUMNS)
+        .join(counts, on=list(KEY_COLUMNS), how="left", maintain_order="left")
+        .with_columns(pl.col(name).fill_null(0))
+        .collect()
+    )

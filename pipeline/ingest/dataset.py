@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.errors import UserError
+from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
@@ -31,8 +32,6 @@ from pipeline.store import Admission, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
-#: Files above this size get their own progress line.
-_PROGRESS_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -57,6 +56,8 @@ class IngestResult:
     store_quarantine: pl.DataFrame | None = None
     #: After an ingest: rows stored per table (checked against ``store_totals``).
     store_rows: dict[str, int] = field(default_factory=dict)
+    #: Per table, the (normalised) column names found in the files read (not in summary.json).
+    columns_found: dict[str, set[str]] = field(default_factory=dict)
 
 
 def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
@@ -116,8 +117,9 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     ]
     if files or result.admissions:
         custom = {f.column: f.kind for f in result.config.custom_factors}
-        store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
-                     held=result.held, admissions=result.admissions)
+        with stages.stage("store accepted rows"):
+            store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
+                         held=result.held, admissions=result.admissions)
     result.stored = True
     result.store_quarantine = stored_quarantine(store)
     result.summary["store_totals"] = store_totals(store, result.store_quarantine)
@@ -140,6 +142,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     held: dict[str, pl.DataFrame] = {}
     admissions: list[Admission] = []
     known_subjects: pl.Series | None = None
+    columns_found: dict[str, set[str]] = {}
     with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
         for name in TABLE_ORDER:
             table = TABLES[name]
@@ -163,6 +166,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 rows = 0
                 for raw in read_table_chunks(file, data):
                     checked = validate_file(raw, table, columns)
+                    columns_found.setdefault(name, set()).update(raw.columns)
                     del raw
                     valid_parts.append(checked.valid)
                     table_quarantine.append(checked.quarantine)
@@ -172,6 +176,8 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
                 per_file.append({**_entry(file, digest.result()), "rows": rows,
                                  "status": "ingested"})
                 advance(file)
+            checking = stages.begin(f"check {name}: duplicates, conflicts"
+                                    + (", unknown subjects" if name != "subjects" else ""))
             new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
                    else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
                                              **PROVENANCE_SCHEMA}))
@@ -198,6 +204,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
             table_reports[name] = _table_report(per_file, quarantine, run_accepted,
                                                 run_duplicates, unknown)
             _add_file_counts(per_file, quarantine, run_duplicates)
+            checking.end()
             file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
@@ -217,7 +224,7 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
     }
     return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
                         new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
-                        held=held, admissions=tuple(admissions))
+                        held=held, admissions=tuple(admissions), columns_found=columns_found)
 
 
 def _sha256(data: bytes) -> str:
@@ -262,21 +269,31 @@ def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
 
 @contextmanager
 def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
-    """A rich progress bar over the bytes to read; a no-op unless enabled and the read is long."""
-    files = [f for fs in found.values() for f in fs]
-    sizes = {f.path: f.path.stat().st_size for f in files}
-    total = sum(sizes.values())
-    if not enabled or total < _PROGRESS_MIN_BYTES:
-        with nullcontext():
-            yield lambda file: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    """One line per file read and validated, with its size and time, under a bar over the bytes
+    of the whole dataset (``pipeline.progress``); nothing unless enabled (on a terminal).
+    ``advance(file)`` is called when ``file`` is done; files are read in ``TABLE_ORDER``."""
+    from pipeline import progress as stages
 
-    with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(),
-                  TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("dataset", total=total)
+    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    with stages.session(enabled), stages.stage("read dataset", total=sum(sizes.values())) as bar:
+        pending = iter(files)
+        current: list = [None]
+
+        def start_next() -> None:
+            file = next(pending, None)
+            current[0] = None if file is None else stages.begin(
+                f"read and validate {file.relative_path} ({stages.human_bytes(sizes[file.path])})")
 
         def advance(file: TableFile) -> None:
-            bar.update(task, advance=sizes[file.path], description=file.relative_path)
+            if current[0] is not None:
+                current[0].end()
+            bar.advance(sizes.get(file.path, 0))
+            start_next()
 
-        yield advance
+        start_next()
+        try:
+            yield advance
+        finally:
+            if current[0] is not None:
+                current[0].cancel()

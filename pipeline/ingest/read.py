@@ -9,6 +9,9 @@ each row carries:
 * ``__malformed``: null, or why the row could not be parsed (wrong number of fields, invalid JSON);
 * ``__record``: for malformed rows only, the raw text of the row (masked before it is written).
 
+A ``.csv.gz`` is decompressed in steps under the limits of ``schema`` (size and ratio), and every
+reader refuses a file wider than ``MAX_COLUMNS_PER_FILE`` as soon as its header is known.
+
 The format readers live in ``csv_text`` and ``jsonl_text``; Parquet is read here (its values are
 typed already, and cast to text so that validation treats every format alike).
 """
@@ -32,6 +35,7 @@ from pipeline.schema import (
     MAX_DECOMPRESSED_BYTES,
     MAX_DECOMPRESSION_RATIO,
     RATIO_CHECK_FROM_BYTES,
+    TABLES,
 )
 
 __all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
@@ -89,7 +93,13 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
         data = read_bytes(file)
     if file.format == "csv.gz":
         data = decompress_gzip(data, file)
-    if file.format in ("csv", "csv.gz"):
+    if file.format in ("csv", "csv.gz", "jsonl") and not data.strip() \
+            and not TABLES[file.table].required:
+        # An empty file of an optional table (a zero-byte injuries.csv) says none were logged:
+        # read it as a header-only file, so it counts as "no injuries", not as "not recorded".
+        data = ",".join(TABLES[file.table].required_columns).encode() + b"\n"
+        pieces = read_csv_chunks(data, file, chunk_bytes)
+    elif file.format in ("csv", "csv.gz"):
         pieces = read_csv_chunks(data, file, chunk_bytes)
     elif file.format == "jsonl":
         pieces = iter([read_jsonl(data, file)])

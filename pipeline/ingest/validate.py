@@ -7,7 +7,9 @@ then column order, so every row is counted once: accepted, or quarantined with o
 
 Reason priority: ``identifier`` (a direct identifier must be masked, whatever else is wrong),
 ``malformed_row``, ``missing_required``, ``invalid_token``, ``type``, ``invalid_value``,
-``out_of_range``. Cross-row reasons (``unknown_subject``, ``conflict``) live in ``dedupe``.
+``out_of_range`` (for dates and date-times: outside ``schema.MIN_DATE`` .. ``schema.max_date()``,
+so a year 0 or 9999 never reaches the calendar arithmetic of later stages). A token column that is
+only digits of phone, NHS or SSN length counts as ``identifier``. Cross-row reasons (``unknown_subject``, ``conflict``) live in ``dedupe``.
 """
 
 from __future__ import annotations
@@ -219,7 +221,12 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
         distinct = frame.get_column(name).drop_nulls().unique()
         shaped = distinct.str.contains(ANY_IDENTIFIER_PATTERN)
         if name in token_columns:
-            shaped = shaped | pl.select(looks_like_numeric_identifier(pl.lit(distinct))).to_series()
+            # Only digit-only values can be numeric identifiers: test just those (usually none).
+            digits = distinct.filter(distinct.str.contains(r"^\s*\+?\d{9,15}\s*$"))
+            if digits.len():
+                numeric = digits.filter(
+                    pl.select(looks_like_numeric_identifier(pl.lit(digits))).to_series())
+                shaped = shaped | distinct.is_in(numeric.implode())
         hits = distinct.filter(shaped)
         if hits.len():
             identifier_values[name] = hits

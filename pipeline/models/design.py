@@ -70,6 +70,11 @@ class Design:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     groups: np.ndarray | None = None
+    #: Fixed-effect strata of a within-subject model when they are finer than the subject
+    #: (``[analysis] strata``, ``time_strata.py``); None: one stratum per subject.
+    strata: np.ndarray | None = None
+    #: The ``[analysis]`` choices, stated in the note of every within-subject row.
+    analysis_note: str | None = None
     n_candidate_days: int = 0
     n_dropped_incomplete: int = 0
     n_subjects_without_episodes: int = 0
@@ -84,6 +89,11 @@ class Design:
         for name in names:
             self.excluded[name] = reason
             self.sufficiency.setdefault(name, {}).update(status="not_estimated", reason=reason)
+
+    @property
+    def fit_groups(self) -> np.ndarray | None:
+        """The estimator's fixed-effect groups: the strata, or the subjects (the clusters)."""
+        return self.groups if self.strata is None else self.strata
 
     @property
     def names(self) -> list[str]:
@@ -175,6 +185,10 @@ def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: b
         d.n_days_without_episodes_subject = n_complete - n_rows
     d.y = outcome[mask].astype(np.float64)
     d.groups = groups
+    if conditional:
+        from pipeline.models.time_strata import strata_codes
+
+        d.strata = strata_codes(frame, mask)
     d.X = X
     d.kept = list(candidates)
     del mask

@@ -107,6 +107,7 @@ def _subset(design, max_rows: int):
     sub.X = np.asfortranarray(design.X[rows])
     sub.y = design.y[rows]
     sub.groups = design.groups[rows]
+    sub.strata = None if design.strata is None else design.strata[rows]
     note = {"n_subjects": int(take.size), "of_subjects": int(starts.size),
             "n_subject_days": int(rows.sum()), "of_subject_days": int(n),
             "seed": SUBSET_SEED,
@@ -175,7 +176,7 @@ def _curve(design, j: int, work: np.ndarray, start: dict[str, float] | None = No
         beta0 = np.array(linear[:j] + [coef[0]] + linear[j + 1:] + list(coef[1:]))
         if not np.all(np.isfinite(beta0)):
             beta0 = None
-    fit = fit_conditional_poisson(work[:, :p + k - 1], design.y, groups=design.groups,
+    fit = fit_conditional_poisson(work[:, :p + k - 1], design.y, groups=design.fit_groups,
                                   clusters=design.groups, feature_names=names, start=beta0)
     idx = [names.index(name) for name in spline_names]
     if not fit.converged:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline import progress
 from pipeline.errors import UserError
 from pipeline.outputs import OutputColumn, OutputTable, declare
 from pipeline.features import dictionary as fd
@@ -73,13 +74,18 @@ class ModelResults:
     diagnostics: dict[str, Any]
 
 
-def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -> ModelResults:
+def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
+               analysis=None) -> ModelResults:
     """Fit every model on the panel. Raises ``UserError`` when the dataset is too small to fit.
 
     ``dose_response=False`` skips the spline curves (one extra within-subject fit per continuous
-    feature, most of the fitting time); ``dose_response`` is then an empty table."""
+    feature, most of the fitting time); ``dose_response`` is then an empty table. ``analysis``
+    (``AnalysisConfig``, default: subject strata, no time adjustment) sets the strata and time
+    adjustment of every within-subject model (``time_strata.py``)."""
+    from pipeline.analysis_config import AnalysisConfig
     from pipeline.models import diagnostics as dg
     from pipeline.models.dose_response import DOSE_SCHEMA, fit_dose_response
+    from pipeline.models.time_strata import frame_for_analysis
 
     custom_factors = tuple(custom_factors)
     frame = panel.frame
@@ -87,14 +93,27 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
         frame = frame.collect()
     _check_fittable(frame, panel)
     frame = with_subject_codes(frame)
+    analysis = analysis or AnalysisConfig()
+    frame, adjusters = frame_for_analysis(frame, analysis)
+    if adjusters:
+        from dataclasses import replace
+
+        panel = replace(panel, features={**panel.features, **{f.name: f for f in adjusters}})
 
     rows: list[dict[str, Any]] = []
-    diagnostics: dict[str, Any] = {"models": {}, "policy": dg.policy()}
+    diagnostics: dict[str, Any] = {"models": {}, "policy": dg.policy(),
+                                   "analysis": {**analysis.as_dict(),
+                                                "description": analysis.describe()}}
     dose, dose_notes = pl.DataFrame(schema=DOSE_SCHEMA), {"skipped": True}
     within: dict[str, float] = {}  # within_subject estimates: the secondary models' start
     for model, conditional, features, reported in model_specs(custom_factors):
         # One model's design in memory at a time: each is released before the next is built.
-        design = prepare_design(frame, panel, model, conditional, features, reported)
+        timer = progress.begin(f"fit model {model}")
+        design = prepare_design(frame, panel, model, conditional,
+                                tuple(features) + (tuple(adjusters) if conditional else ()),
+                                reported)
+        if conditional and not analysis.is_default:
+            design.analysis_note = analysis.describe()
         if model not in PRIMARY_MODELS and not set(design.names) & {f.name for f in reported}:
             # Nothing this model reports survived the checks: its rows say why; skip the fit.
             fit, failure = None, "none of the model's own features can be estimated"
@@ -112,6 +131,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True) -
         if model == fd.WITHIN_SUBJECT and dose_response:
             dose, dose_notes = fit_dose_response(design, within)
         del design, fit
+        timer.end()
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
                                                       orient="row")), custom_factors)
@@ -138,8 +158,13 @@ def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
                         "(and no usable custom factor): nothing to model")
 
 
-def _fit(design: Design, start: dict[str, float] | None = None):
+def _fit(design: Design, start: dict[str, float] | None = None,
+         clusters: np.ndarray | None = None):
     """Fit one design; returns ``(fit, None)`` or ``(None, reason)``.
+
+    ``clusters`` (optional, within-subject designs): cluster labels of the design's rows when the
+    fixed-effect groups are finer than the subjects (a subject's days stacked once per outcome);
+    default: the groups themselves.
 
     When the estimator rejects particular features (no variation, separation, collinearity) they
     are dropped from the design with the reason, and the rest is refitted. ``start`` (optional,
@@ -161,8 +186,9 @@ def _fit(design: Design, start: dict[str, float] | None = None):
             if design.conditional:
                 beta0 = None if not start else np.array(
                     [start.get(name, 0.0) for name in design.names])
-                fit = fit_conditional_poisson(design.X, design.y, groups=design.groups,
-                                              clusters=design.groups, feature_names=design.names,
+                fit = fit_conditional_poisson(design.X, design.y, groups=design.fit_groups,
+                                              clusters=design.groups if clusters is None
+                                              else clusters, feature_names=design.names,
                                               start=beta0)
             else:
                 fit = fit_poisson(design.X, design.y, clusters=design.groups,
@@ -195,6 +221,8 @@ def _effect_rows(design: Design, fit, failure: str | None) -> list[dict[str, Any
             "within-subject information")
     if design.model not in PRIMARY_MODELS:
         common_notes.append("adjusted for the core features it does not stand in for")
+    if design.analysis_note:
+        common_notes.append(design.analysis_note)
     rows = []
     for f in design.reported:
         row: dict[str, Any] = {"model": design.model, "factor": f.factor, "feature": f.name,

@@ -18,14 +18,23 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from pipeline.report.sentences import feature_label
+from pipeline.report.sentences import feature_label, model_label
 
+#: One look and one name per model in every figure (names from ``sentences.MODEL_LABELS``, the
+#: same as the effects table's headings).
 MODEL_STYLE = {
-    "within_subject": {"label": "Within-subject (lead estimate)", "color": "#1b6ca8",
+    "within_subject": {"label": model_label("within_subject"), "color": "#1b6ca8",
                        "marker": "o"},
-    "population": {"label": "Population", "color": "#d9822b",
-                   "marker": "s"},
+    "population": {"label": model_label("population"), "color": "#d9822b", "marker": "s"},
+    "within_subject_lagged": {"label": model_label("within_subject_lagged"), "color": "#5a9e6f",
+                              "marker": "^"},
+    "within_subject_thresholds": {"label": model_label("within_subject_thresholds"),
+                                  "color": "#8e6bb8", "marker": "v"},
 }
+
+
+def model_style(model: str) -> dict:
+    return MODEL_STYLE.get(model, {"label": model_label(model), "color": "0.4", "marker": "D"})
 IRR_TICKS = (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
 FLAG_COLOR = "#c0392b"
 
@@ -101,7 +110,7 @@ def forest_plot(effects: pl.DataFrame, models: tuple[str, ...] = ("within_subjec
     offsets = np.linspace(-0.18, 0.18, len(models)) if len(models) > 1 else [0.0]
     all_values: list[float] = []
     for model, offset in zip(models, offsets):
-        style = MODEL_STYLE.get(model, {"label": model, "color": "0.4", "marker": "D"})
+        style = model_style(model)
         rows = {r["feature"]: r for r in shown.filter(pl.col("model") == model).to_dicts()}
         ys, irr, lo, hi = [], [], [], []
         for i, feature in enumerate(features):
@@ -179,14 +188,20 @@ def dose_response_plot(dose_response: pl.DataFrame, units: dict[str, str] | None
             ref = part["reference"].drop_nulls()[0]
             ax.axvline(ref, color="0.5", lw=1, ls=":")
         unit = (units or {}).get(feature) or ("unit" in part.columns and part["unit"][0]) or ""
-        unit_text = str(unit).removeprefix("per ").lstrip("0123456789. ") if unit else ""
-        ax.set_xlabel(f"{feature_label(feature)}" + (f" ({unit_text})" if unit_text else ""))
+        ax.set_xlabel(axis_label(feature, unit))
         ax.set_ylabel("IRR vs reference")
         ax.set_title(feature_label(feature), fontsize=10)
-    fig.suptitle("Dose-response: cramp rate relative to the reference value (dotted line), "
-                 "95% band", fontsize=11)
+    fig.suptitle(f"Dose-response, {model_label(model or 'within_subject')}: cramp rate relative "
+                 "to the reference value (dotted line), 95% band", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def axis_label(feature: str, unit: str | None) -> str:
+    """"Magnesium (mg)": the feature's label and the unit its values are in, stated once
+    (``per 100 mg`` -> ``mg``)."""
+    unit_text = str(unit).removeprefix("per ").lstrip("0123456789. ") if unit else ""
+    return feature_label(feature) + (f" ({unit_text})" if unit_text else "")
 
 
 def calibration_plot(calibration: pl.DataFrame) -> Figure:
@@ -197,9 +212,10 @@ def calibration_plot(calibration: pl.DataFrame) -> Figure:
     use_report_style()
     fig = Figure(figsize=(5.5, 4.5))
     ax = fig.subplots()
-    for model in sorted(calibration["model"].unique().to_list()):
+    present = set(calibration["model"].to_list())
+    for model in [m for m in MODEL_STYLE if m in present] + sorted(present - set(MODEL_STYLE)):
         part = calibration.filter(pl.col("model") == model).sort("decile")
-        style = MODEL_STYLE.get(model, {"label": model, "color": "0.4", "marker": "D"})
+        style = model_style(model)
         ax.plot(part["predicted"].to_numpy(), part["observed"].to_numpy(), marker=style["marker"],
                 color=style["color"], label=style["label"], lw=1)
     top = float(max(calibration["predicted"].max() or 0, calibration["observed"].max() or 0)) * 1.05
@@ -212,26 +228,61 @@ def calibration_plot(calibration: pl.DataFrame) -> Figure:
     return fig
 
 
+#: How a period the diary covers only in part is drawn (``coverage`` != "full").
+PARTIAL_LABEL = "partial period"
+
+
 def counts_over_time_plot(disclosed: pl.DataFrame, *, time: str = "period", group: str = "rule_id",
                           count: str = "episodes", title: str = "") -> Figure:
-    """Disclosure-controlled counts per group over time; suppressed counts are gaps, not zeros."""
+    """Disclosure-controlled counts per group over time; suppressed counts are gaps, not zeros.
+
+    A period whose ``coverage`` is not "full" (the first or last, cut by the diary's dates) is
+    drawn with a hollow marker on a dotted line, and the legend says so: its lower count is the
+    calendar, not fewer red flags.
+    """
+    from matplotlib.lines import Line2D
+
     use_report_style()
     fig = Figure(figsize=(9, 3.8))
     ax = fig.subplots()
     groups = sorted(disclosed[group].unique().to_list())
     palette = sns.color_palette("colorblind", max(len(groups), 1))
+    has_coverage = "coverage" in disclosed.columns
+    any_partial = False
     for color, g in zip(palette, groups):
         part = disclosed.filter(pl.col(group) == g).sort(time)
+        x = part[time].to_list()
         y = part[count].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        ax.plot(part[time].to_list(), y, marker="o", ms=4, lw=1.5, color=color, label=g)
+        partial = ((part["coverage"] != "full").to_numpy() if has_coverage
+                   else np.zeros(len(y), bool))
+        if partial.any():
+            any_partial = True
+            ax.plot(x, y, ls=":", lw=1.2, color=color)
+            drawn = partial & ~np.isnan(y)  # a suppressed count stays a gap
+            ax.scatter([v for v, p in zip(x, drawn) if p], y[drawn], s=28, marker="o",
+                       facecolors="white", edgecolors=[color], linewidths=1.5, zorder=3,
+                       label="_partial")
+        ax.plot(x, np.where(partial, np.nan, y), marker="o", ms=4, lw=1.5, color=color, label=g)
+    periods = sorted(disclosed[time].unique().to_list())
+    if 0 < len(periods) <= 24:
+        ax.set_xticks(periods)  # one tick per period start, not matplotlib's mid-period dates
     ax.set_xlabel("Period starting")
     ax.set_ylim(bottom=0)
     ax.set_ylabel("Flagged episodes")
     ax.set_title(title or "Flagged episodes per rule over time (suppressed counts not drawn)")
     if groups:
-        ax.legend(frameon=False, fontsize=8, ncol=1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        handles, labels = ax.get_legend_handles_labels()
+        if any_partial:
+            handles.append(Line2D([], [], ls=":", color="0.35", marker="o", mfc="white",
+                                  mec="0.35"))
+            labels.append(PARTIAL_LABEL)
+        ax.legend(handles, labels, frameon=False, fontsize=8, ncol=1, loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0))
+    if any_partial:
+        fig.text(0.01, 0.01, "Hollow markers on dotted lines: a period the diary covers only in "
+                 "part (its count is not comparable with the others).", fontsize=8, color="0.35")
     fig.autofmt_xdate()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 if any_partial else 0, 1, 1))
     return fig
 
 
@@ -296,7 +347,7 @@ def subject_timeline_plot(days: pl.DataFrame, episodes: pl.DataFrame, flags: pl.
         else:
             ax.plot(part["date"].to_list(), y, marker=".", lw=1, color="#1b6ca8")
         unit = (units or {}).get(f, "")
-        ax.set_ylabel(f"{feature_label(f)}" + (f"\n({unit})" if unit else ""), fontsize=8)
+        ax.set_ylabel(feature_label(f) + (f"\n({unit})" if unit else ""), fontsize=8)
     axes[-1].set_xlabel("Date (ticks on the top row: logged days)")
     fig.suptitle(f"Subject {subject_id}: daily factors and cramp episodes" if subject_id
                  else "Daily factors and cramp episodes", fontsize=11)

@@ -94,8 +94,13 @@ def find_store(run_dir: Path, summary: dict) -> Path | None:
 
 
 def load_run(run_dir: Path | str, *, store_dir: Path | str | None = None) -> RunOutputs:
-    """Read every output of a run directory. ``store_dir`` overrides where the store is found."""
-    run_dir = Path(run_dir)
+    """Read every output of a run directory. ``store_dir`` overrides where the store is found
+    (a relative one is resolved against the working directory now, never later in a kernel)."""
+    run_dir = Path(run_dir).resolve()
+    if store_dir is not None:
+        store_dir = Path(store_dir).resolve()
+        if not store_dir.is_dir():
+            raise UserError("the run's store directory was not found", path=str(store_dir))
     if not run_dir.is_dir():
         raise UserError("run directory not found (make one with `cramp run`)", path=str(run_dir))
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
@@ -123,3 +128,33 @@ def read_store_table(store_dir: Path, table: str) -> pl.LazyFrame:
     from pipeline.store import Store
 
     return Store(store_dir).read(table)
+
+
+def store_tables(run: RunOutputs) -> dict[str, pl.LazyFrame]:
+    """Every table the run's store holds (an optional table never ingested is absent).
+
+    A report must never show an empty table because it looked in the wrong place: a store that
+    cannot be found, cannot be read, holds no accepted rows or lists a part file that is gone is a
+    ``UserError`` naming it, not an empty data-quality section.
+    """
+    from pipeline import schema
+    from pipeline.store import Store
+
+    if run.store_dir is None:
+        raise UserError("the run's store was not found (looked for RUN/store and the summary's "
+                        "store_dir); the data-quality tables read it", path=str(run.path))
+    store = Store(run.store_dir)
+    manifest = store.manifest  # an unreadable manifest is already a UserError
+    if not manifest.files:
+        raise UserError("the run's store is empty (no ingested files in its manifest)",
+                        path=str(run.store_dir))
+    tables = {}
+    for name in schema.TABLES:
+        parts = manifest.parts.get(name, ())
+        gone = [p for p in parts if not (store._table_dir(name) / p).is_file()]
+        if gone:
+            raise UserError(f"the store's {name} table lists part file(s) that are missing: "
+                            + ", ".join(gone[:3]), path=str(run.store_dir))
+        if parts or any(f.table == name for f in manifest.files):
+            tables[name] = store.read(name)
+    return tables

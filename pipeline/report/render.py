@@ -3,9 +3,15 @@
 external resources, so the file opens the same on an offline ward PC as in a browser test.
 
 Cells tagged ``report-skip`` (notebook titles, set-up) are left out; cells tagged ``identifiers``
-(the red-flag follow-up lists) are left out of a shareable report. Each ``##`` heading starts a
-section whose id is the heading's slug (``#effects``, ``#dose-response``, ``#red-flags``,
-``#data-quality``).
+(the red-flag follow-up lists) are left out of a shareable report, which is written on its own into
+``RUN/share/`` (with its aggregate tables) so that directory can be handed out as it is. Each
+``##`` heading starts a section whose id is the heading's slug (``#effects``, ``#dose-response``,
+``#red-flags``, ``#data-quality``).
+
+Rendering never depends on or changes the process's working directory: every path is made
+absolute here, each notebook's kernel is started in ``notebooks/`` by nbclient (a kernel is its
+own process), and papermill is never given ``cwd`` (it would ``os.chdir`` the whole process, which
+races when the notebooks render in parallel threads).
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from pipeline import atomic
+from pipeline import atomic, progress
 from pipeline.errors import UserError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-#: Notebooks in the report, in reading order: findings first, red flags beside them, data last.
-REPORT_NOTEBOOKS = ("02-factor-associations", "03-red-flags", "01-data-quality")
-REQUIRED_SECTIONS = ("effects", "dose-response", "red-flags", "data-quality")
+#: Notebooks in the report, in reading order: the cohort, findings (same day, timing, subgroups),
+#: red flags beside them, data last.
+REPORT_NOTEBOOKS = ("00-cohort", "02-factor-associations", "05-timing", "06-subgroups",
+                    "03-red-flags", "01-data-quality")
+REQUIRED_SECTIONS = ("effects", "dose-response", "timing", "red-flags", "data-quality")
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 300
-
+#: The shareable report's directory inside a run (nothing identifying is written into it).
+SHARE_DIR = "share"
 
 
 def _markdown(text: str) -> str:
@@ -50,24 +59,44 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
-def execute_notebook(name: str, out_path: Path, parameters: dict, *,
-                     notebooks_dir: Path = NOTEBOOKS_DIR):
-    """Run one notebook with papermill (this environment's kernel, no progress bar)."""
+def notebook_parameters(source: Path) -> set[str]:
+    """The names a notebook's ``parameters`` cell declares (papermill warns about any other)."""
     import papermill
 
-    source = notebooks_dir / f"{name}.ipynb"
+    return set(papermill.inspect_notebook(str(source)))
+
+
+def execute_notebook(name: str, out_path: Path, parameters: dict, *,
+                     notebooks_dir: Path = NOTEBOOKS_DIR):
+    """Run one notebook with papermill (this environment's kernel, no progress bar).
+
+    Only the parameters the notebook declares are passed. The kernel starts in ``notebooks_dir``
+    (nbclient's ``resources.metadata.path``, as JupyterLab does) without touching this process's
+    working directory; the parameters are absolute paths, so nothing depends on it anyway.
+    """
+    import papermill
+
+    source = Path(notebooks_dir).resolve() / f"{name}.ipynb"
     if not source.is_file():
         raise UserError("report notebook not found", path=str(source))
+    declared = notebook_parameters(source)
     try:
         return papermill.execute_notebook(
-            str(source), str(out_path), parameters=parameters, kernel_name=KERNEL_NAME,
-            progress_bar=False, log_output=False, request_save_on_cell_execute=False,
-            cwd=str(notebooks_dir), execution_timeout=CELL_TIMEOUT_S,
+            str(source), str(Path(out_path).resolve()),
+            parameters={k: v for k, v in parameters.items() if k in declared},
+            kernel_name=KERNEL_NAME, progress_bar=False, log_output=False,
+            request_save_on_cell_execute=False, execution_timeout=CELL_TIMEOUT_S,
+            resources={"metadata": {"path": str(source.parent)}},
             # Kernel start-up chatter (TCP notices, shutdown interrupts) is not for the user.
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except papermill.PapermillExecutionError as error:
-        kept = notebooks_failed_copy(out_path)
+        kept = notebooks_failed_copy(Path(out_path))
+        if error.ename == "UserError":
+            # The notebook refused the run's data (an empty store, an unknown subject): the
+            # message is the user's, not a bug.
+            raise UserError(f"notebook {name}: {error.evalue} (executed copy kept at {kept})"
+                            ) from None
         raise RuntimeError(f"notebook {name} failed in cell {error.exec_count}: {error.ename}: "
                            f"{error.evalue} (executed copy kept at {kept})") from error
 
@@ -136,7 +165,7 @@ def _stylesheet() -> str:
     return resources.files("pipeline.report").joinpath("report.css").read_text(encoding="utf-8")
 
 
-def _page(title: str, header_html: str, sections: list[Section]) -> str:
+def _page(title: str, header_html: str, sections: list[Section], footer_html: str = "") -> str:
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{s.id}">{"".join(s.parts)}</section>' for s in sections)
     return (
@@ -148,17 +177,18 @@ def _page(title: str, header_html: str, sections: list[Section]) -> str:
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{html.escape(title)}</title><style>{_stylesheet()}</style></head>"
         f"<body><header>{header_html}<nav>{nav}</nav></header><main>{body}</main>"
-        "<footer>Generated by the cramp toolkit. Associations in observational diaries are not "
-        "proof of cause.</footer></body></html>\n"
+        f"<footer>{footer_html}<p>Associations in observational diaries are not proof of cause."
+        "</p></footer></body></html>\n"
     )
 
 
-def _flag_callout(run_dir: Path) -> str:
+def _flag_callout(run_dir: Path, identifiers: bool = False) -> str:
     """A line at the top saying how many episodes met a red-flag rule: never buried below the
-    statistics. The counts are disclosure-controlled (the header is part of a shareable report)."""
+    statistics. Exact in the care-team report, disclosure-controlled in the shareable one."""
     import polars as pl
 
     from pipeline.disclosure import DEFAULT_POLICY, disclose_count
+    from pipeline.report.tables import disclosure_policy
 
     path = run_dir / "red_flags.csv"
     if not path.is_file():
@@ -166,8 +196,9 @@ def _flag_callout(run_dir: Path) -> str:
     flags = pl.read_csv(path, columns=["subject_id", "episode_id", "severity"],
                         schema_overrides={"subject_id": pl.String, "episode_id": pl.String})
     red = flags.filter(pl.col("severity") == "red_flag")
-    episodes = disclose_count(red["episode_id"].n_unique() if red.height else 0)
-    subjects = disclose_count(red["subject_id"].n_unique() if red.height else 0)
+    policy = disclosure_policy(identifiers)
+    episodes = disclose_count(red["episode_id"].n_unique() if red.height else 0, policy)
+    subjects = disclose_count(red["subject_id"].n_unique() if red.height else 0, policy)
     label = DEFAULT_POLICY.suppressed_label
     shown = lambda n: label if n is None else f"{n:,}"
     return (f'<p class="notice flags"><strong>Red flags:</strong> {shown(episodes)} episode(s) '
@@ -186,7 +217,7 @@ def _header(run_dir: Path, identifiers: bool) -> str:
     period = ""
     if panel.get("first_date") and panel.get("last_date"):
         period = f"<p>Diary days from {panel['first_date']} to {panel['last_date']}.</p>"
-    period += _flag_callout(run_dir)
+    period += _flag_callout(run_dir, identifiers)
     if identifiers:
         notice = ('<p class="notice identifying">This report includes a red-flag follow-up '
                   "section that lists <strong>pseudonymous subject ids</strong> for clinical "
@@ -199,36 +230,58 @@ def _header(run_dir: Path, identifiers: bool) -> str:
 
 
 def render_report(run_dir: Path, *, identifiers: bool = True, store_dir: Path | None = None,
-                  rules_path: Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
-    """Execute the report notebooks against ``run_dir`` and write ``run_dir/report.html``.
+                  rules_path: Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
+                  previous_run_dir: Path | None = None) -> Path:
+    """Execute the report notebooks against ``run_dir`` and write its report; returns its path.
+
+    With identifiers (the care team's report) that is ``run_dir/report.html``, with the tables it
+    shows in ``run_dir/report_tables/`` (``aggregate/`` and the ``follow_up/`` lists). Without,
+    it is the shareable ``run_dir/share/report.html`` with only ``share/report_tables/aggregate/``
+    beside it: a directory that holds nothing identifying.
 
     ``store_dir``: the run's store when it is not ``run_dir/store`` (for missingness and days
     logged). ``rules_path``: the rule file the run used when it is not the shipped one.
-
-    The aggregate tables shown are also written to ``run_dir/report_tables/aggregate/`` (and, with
-    identifiers, the follow-up lists to ``report_tables/follow_up/``). Returns the report's path.
+    ``previous_run_dir``: the previous dated report's run (``cramp report``), for what is new.
     """
     from pipeline.report.load import load_run
+    from pipeline.report.provenance import collect, footer_html
 
     run_dir = Path(run_dir).resolve()
-    load_run(run_dir, store_dir=store_dir)  # a missing output is a UserError before any kernel
-    tables_dir = run_dir / "report_tables"
+    store_dir = Path(store_dir).resolve() if store_dir is not None else None
+    rules_path = Path(rules_path).resolve() if rules_path is not None else None
+    previous = Path(previous_run_dir).resolve() if previous_run_dir is not None else None
+    notebooks_dir = Path(notebooks_dir).resolve()
+    # A missing output (or a given store that is not there) is a UserError before any kernel
+    # starts; a notebook that finds the store empty or unreadable raises one too.
+    run = load_run(run_dir, store_dir=store_dir)
+    out_dir = run_dir if identifiers else run_dir / SHARE_DIR
+    if not identifiers:
+        shutil.rmtree(out_dir, ignore_errors=True)  # only this render's files, nothing older
+    out_dir.mkdir(exist_ok=True)
+    tables_dir = out_dir / "report_tables"
     shutil.rmtree(tables_dir, ignore_errors=True)
     parameters = {"run_dir": str(run_dir), "tables_dir": str(tables_dir),
-                  "store_dir": str(store_dir) if store_dir else None, "identifiers": identifiers,
-                  "rules_path": str(rules_path) if rules_path else None}
+                  "store_dir": str(run.store_dir) if run.store_dir else None,
+                  "identifiers": identifiers,
+                  "rules_path": str(rules_path) if rules_path else None,
+                  "previous_run_dir": str(previous) if previous else None}
     sections: list[Section] = []
+
+    def execute(name: str, work: Path):
+        with progress.stage(f"render notebook {name}"):
+            return execute_notebook(name, work / f"{name}.ipynb", parameters,
+                                    notebooks_dir=notebooks_dir)
+
     with tempfile.TemporaryDirectory(prefix=".report-", dir=run_dir) as work:
         # Kernels start and import in parallel: most of a notebook's run time is start-up.
         with ThreadPoolExecutor(max_workers=len(REPORT_NOTEBOOKS)) as pool:
-            executed = list(pool.map(
-                lambda name: execute_notebook(name, Path(work) / f"{name}.ipynb", parameters,
-                                              notebooks_dir=notebooks_dir),
-                REPORT_NOTEBOOKS))
+            executed = list(pool.map(lambda name: execute(name, Path(work)), REPORT_NOTEBOOKS))
         for nb in executed:
             sections.extend(notebook_sections(nb, identifiers=identifiers))
     missing = [s for s in REQUIRED_SECTIONS if s not in {x.id for x in sections}]
     if missing:
         raise RuntimeError(f"report sections missing from the notebooks: {', '.join(missing)}")
-    page = _page("Muscle-cramp diary report", _header(run_dir, identifiers), sections)
-    return atomic.write_text(run_dir / "report.html", page)
+    with progress.stage("write report.html"):
+        footer = footer_html(collect(run.summary, run.store_dir, rules_path))
+        page = _page("Muscle-cramp diary report", _header(run_dir, identifiers), sections, footer)
+        return atomic.write_text(out_dir / "report.html", page)

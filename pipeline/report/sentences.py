@@ -54,16 +54,47 @@ MODEL_SUBJECTS: dict[str, str] = {
 }
 
 
+#: How each model is named wherever the report names it (table headings, figure legends): one
+#: vocabulary, so a reader matches the forest plot's legend to the table's heading.
+MODEL_LABELS: dict[str, str] = {
+    "within_subject": "Within-subject (lead estimate)",
+    "population": "Population",
+    "within_subject_lagged": "Within-subject, lagged training load",
+    "within_subject_thresholds": "Within-subject, below-usual thresholds",
+}
+
+#: Column-name endings that state a unit (``magnesium_mg``). A label drops them because tables and
+#: axes state the unit beside the label; keeping both gives "Magnesium mg (mg)".
+UNIT_SUFFIXES = ("_mg", "_g", "_kg", "_l", "_ml", "_h", "_min", "_s", "_c", "_pct", "_units",
+                 "_au", "_km", "_steps")
+
+
+def model_label(model: str) -> str:
+    """The one name of a model in the report (``within_subject`` -> "Within-subject (lead
+    estimate)"); an unknown model reads as its id with spaces."""
+    return MODEL_LABELS.get(model, model.replace("_", " ").capitalize())
+
+
+def _words(name: str) -> str:
+    for suffix in UNIT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("_", " ").capitalize()
+
+
 def feature_label(feature: str, factor: str | None = None) -> str:
-    """A short human label for a feature; a custom factor (``factor`` not one of the documented
-    contributing factors) is labelled by its factor name (``magnesium`` -> "Magnesium")."""
+    """A short human label for a feature, without a unit (the unit is stated beside it); a custom
+    factor (``factor`` not one of the documented contributing factors) is labelled by its factor
+    name (``magnesium`` -> "Magnesium"), else by its column without the unit (``magnesium_mg`` ->
+    "Magnesium")."""
     from pipeline.schema import FACTORS
 
     if feature in FEATURE_LABELS:
         return FEATURE_LABELS[feature]
     if factor and factor not in FACTORS:
-        return factor.replace("_", " ").capitalize()
-    return feature.replace("_", " ").capitalize()
+        return _words(factor)
+    return _words(feature)
 
 
 def is_binary_unit(unit: str | None) -> bool:
@@ -82,6 +113,11 @@ def exposure_phrase(feature: str, unit: str | None, factor: str | None = None) -
     return f"{label} higher by {amount}"
 
 
+#: Most decimals a percentage in a sentence is given (beyond this a bound that still rounds onto
+#: its neighbour is shown as it rounds: the interval is then narrower than anyone can act on).
+MAX_PCT_DIGITS = 3
+
+
 def _pct(x: float, digits: int) -> str:
     """A percentage for a sentence with ``digits`` decimals."""
     return f"{abs(x) * 100:.{digits}f}%"
@@ -92,10 +128,14 @@ def _digits(irr: float) -> int:
     return 1 if 0 < abs(irr - 1) * 100 < 0.95 else 0
 
 
+def _times(irr: float, digits: int) -> str:
+    return f"{irr:.{digits + 1}f} times as many"
+
+
 def _change(irr: float, digits: int) -> str:
     """"4% more" / "20% fewer" / "2.5 times as many"."""
     if irr >= 2:
-        return f"{irr:.1f} times as many"
+        return _times(irr, digits)
     if irr > 1:
         return f"{_pct(irr - 1, digits)} more"
     if irr < 1:
@@ -103,25 +143,53 @@ def _change(irr: float, digits: int) -> str:
     return "the same number of"
 
 
+def _rounds_to_none(irr: float, digits: int) -> bool:
+    return round(abs(irr - 1) * 100, digits) == 0
+
+
 def _bound(irr: float, digits: int) -> str:
     """One interval bound in words, with its direction ("no difference" when it rounds to 0)."""
-    if round(abs(irr - 1) * 100, digits) == 0:
+    if _rounds_to_none(irr, digits):
         return "no difference"
     if irr >= 2:
-        return f"{irr:.1f} times as many"
+        return _times(irr, digits)
     if irr >= 1:
         return f"{_pct(irr - 1, digits)} more"
     return f"{_pct(1 - irr, digits)} fewer"
 
 
+def _bounds(low: float, high: float, digits: int) -> tuple[str, str]:
+    """The two bounds as the sentence writes them."""
+    if low > 1 and high < 2:
+        return _pct(low - 1, digits), _pct(high - 1, digits)
+    if high < 1:
+        return _pct(1 - high, digits), _pct(1 - low, digits)
+    return _bound(low, digits), _bound(high, digits)
+
+
 def _interval(irr: float, low: float, high: float, digits: int) -> str:
     """"3% to 5%" when both bounds lie on the same side of 1 as the estimate, else both
     directions named ("from 3% fewer to 8% more")."""
-    if low > 1 and high < 2:
-        return f"95% CI {_pct(low - 1, digits)} to {_pct(high - 1, digits)}"
-    if high < 1:
-        return f"95% CI {_pct(1 - high, digits)} to {_pct(1 - low, digits)}"
-    return f"95% CI from {_bound(low, digits)} to {_bound(high, digits)}"
+    first, second = _bounds(low, high, digits)
+    if (low > 1 and high < 2) or high < 1:
+        return f"95% CI {first} to {second}"
+    return f"95% CI from {first} to {second}"
+
+
+def interval_digits(irr: float, low: float, high: float) -> int:
+    """Decimals for a sentence's percentages, chosen from the interval's width: the fewest (whole
+    percentages, or one decimal for an estimate under 1%) at which the two bounds read differently
+    and a bound that is not exactly 1 is not written as no change ("0%", "no difference"). A
+    narrow interval ("95% CI 5% to 5%") therefore gets the decimals it needs ("4.6% to 5.3%")."""
+    digits = _digits(irr)
+    while digits < MAX_PCT_DIGITS:
+        first, second = _bounds(low, high, digits)
+        collapsed = first == second or any(
+            bound != 1 and _rounds_to_none(bound, digits) for bound in (low, high))
+        if not collapsed:
+            break
+        digits += 1
+    return digits
 
 
 def describe_effect(row: dict) -> str:
@@ -139,7 +207,7 @@ def describe_effect(row: dict) -> str:
     binary = is_binary_unit(unit)
     exposure = exposure_phrase(feature, unit, factor)
     opening = f"On days with {exposure}" + (" (compared with days without)" if binary else "")
-    digits = _digits(irr)
+    digits = interval_digits(irr, low, high)
     interval = _interval(irr, low, high, digits)
     if low <= 1 <= high:
         return (f"{opening}, {who} {_change(irr, digits)} cramps, but the data are compatible "

@@ -2,12 +2,15 @@
 
 Notebooks hold no analysis logic; each cell is one call into this module (or the modules it
 re-exports), so the same code is tested here and shown in JupyterLab and in the HTML report.
-Research aggregates go through :func:`~pipeline.report.tables.aggregate_table` (disclosure control);
-red-flag follow-up lists through :func:`~pipeline.report.tables.follow_up_table` (never suppressed).
+Research aggregates go through :func:`~pipeline.report.tables.aggregate_table`: exact in the
+care-team report, disclosure-controlled in the shareable one (``policy``, from
+:func:`disclosure_policy`); red-flag follow-up lists through
+:func:`~pipeline.report.tables.follow_up_table` (never suppressed, only in the care-team report).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,11 @@ import polars as pl
 from pipeline import schema
 from pipeline.disclosure import DEFAULT_POLICY, disclose_text
 from pipeline.report import figures
-from pipeline.report.load import RunOutputs, load_run, read_store_table
+from pipeline.report.load import RunOutputs, load_run, store_tables
 from pipeline.report.sentences import describe_effect, effect_sentences, feature_label
+from pipeline.report.sentences import model_label
+from pipeline.report.tables import (EXACT_COUNTS, NULL_TEXT, SEVERITY_ORDER, TableGroup,
+                                    disclosure_policy)
 from pipeline.report.tables import (
     MODEL_ORDER,
     ShownTable,
@@ -25,6 +31,7 @@ from pipeline.report.tables import (
     effects_table,
     flags_by_rule,
     flags_over_time,
+    FOLLOW_UP_ROWS,
     follow_up_table,
     ingest_counts,
     missingness,
@@ -38,10 +45,12 @@ __all__ = [
     "effect_sentences", "feature_label", "figures", "effects_table", "sentences",
     "units_by_feature", "dispersion_table", "calibration_frame", "sufficiency_table",
     "rules_table", "flag_counts_table", "flags_over_time_table", "not_recorded_table",
-    "flagged_subjects_table", "flagged_episodes_table", "not_recorded_follow_up_table",
+    "flagged_episodes_table", "not_recorded_follow_up_table",
     "ingest_table", "store_totals_table", "quarantine_reasons_table", "missingness_table",
-    "days_logged_table",
-    "panel_counts_table", "default_subject", "subject_days", "subject_episodes",
+    "days_logged_table", "disclosure_policy", "EXACT_COUNTS", "TableGroup", "model_label",
+    "worklist", "worklist_table", "new_flags", "flags_over_time_by_rule", "rules_frame",
+    "condition_in_words",
+    "panel_counts_table", "default_subject", "check_subject", "subject_days", "subject_episodes",
     "subject_flags_table", "subject_timeline",
 ]
 
@@ -90,20 +99,22 @@ def _models(diagnostics: dict) -> list[tuple[str, dict]]:
     return [(m, models[m]) for m in order]
 
 
-def dispersion_table(diagnostics: dict) -> ShownTable:
+def dispersion_table(diagnostics: dict, policy=DEFAULT_POLICY) -> ShownTable:
     """Per model: fitted, converged, Pearson dispersion (about 1 when Poisson variance holds)."""
     rows = [{
-        "model": m,
+        "model": model_label(m),
         "kind": d.get("kind"),
-        "fitted": "yes" if d.get("fitted", True) else f"no: {disclose_text(str(d.get('failure')))}",
+        "fitted": ("yes" if d.get("fitted", True)
+                   else f"no: {disclose_text(str(d.get('failure')), policy)}"),
         "converged": {True: "yes", False: "no"}.get(d.get("converged")),
         "Pearson dispersion": (None if d.get("pearson_dispersion") is None
-                               else round(float(d["pearson_dispersion"]), 2)),
+                               else f"{float(d['pearson_dispersion']):.2f}"),
     } for m, d in _models(diagnostics)]
     frame = pl.DataFrame(rows, schema={"model": pl.String, "kind": pl.String, "fitted": pl.String,
-                                       "converged": pl.String, "Pearson dispersion": pl.Float64})
+                                       "converged": pl.String, "Pearson dispersion": pl.String})
     return ShownTable(frame, "Model fit. Dispersion well above 1 means more day-to-day variation "
-                             "than a Poisson model expects; the robust CIs allow for it.")
+                             "than a Poisson model expects; the robust CIs allow for it.",
+                      numeric_text=("Pearson dispersion",))
 
 
 def calibration_frame(diagnostics: dict) -> pl.DataFrame:
@@ -121,10 +132,10 @@ def calibration_frame(diagnostics: dict) -> pl.DataFrame:
                                       "predicted": pl.Float64, "observed": pl.Float64})
 
 
-def sufficiency_table(diagnostics: dict) -> ShownTable:
+def sufficiency_table(diagnostics: dict, policy=DEFAULT_POLICY) -> ShownTable:
     """Features that got no estimate, per model, and why."""
-    rows = [{"model": m, "factor": feature_label(f), "status": s.get("status"),
-             "reason": disclose_text(s["reason"]) if s.get("reason") else None}
+    rows = [{"model": model_label(m), "factor": feature_label(f), "status": s.get("status"),
+             "reason": disclose_text(s["reason"], policy) if s.get("reason") else None}
             for m, d in _models(diagnostics)
             for f, s in (d.get("sufficiency") or {}).items()
             if s.get("status") not in (None, "estimated")]
@@ -136,22 +147,67 @@ def sufficiency_table(diagnostics: dict) -> ShownTable:
 
 # --- red flags ------------------------------------------------------------------------------------
 
+#: How a condition clause's SQL reads in the rules table (display only; evaluation reads the SQL).
+_CONDITION_WORDS = ((" >= ", " ≥ "), (" <= ", " ≤ "), (" != ", " ≠ "),
+                    (" IN ", " is one of "), (" AND ", " and "), (" NOT ", " not "))
+#: A rationale's own closing disclaimer; the table states "toolkit rationale" once, in front.
+_RATIONALE_DISCLAIMER = re.compile(r"\s*\(Toolkit rationale[^)]*\)\s*$", re.I)
+
+
+def condition_in_words(rule) -> str:
+    """When a rule fires, as the rules table states it: the condition clauses with their
+    thresholds filled in ("pain ≥ 7, or pain_uncontrolled is yes"); a ``frequency`` rule, which
+    has no clause, in words from its parameters."""
+    if rule.kind == "frequency":
+        n, weeks = (int(rule.parameter(p)) for p in ("min_episodes_per_week",
+                                                     "consecutive_weeks"))
+        return (f"at least {n} episodes in each of {weeks} back-to-back 7-day windows "
+                "(any start day; several cramps on one day each count)")
+    clauses = []
+    for clause in rule.resolved_condition():
+        text = re.sub(r"\((-?[\d.]+)\)", r"\1", clause.strip())
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+            text += " is yes"
+        for sql, words in _CONDITION_WORDS:
+            text = text.replace(sql, words)
+        clauses.append(text)
+    return ", or ".join(clauses)
+
+
+def rules_frame(rules) -> pl.DataFrame:
+    """``rule_id, title, severity, fires when, source`` for a RuleSet: the guidance quote of a
+    red-flag rule verbatim, a toolkit rationale labelled once as such."""
+    def source(rule) -> str:
+        if rule.source_kind == "guidance_quote":
+            return f"Guidance (verbatim): \u201c{rule.source}\u201d"
+        return ("Toolkit rationale (not a quote from the guidance): "
+                + _RATIONALE_DISCLAIMER.sub("", rule.source))
+
+    return pl.DataFrame({
+        "rule_id": [r.id for r in rules.rules],
+        "title": [r.title for r in rules.rules],
+        "severity": [r.severity for r in rules.rules],
+        "fires when": [condition_in_words(r) for r in rules.rules],
+        "source": [source(r) for r in rules.rules],
+    }, schema={c: pl.String for c in ("rule_id", "title", "severity", "fires when", "source")})
+
+
 def rules_table(run: RunOutputs, rules_path: Path | str | None = None) -> ShownTable:
     """The rules this run applied (``rules_path``, else one recorded in the summary, else the
     shipped rules), with thresholds and their source quotes."""
     from pipeline.redflags import load_rules
 
     rules_path = rules_path or run.summary.get("rules_path")
-    frame = load_rules(Path(rules_path) if rules_path else None).to_frame()
+    frame = rules_frame(load_rules(Path(rules_path) if rules_path else None))
     # Policy text, not data: its numbers are thresholds ("3 episodes a week"), not counts.
-    return ShownTable(frame.select("rule_id", "title", "severity", "condition", "parameters",
-                                   "source"),
-                      "Red-flag rules (red_flag: call your doctor; advisory: worth a look).",
-                      css_class="cramp-table rules")
+    return ShownTable(frame, "Red-flag rules (red_flag: call your doctor; advisory: worth a "
+                             "look). An empty field never fires a rule: it is counted as not "
+                             "recorded.", css_class="cramp-table rules")
 
 
 def flag_counts_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -> ShownTable:
-    """Flagged episodes and subjects per rule (research aggregate)."""
+    """Flagged episodes and subjects per rule: exact in the care-team report (``policy`` =
+    :data:`EXACT_COUNTS`), disclosure-controlled in the shareable one."""
     return aggregate_table("flags_by_rule", flags_by_rule(run.red_flags),
                            ["episodes", "subjects"], "Flagged episodes and subjects per rule.",
                            tables_dir=tables_dir, policy=policy)
@@ -159,11 +215,49 @@ def flag_counts_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -
 
 def flags_over_time_table(run: RunOutputs, tables_dir=None, every: str = "1mo",
                           policy=DEFAULT_POLICY) -> ShownTable:
-    """Flagged episodes per rule per period (research aggregate)."""
-    return aggregate_table("flags_over_time", flags_over_time(run.red_flags, every),
-                           ["episodes"], f"Flagged episodes per rule per period ({every}); the first "
-                           "and last periods may cover only part of their length.",
-                           tables_dir=tables_dir, policy=policy)
+    """Flagged episodes per rule per period; ``coverage`` marks a first or last period the diary
+    covers only in part (the chart draws those hollow)."""
+    first, last = run.panel.get("first_date"), run.panel.get("last_date")
+    frame = flags_over_time(run.red_flags, every, first, last)
+    partial = frame.filter(pl.col("coverage") != "full")["period"].unique().sort().to_list()
+    # Dates, not "4 of 30 days": a day count in prose would read as a small count of people.
+    first = first or (f"{run.red_flags['started_at'].min():%Y-%m-%d}" if partial else None)
+    last = last or (f"{run.red_flags['started_at'].max():%Y-%m-%d}" if partial else None)
+    start, end = (frame["period"].min(), frame["period"].max()) if frame.height else (None, None)
+
+    def why(period) -> str:
+        if period == start == end:
+            return f"the diary runs {first} to {last}"
+        return f"the diary starts {first}" if period == start else f"the diary ends {last}"
+
+    periods = ", ".join(f"{d:%Y-%m-%d} ({why(d)})" for d in partial)
+    note = (f" Partial periods (the diary covers only part of them, so their counts are not "
+            f"comparable with the others; drawn hollow and dotted): {periods}." if partial
+            else " Every period is fully covered by the diary.")
+    return aggregate_table("flags_over_time", frame, ["episodes"],
+                           f"Flagged episodes per rule per period ({_period_name(every)})."
+                           + note, tables_dir=tables_dir, policy=policy)
+
+
+def flags_over_time_by_rule(run: RunOutputs, over_time: ShownTable) -> ShownTable:
+    """:func:`flags_over_time_table` as a reader scans it: one row per period, one column per rule
+    (red-flag rules first), the period's coverage last. Same disclosed counts, same caption."""
+    frame = over_time.frame
+    rules = flags_by_rule(run.red_flags)["rule_id"].to_list()
+    rules = [r for r in rules if r in set(frame["rule_id"].to_list())]
+    if not rules:
+        return ShownTable(pl.DataFrame(schema={"period": pl.Date, "coverage": pl.String}),
+                          over_time.caption)
+    wide = frame.pivot(on="rule_id", index=["period", "coverage"], values="episodes",
+                       aggregate_function=None).sort("period")
+    label = next(iter(over_time.null_labels.values()), NULL_TEXT)
+    return ShownTable(wide.select("period", *rules, "coverage"), over_time.caption,
+                      {r: label for r in rules}, nowrap=("period", "coverage"))
+
+
+def _period_name(every: str) -> str:
+    return {"1mo": "calendar month", "1w": "week from Monday", "1d": "day",
+            "1q": "quarter"}.get(every, every)
 
 
 def not_recorded_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) -> ShownTable:
@@ -185,24 +279,132 @@ def not_recorded_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) 
         "reads was empty.", tables_dir=tables_dir, policy=policy)
 
 
-def flagged_subjects_table(run: RunOutputs, tables_dir=None) -> ShownTable:
-    """Every subject with a flag (red_flag subjects first): for follow-up, never suppressed."""
-    return follow_up_table("subject_flags", run.subject_flags, "Subjects with any flag.",
-                           tables_dir=tables_dir)
+# --- the follow-up worklist -----------------------------------------------------------------------
+
+#: Follow-up columns kept on one line; evidence, rule lists and long episode ids wrap.
+_NOWRAP = ("subject_id", "severity", "new", "latest_started_at", "started_at", "rule_id")
+#: One rule firing, the same in every report (episode ids are stable across runs).
+FLAG_KEY = ("subject_id", "episode_id", "rule_id")
 
 
-def flagged_episodes_table(run: RunOutputs, tables_dir=None) -> ShownTable:
-    """Every flagged episode with the evidence that fired its rule: never suppressed."""
-    frame = run.red_flags.with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M"))
-    return follow_up_table("red_flags", frame, "Every flagged episode and the values that fired "
-                           "the rule.", tables_dir=tables_dir)
+def _previous_flags(previous_run) -> pl.DataFrame | None:
+    """The previous report's ``red_flags.csv`` (a run directory or a loaded run), or None."""
+    if previous_run in (None, ""):
+        return None
+    if isinstance(previous_run, RunOutputs):
+        return previous_run.red_flags
+    from pipeline.errors import UserError
+    from pipeline.report.load import RED_FLAG_DTYPES, _read_csv
+
+    path = Path(previous_run) / "red_flags.csv"
+    if not path.is_file():
+        raise UserError("the previous report's red_flags.csv was not found", path=str(path))
+    return _read_csv(path, RED_FLAG_DTYPES)
 
 
-def not_recorded_follow_up_table(run: RunOutputs, tables_dir=None) -> ShownTable:
-    """Per subject and rule, episodes that could not be assessed: ask the subject."""
-    return follow_up_table("red_flags_not_recorded", run.not_recorded,
-                           "Episodes each rule could not assess, per subject (ask about them).",
-                           tables_dir=tables_dir)
+def new_flags(flags: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
+    """``flags`` with ``is_new``: its (subject, episode, rule) is not in ``previous`` (the previous
+    report's red_flags.csv). With no previous report every flag is new: a first report hides
+    nothing."""
+    if previous is None:
+        return flags.with_columns(pl.lit(True).alias("is_new"))
+    seen = previous.select(FLAG_KEY).unique().with_columns(pl.lit(False).alias("is_new"))
+    return (flags.join(seen, on=list(FLAG_KEY), how="left", maintain_order="left")
+            .with_columns(pl.col("is_new").fill_null(True)))
+
+
+def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
+    """The red-flag follow-up as a worklist: one row per flagged subject, most severe first, then
+    the most recent flagged episode first.
+
+    Per subject: ``severity`` (the highest of its flags), ``new`` ("NEW" when any flag is not in
+    ``previous_run``'s red_flags.csv, else ""), its latest flagged episode (``latest_episode_id``,
+    ``latest_started_at``, the rules it met and their evidence), ``flagged_episodes`` and
+    ``new_episodes`` (episodes with a flag not in the previous report). ``previous_run``: the
+    previous report's run directory (or loaded run); None means no previous report, so every flag
+    is new.
+    """
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    flags = new_flags(run.red_flags, _previous_flags(previous_run)).lazy().with_columns(
+        pl.col("severity").replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
+        .alias("_rank"))
+    latest = (flags.sort("started_at", "episode_id", "rule_id")
+              .group_by("subject_id", "episode_id", "started_at")
+              .agg(pl.col("rule_id").str.join(", ").alias("latest_rules"),
+                   pl.col("evidence").str.join("; ").alias("latest_evidence"))
+              .sort("started_at", "episode_id", descending=True)
+              .group_by("subject_id", maintain_order=True).first())
+    per_subject = flags.group_by("subject_id").agg(
+        pl.col("_rank").min(),
+        pl.col("is_new").any().alias("_any_new"),
+        pl.col("episode_id").n_unique().cast(pl.Int64).alias("flagged_episodes"),
+        pl.col("episode_id").filter(pl.col("is_new")).n_unique().cast(pl.Int64)
+        .alias("new_episodes"))
+    severity = {i: s for s, i in rank.items()}
+    return (
+        per_subject.join(latest, on="subject_id")
+        .sort(["_rank", "started_at", "subject_id"], descending=[False, True, False])
+        .select(
+            "subject_id",
+            pl.col("_rank").replace_strict(severity, default="other", return_dtype=pl.String)
+            .alias("severity"),
+            pl.when(pl.col("_any_new")).then(pl.lit("NEW")).otherwise(pl.lit(""))
+            .alias("new"),
+            pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M").alias("latest_started_at"),
+            "latest_rules", "latest_evidence", "flagged_episodes", "new_episodes",
+            pl.col("episode_id").alias("latest_episode_id"))
+        .collect()
+    )
+
+
+def worklist_table(run: RunOutputs, previous_run=None, tables_dir=None,
+                   top: int | None = FOLLOW_UP_ROWS) -> ShownTable:
+    """:func:`worklist` as the report shows it: the first ``top`` subjects, the full list written
+    to ``tables_dir/follow_up/worklist.csv``."""
+    frame = worklist(run, previous_run)
+    since = ("the previous report" if previous_run not in (None, "") else
+             "the previous report (there is none, so every flag counts as new)")
+    return follow_up_table(
+        "worklist", frame, "Worklist: one row per flagged subject, red flags first, then the "
+        f"most recent flagged episode first. NEW: a flag not in {since}; \u201cflagged episodes\u201d "
+        "counts the subject's flagged episodes, \u201cnew episodes\u201d those with a new flag.",
+        tables_dir=tables_dir, top=top, nowrap=_NOWRAP)
+
+
+def flagged_episodes_table(run: RunOutputs, tables_dir=None, top: int | None = FOLLOW_UP_ROWS
+                           ) -> ShownTable:
+    """Flagged episodes with the evidence that fired each rule, most severe and most recent first:
+    never suppressed; the report shows the first ``top``, red_flags.csv holds every one."""
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    frame = (run.red_flags.lazy()
+             .with_columns(pl.col("severity").replace_strict(rank, default=len(rank),
+                                                             return_dtype=pl.Int64).alias("_rank"))
+             .sort(["_rank", "started_at", "subject_id", "rule_id"],
+                   descending=[False, True, False, False])
+             .drop("_rank")
+             .with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M"))
+             .collect())
+    return follow_up_table("red_flags", frame, "Flagged episodes and the values that fired the "
+                           "rule, red flags first, most recent first.", tables_dir=tables_dir,
+                           top=top, full_list="red_flags.csv beside the report", nowrap=_NOWRAP)
+
+
+def not_recorded_follow_up_table(run: RunOutputs, tables_dir=None,
+                                 top: int | None = FOLLOW_UP_ROWS) -> ShownTable:
+    """Per subject and rule, episodes that could not be assessed (ask the subject): red-flag rules
+    first, then the subjects with most unassessed episodes."""
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    frame = (run.not_recorded
+             .with_columns(pl.col("severity").replace_strict(rank, default=len(rank),
+                                                             return_dtype=pl.Int64).alias("_rank"))
+             .sort(["_rank", "n_not_recorded", "subject_id", "rule_id"],
+                   descending=[False, True, False, False])
+             .drop("_rank"))
+    return follow_up_table("red_flags_not_recorded", frame,
+                           "Episodes each rule could not assess, per subject (ask about them), "
+                           "red-flag rules first, most unassessed first.", tables_dir=tables_dir,
+                           top=top, full_list="red_flags_not_recorded.csv beside the report",
+                           nowrap=_NOWRAP)
 
 
 # --- data quality ---------------------------------------------------------------------------------
@@ -231,15 +433,8 @@ def quarantine_reasons_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_PO
 
 
 def _store_tables(run: RunOutputs) -> dict[str, pl.LazyFrame]:
-    if run.store_dir is None:
-        return {}
-    out = {}
-    for name in schema.TABLES:
-        try:
-            out[name] = read_store_table(run.store_dir, name)
-        except Exception:  # an optional table (injuries) may be absent from the store
-            continue
-    return out
+    # A store that is missing, unreadable or empty is a UserError, never an empty table.
+    return store_tables(run)
 
 
 def missingness_table(run: RunOutputs) -> ShownTable:
@@ -291,8 +486,25 @@ def default_subject(run: RunOutputs) -> str | None:
     return ranked["subject_id"][0]
 
 
+def check_subject(run: RunOutputs, subject_id: str | None) -> str:
+    """``subject_id`` if the run's store holds that subject; otherwise a UserError saying so (an
+    unknown id must not draw an empty timeline and "(no rows)")."""
+    from pipeline.errors import UserError
+
+    if subject_id in (None, ""):
+        raise UserError("no subject to show: this run has no flagged subject to default to; set "
+                        "subject_id to one of the run's subjects")
+    subjects = _store_tables(run)["subjects"]
+    if subjects.filter(pl.col("subject_id") == subject_id).select(pl.len()).collect().item() == 0:
+        n = subjects.select(pl.len()).collect().item()
+        raise UserError(f"subject {subject_id!r} is not in this run's data ({n:,} subjects "
+                        "accepted; ids are case-sensitive)", path=str(run.path))
+    return subject_id
+
+
 def subject_days(run: RunOutputs, subject_id: str) -> pl.DataFrame:
     """One subject's daily rows (without provenance), by date."""
+    check_subject(run, subject_id)
     daily = _store_tables(run).get("daily")
     if daily is None:
         return pl.DataFrame(schema={"subject_id": pl.String, "date": pl.Date})
@@ -302,6 +514,7 @@ def subject_days(run: RunOutputs, subject_id: str) -> pl.DataFrame:
 
 def subject_episodes(run: RunOutputs, subject_id: str) -> pl.DataFrame:
     """One subject's episodes (without provenance), by start time."""
+    check_subject(run, subject_id)
     episodes = _store_tables(run).get("episodes")
     if episodes is None:
         return pl.DataFrame(schema={"subject_id": pl.String, "started_at": pl.Datetime("us")})
@@ -311,6 +524,7 @@ def subject_episodes(run: RunOutputs, subject_id: str) -> pl.DataFrame:
 
 def subject_flags_table(run: RunOutputs, subject_id: str) -> ShownTable:
     """One subject's flagged episodes (identifying: for clinical review)."""
+    check_subject(run, subject_id)
     frame = (run.red_flags.filter(pl.col("subject_id") == subject_id)
              .with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M")))
     return follow_up_table("subject_timeline_flags", frame, f"Flagged episodes of {subject_id}.")

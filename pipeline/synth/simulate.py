@@ -19,8 +19,11 @@ import polars as pl
 from pipeline import schema
 from pipeline.errors import UserError
 from pipeline.synth import episodes as ep
+from pipeline.synth import modification
+from pipeline.synth import heterogeneity as het
 from pipeline.synth import truth
 from pipeline.synth.exposures import calendar, linear_predictor, simulate_block
+from pipeline.synth.lagged import lagged_predictor
 from pipeline.synth.truth_doc import truth_document
 
 DEFAULT_START = date(2026, 1, 5)
@@ -28,6 +31,8 @@ DEFAULT_START = date(2026, 1, 5)
 BLOCK_SUBJECTS = 4096
 _STREAMS = {"subjects": 0, "daily": 1, "window": 2, "injury": 3, "custom": 4, "missing": 5}
 _GLOBAL_STREAMS = {"counts": 100, "episodes": 102}
+#: Per-block stream of the planted per-person deviations (``heterogeneous=True`` only).
+_HETEROGENEITY_STREAM = 6
 _BOOL_FEATURES = ("electrolytes", "poor_posture")
 
 
@@ -59,8 +64,13 @@ def _check_args(n_subjects: int, n_days: int, seed: int) -> None:
 
 
 def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = False,
-             start_date: date = DEFAULT_START, custom_factor: bool = True) -> SynthDataset:
+             start_date: date = DEFAULT_START, custom_factor: bool = True,
+             effect_modification: bool = False, lagged: bool = False,
+             heterogeneous: bool = False) -> SynthDataset:
     """Simulate ``n_subjects`` subjects over ``n_days`` days from ``start_date``.
+
+    ``effect_modification=True`` plants a sitting effect only in people aged 60+
+    (:mod:`pipeline.synth.modification`); the default leaves the data unchanged.
 
     >>> ds = generate(20, 14, seed=1)
     >>> ds.subjects.columns
@@ -70,6 +80,8 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     """
     _check_args(n_subjects, n_days, seed)
     effects = truth.effects(custom_factor)
+    if effect_modification:
+        effects = modification.replace_effects(effects)
     doy, weekday = calendar(start_date, n_days)
 
     width = max(5, len(str(n_subjects)))
@@ -80,6 +92,7 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     # Per block, the daily table is built at once (so the big float arrays are freed); only what the
     # episode draw needs (subject, day, linear predictor) is kept for the logged and skipped days.
     daily_parts, logged_parts, skipped_parts, injury_parts, subject_parts = [], [], [], [], []
+    deviation_parts = []
     recent_injury_days = 0
     for b, lo in enumerate(range(0, n_subjects, BLOCK_SUBJECTS)):
         n = min(BLOCK_SUBJECTS, n_subjects - lo)
@@ -88,6 +101,14 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
                              custom_factor=custom_factor)
         subj_lp = np.log(blk.frailty * blk.age_mult)
         lp = linear_predictor(blk.x, effects) + subj_lp[:, None]
+        if effect_modification:
+            lp += modification.extra_log_rate(blk.x, blk.age_band)
+        if lagged:  # planted lag > 0 effects (pipeline/synth/lagged.py)
+            lp += lagged_predictor(blk.x)
+        if heterogeneous:  # per-person rate ratios (pipeline/synth/heterogeneity.py)
+            deviations = het.draw_deviations(_rng(seed, b, _HETEROGENEITY_STREAM), n)
+            lp += het.deviation_predictor(blk.x, deviations, effects)
+            deviation_parts.append(deviations)
         cells = np.flatnonzero(blk.logged)  # row-major: sorted by subject, then day
         subject, day = (cells // n_days + lo).astype(np.int32), (cells % n_days).astype(np.int32)
         daily_parts.append(_daily_frame({k: v.ravel()[cells] for k, v in blk.x.items()}, subject,
@@ -144,6 +165,10 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
     args = {"n_subjects": n_subjects, "n_days": n_days, "seed": seed, "confounded": confounded,
             "start_date": start_date.isoformat(), "custom_factor": custom_factor,
             "block_subjects": BLOCK_SUBJECTS}
+    if effect_modification:  # only when set, so the default truth file is unchanged
+        args["effect_modification"] = True
+    if lagged:
+        args["lagged"] = True
     doc = truth_document(
         args=args, effects=effects, intercept=intercept, confounded=confounded,
         realized={
@@ -168,6 +193,16 @@ def generate(n_subjects: int, n_days: int, seed: int, *, confounded: bool = Fals
         subject_level={"habitual_stress": subj["habitual_stress"],
                        "habitual_sitting": subj["habitual_sitting"], "frailty": subj["frailty"]},
     )
+    if effect_modification:
+        doc["effect_modification"] = modification.truth_entry()
+    if lagged:
+        from pipeline.synth import lagged as planted_lags
+
+        doc["planted_lags"] = planted_lags.truth_entries()
+        doc["formula_lags"] = planted_lags.FORMULA
+    if heterogeneous:
+        doc["args"]["heterogeneous"] = True
+        doc["heterogeneity"] = het.truth_section(sid.to_list(), cat(deviation_parts), effects)
     return SynthDataset(subjects=subjects, daily=daily, injuries=injuries_df, episodes=episodes_df,
                         truth=doc, custom_factors=custom)
 

@@ -1,0 +1,347 @@
+"""Subgroups and effect modification (``subgroups.csv``): does an association of the
+``within_subject`` model hold for everyone, or only for some people or some cramps?
+
+For every core feature and custom factor of ``within_subject``:
+
+- **estimates within subgroups**: the ``within_subject`` model fitted on the subject-days of each
+  age group, each sex, and with the outcome restricted to calf or foot cramps and to all other
+  cramps (the outcome by muscle group). Each fit is the ordinary within-subject fit of
+  ``effects.py`` on those rows: the same design, complete cases and data-sufficiency policy
+  (``design.py``), so a feature with too little data in a subgroup gets no estimate and a reason;
+- **an interaction test** per feature and subgrouping variable: one within-subject model with every
+  feature plus the products feature × 1[subgroup = s] for each subgroup s but the first, and a Wald
+  test (chi-square, subject-clustered sandwich covariance, df = number of products) that all
+  products are 0. For the muscle group, each subject-day enters twice, once per outcome (calf or
+  foot; others), each subject with its own baseline rate per outcome, clustered by subject;
+- **Benjamini–Hochberg** q-values across all the interaction tests of the table
+  (``statsmodels.stats.multitest.multipletests``).
+
+Grouping rule (named constants below): a subgroup needs at least ``MIN_SUBGROUP_SUBJECTS`` subjects
+with episodes (the subjects a within-subject estimate rests on). Age bands are merged with their
+neighbours, youngest first, until each group reaches that number (a last group short of it joins
+the one before). A sex or outcome subgroup that is too small gets no estimate and is left out of
+the interaction test. Within a subgroup, a feature's estimate also needs ``MIN_VARYING_SUBJECTS``
+subjects with episodes in whom it varies (it is withheld otherwise, and that subgroup leaves the
+feature's interaction test). Why 50: the interaction terms of a subgroup are estimated from its own
+subjects only, and cluster-robust (sandwich) Wald tests over-reject with few clusters; Cameron &
+Miller (2015, "A practitioner's guide to cluster-robust inference", J Hum Resour 50:317) put that
+point at roughly 20–50 clusters. On 20 simulated datasets without effect modification (200
+subjects × 60 days, ``benchmarks/calibrate_subgroups.py``), these rules gave 6.2% of interaction
+p-values below 0.05 (nominal 5%) and 1 of 20 datasets with any q below 0.05; with 30 subjects per
+subgroup and no variation rule, 9% and 3 of 10 (rare exposures such as a recent injury gave
+p < 1e-5).
+
+Subgroups were not the study's primary question: many tests are run, and a difference that does not
+survive the FDR correction is reported as "no difference found", not as a weaker finding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline import schema
+from pipeline.features import dictionary as fd
+from pipeline.features.panel import OUTCOME, Panel, episode_counts_where
+from pipeline.models.design import SUBJECT_CODE, prepare_design, with_subject_codes
+from pipeline.outputs import OutputColumn, OutputTable, declare
+
+MODEL = fd.WITHIN_SUBJECT
+#: Subjects with episodes a subgroup needs for an estimate (and age bands are merged to reach).
+MIN_SUBGROUP_SUBJECTS = 50
+#: Subjects with episodes in whom a feature varies, per subgroup, for its subgroup estimate and
+#: for the subgroup to enter the feature's interaction test. A rare exposure (a recent injury, a
+#: supplement few take) varies in few people: its subgroup terms rest on those few clusters only,
+#: and on simulated data without effect modification such tests gave p < 1e-5.
+MIN_VARYING_SUBJECTS = 30
+#: FDR level at which an interaction counts as found (the report's sentence).
+FDR_LEVEL = 0.05
+#: The muscle-group subgroups: the outcome restricted to these groups, and to all others.
+CALF_FOOT = ("calf", "foot")
+CALF_FOOT_LABEL = "calf or foot"
+OTHER_LABEL = "other muscle groups"
+#: Subgrouping variables, in output order.
+VARIABLES = ("age_band", "sex", "muscle_group")
+_OUTCOME_BY_TYPE = ("_episodes_calf_foot", "_episodes_other")
+_TYPE = "_outcome_type"
+
+SUBGROUPS = declare(OutputTable(
+    file="subgroups.csv",
+    meaning="Per core feature of the within_subject model: its IRR within each age group, each "
+            "sex and for calf/foot cramps vs all others, with an interaction test per feature and "
+            "subgrouping variable (Benjamini-Hochberg across the tests).",
+    caution="Subgroups were not the primary question: many tests are run, so only an interaction "
+            "that survives the FDR correction suggests a real difference; within-subgroup CIs are "
+            "wide. Counts are disclosure-controlled (1–7 suppressed, others rounded to 5).",
+    columns=(
+        OutputColumn("model", pl.String(), "the model subgrouped (`within_subject`)"),
+        OutputColumn("factor", pl.String(), "documented contributing factor (or `custom`)"),
+        OutputColumn("feature", pl.String(), "feature name (feature dictionary)"),
+        OutputColumn("unit", pl.String(), "the documented unit the IRR is per"),
+        OutputColumn("subgroup_variable", pl.String(), "`age_band`, `sex` or `muscle_group`"),
+        OutputColumn("subgroup", pl.String(), "the subgroup (merged age bands read `18-39`)"),
+        OutputColumn("irr", pl.Float64(), "IRR within the subgroup (empty: not estimable)"),
+        OutputColumn("ci_low", pl.Float64(), "lower 95% confidence limit"),
+        OutputColumn("ci_high", pl.Float64(), "upper 95% confidence limit"),
+        OutputColumn("p_interaction", pl.Float64(), "Wald test that the feature's IRR is the same "
+                                                    "in every subgroup of the variable"),
+        OutputColumn("q_interaction", pl.Float64(), "Benjamini-Hochberg q-value across all "
+                                                    "interaction tests of the table"),
+        OutputColumn("n_subjects", pl.Int64(), "subjects contributing to the subgroup's fit"),
+        OutputColumn("n_subject_days", pl.Int64(), "complete subject-days used"),
+        OutputColumn("n_episodes", pl.Int64(), "episodes (of the subgroup's outcome) on them"),
+        OutputColumn("note", pl.String(), "why there is no estimate or test, or what qualifies "
+                                          "it"),
+    )))
+
+
+@dataclasses.dataclass(frozen=True)
+class Subgroup:
+    """One subgroup: which levels of the variable it holds (for muscle_group: the outcome)."""
+
+    variable: str
+    label: str
+    levels: tuple[str, ...]
+    #: Subjects with episodes (of the subgroup's outcome) on logged days.
+    n_informative: int = 0
+
+    @property
+    def sufficient(self) -> bool:
+        return self.n_informative >= MIN_SUBGROUP_SUBJECTS
+
+    def insufficiency(self) -> str:
+        return (f"only {self.n_informative:,} subject(s) with episodes in this subgroup (need at "
+                f"least {MIN_SUBGROUP_SUBJECTS} for a subgroup estimate)")
+
+
+def age_band_label(bands: tuple[str, ...]) -> str:
+    """``("18-29", "30-39")`` -> ``18-39``; ``("70-79", "80+")`` -> ``70+``."""
+    low = bands[0].split("-")[0].rstrip("+")
+    last = bands[-1]
+    return bands[0] if len(bands) == 1 else (
+        f"{low}+" if last.endswith("+") else f"{low}-{last.split('-')[1]}")
+
+
+def group_age_bands(informative: dict[str, int],
+                    minimum: int = MIN_SUBGROUP_SUBJECTS) -> list[tuple[str, ...]]:
+    """Adjacent age bands merged, youngest first, until each group has ``minimum`` subjects with
+    episodes; a last group short of it joins the one before.
+
+    >>> group_age_bands({"18-29": 10, "30-39": 25, "40-49": 31, "50-59": 5, "60-69": 40,
+    ...                  "70-79": 20, "80+": 4}, minimum=30)
+    [('18-29', '30-39'), ('40-49',), ('50-59', '60-69'), ('70-79', '80+')]
+    """
+    groups: list[list[str]] = []
+    current: list[str] = []
+    for band in schema.AGE_BANDS:
+        current.append(band)
+        if sum(informative.get(b, 0) for b in current) >= minimum:
+            groups.append(current)
+            current = []
+    if current:
+        if groups and sum(informative.get(b, 0) for b in current) < minimum:
+            groups[-1] += current
+        else:
+            groups.append(current)
+    return [tuple(g) for g in groups]
+
+
+def subgroup_frame(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame,
+                   episodes: pl.LazyFrame) -> pl.DataFrame:
+    """The panel with subject codes, each subject's age band and sex, and the outcome split by
+    muscle group (calf or foot; others)."""
+    frame = with_subject_codes(panel.frame)
+    attrs = subjects.lazy().select("subject_id", "age_band", "sex").collect()
+    calf_foot = episode_counts_where(frame, episodes, pl.col("muscle_group").is_in(CALF_FOOT),
+                                     _OUTCOME_BY_TYPE[0])
+    return (frame.join(attrs, on="subject_id", how="left", maintain_order="left")
+            .with_columns(calf_foot[_OUTCOME_BY_TYPE[0]])
+            .with_columns((pl.col(OUTCOME) - pl.col(_OUTCOME_BY_TYPE[0]))
+                          .alias(_OUTCOME_BY_TYPE[1])))
+
+
+def define_subgroups(frame: pl.DataFrame) -> dict[str, list[Subgroup]]:
+    """The subgroups of each variable with their informative-subject counts."""
+    per_subject = frame.group_by(SUBJECT_CODE).agg(
+        pl.col("age_band").first(), pl.col("sex").first(),
+        *[(pl.col(c).sum() > 0).alias(c) for c in (OUTCOME, *_OUTCOME_BY_TYPE)])
+    with_episodes = per_subject.filter(pl.col(OUTCOME))
+    count = lambda column: dict(with_episodes[column].value_counts().iter_rows())  # noqa: E731
+    ages, sexes = count("age_band"), count("sex")
+    out = {
+        "age_band": [Subgroup("age_band", age_band_label(g), g, sum(ages.get(b, 0) for b in g))
+                     for g in group_age_bands(ages)],
+        "sex": [Subgroup("sex", s, (s,), sexes.get(s, 0)) for s in schema.SEXES],
+        "muscle_group": [
+            Subgroup("muscle_group", CALF_FOOT_LABEL, CALF_FOOT,
+                     int(per_subject[_OUTCOME_BY_TYPE[0]].sum())),
+            Subgroup("muscle_group", OTHER_LABEL,
+                     tuple(g for g in schema.MUSCLE_GROUPS if g not in CALF_FOOT),
+                     int(per_subject[_OUTCOME_BY_TYPE[1]].sum())),
+        ],
+    }
+    return out
+
+
+def subgroup_rows(frame: pl.DataFrame, sg: Subgroup) -> pl.DataFrame:
+    """The subject-days (and outcome) of one subgroup's fit."""
+    if sg.variable == "muscle_group":
+        outcome = _OUTCOME_BY_TYPE[0] if sg.label == CALF_FOOT_LABEL else _OUTCOME_BY_TYPE[1]
+        return frame.with_columns(pl.col(outcome).alias(OUTCOME))
+    return frame.filter(pl.col(sg.variable).is_in(sg.levels))
+
+
+def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes: pl.LazyFrame,
+                  *, custom_factors=(), start: dict[str, float] | None = None) -> pl.DataFrame:
+    """``subgroups.csv`` before disclosure control: ``SUBGROUPS``' columns, one row per
+    subgrouping variable, feature and subgroup.
+
+    ``start``: the within_subject estimates (log IRR by feature), used as starting values."""
+    from statsmodels.stats.multitest import multipletests
+
+    features, reported = fd.model_features(MODEL, custom_factors)
+    frame = subgroup_frame(panel, subjects, episodes)
+    groups = define_subgroups(frame)
+    rows: list[dict[str, Any]] = []
+    tests: dict[tuple[str, str], tuple[float | None, str | None]] = {}
+    for variable in VARIABLES:
+        varying: dict[tuple[str, str], int] = {}
+        for sg in groups[variable]:
+            rows += _estimate_rows(frame, panel, features, reported, sg, start, varying)
+        for f in reported:
+            usable = [sg for sg in groups[variable]
+                      if varying.get((sg.label, f.name), 0) >= MIN_VARYING_SUBJECTS]
+            tests[(variable, f.name)] = _interaction_test(frame, panel, features, f, usable,
+                                                           start)
+
+    keys = [k for k, (p, _) in tests.items() if p is not None]
+    q = dict(zip(keys, multipletests([tests[k][0] for k in keys], method="fdr_bh")[1])) if keys \
+        else {}
+    for row in rows:
+        key = (row["subgroup_variable"], row["feature"])
+        p, why = tests[key]
+        row["p_interaction"] = p
+        row["q_interaction"] = None if p is None else float(q[key])
+        if why:
+            row["note"] = "; ".join(x for x in (row["note"], why) if x)
+    order = {v: i for i, v in enumerate(VARIABLES)}
+    feature_rank = {f.name: i for i, f in enumerate(reported)}
+    frame_out = pl.DataFrame(rows, schema={**SUBGROUPS.schema(), "_sg": pl.Int64},
+                             orient="row")
+    return SUBGROUPS.conform(frame_out.sort(
+        pl.col("subgroup_variable").replace_strict(order, return_dtype=pl.Int64),
+        pl.col("feature").replace_strict(feature_rank, return_dtype=pl.Int64), "_sg"))
+
+
+def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start,
+                   varying: dict) -> list[dict]:
+    """The subgroup's rows: the within_subject fit on its subject-days. An estimate resting on
+    fewer than ``MIN_VARYING_SUBJECTS`` subjects in whom the feature varies is withheld (the
+    feature stays in the fit, so the others are adjusted for it as in within_subject).
+    ``varying`` collects (subgroup, feature) -> those subjects."""
+    from pipeline.models.effects import _effect_rows, _fit
+
+    base = {"subgroup_variable": sg.variable, "subgroup": sg.label, "p_interaction": None,
+            "q_interaction": None}
+    rank = {"_sg": list(schema.AGE_BANDS + schema.SEXES + (CALF_FOOT_LABEL, OTHER_LABEL))
+            .index(sg.levels[0] if sg.variable != "muscle_group" else sg.label)}
+    if not sg.sufficient:
+        return [{**base, **rank, "model": MODEL, "factor": f.factor, "feature": f.name,
+                 "unit": f.unit, "irr": None, "ci_low": None, "ci_high": None,
+                 "n_subjects": sg.n_informative, "n_subject_days": None, "n_episodes": None,
+                 "note": "not estimated: " + sg.insufficiency()} for f in reported]
+    design = prepare_design(subgroup_rows(frame, sg), panel, MODEL, True, features, reported)
+    fit, failure = _fit(design, start)
+    out = []
+    for row in _effect_rows(design, fit, failure):
+        row.pop("p_value"), row.pop("q_value")
+        n_vary = design.sufficiency.get(row["feature"], {}).get("n_subjects_with_variation", 0)
+        varying[(sg.label, row["feature"])] = n_vary if row["irr"] is not None else 0
+        if row["irr"] is not None and n_vary < MIN_VARYING_SUBJECTS:
+            row.update(irr=None, ci_low=None, ci_high=None,
+                       note=f"not estimated: varies within only {n_vary:,} subject(s) with "
+                            f"episodes in this subgroup (need at least {MIN_VARYING_SUBJECTS} "
+                            "for a subgroup estimate)")
+        out.append({**row, **base, **rank, "note": row["note"] or None})
+    return out
+
+
+def _interaction_test(frame, panel, features, feature: fd.Feature, usable: list[Subgroup],
+                      start) -> tuple[float | None, str | None]:
+    """``(p, None)`` or ``(None, why not)``: the Wald test of feature × subgroup products."""
+    from scipy.stats import chi2
+
+    from pipeline.models.effects import _fit
+
+    if len(usable) < 2:
+        return None, ("interaction not tested: fewer than 2 subgroups with a subgroup estimate")
+    if feature.name not in panel.features:
+        return None, None  # absent from the dataset: the estimate rows already say so
+    variable = usable[0].variable
+    if variable == "muscle_group":
+        if len(usable) < 2:
+            return None, "interaction not tested: a muscle-group subgroup has no estimate"
+        rows = _stacked(frame)
+        indicators = [(usable[1], pl.col(_TYPE) == 1)]
+    else:
+        rows = frame.filter(pl.col(variable).is_in([lv for sg in usable for lv in sg.levels]))
+        indicators = [(sg, pl.col(variable).is_in(sg.levels)) for sg in usable[1:]]
+    products = []
+    for sg, indicator in indicators:
+        product = dataclasses.replace(feature, name=f"{feature.name} × {sg.label}")
+        rows = rows.with_columns((pl.col(feature.name) * indicator.cast(pl.Float64))
+                                 .alias(product.name))
+        products.append(product)
+    extended = dataclasses.replace(panel, features={**panel.features,
+                                                    **{p.name: p for p in products}})
+    design = prepare_design(rows, extended, MODEL, True, (*features, *products),
+                            (*features, *products))
+    clusters = design.groups // 2 if variable == "muscle_group" else None
+    fit, failure = _fit(design, start, clusters=clusters)
+    if fit is None:
+        return None, f"interaction not tested: {failure}"
+    if feature.name not in fit.names:
+        return None, ("interaction not tested: "
+                      + design.excluded.get(feature.name, "not estimable in the combined model"))
+    idx = [fit.names.index(p.name) for p in products if p.name in fit.names]
+    if not idx:
+        reasons = {design.excluded.get(p.name, "not estimable") for p in products}
+        return None, "interaction not tested: " + "; ".join(sorted(reasons))
+    b = fit.coef[idx]
+    V = fit.cov_cluster[np.ix_(idx, idx)]
+    wald = float(b @ np.linalg.solve(V, b))
+    why = None
+    if len(idx) < len(products):
+        dropped = [p.name for p in products if p.name not in fit.names]
+        why = "interaction test without " + ", ".join(dropped) + " (not estimable)"
+    return float(chi2.sf(wald, len(idx))), why
+
+
+def _stacked(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each subject-day twice: outcome calf/foot (type 0) and other (type 1). The group code
+    2·subject + type gives each subject a baseline rate per outcome; ``// 2`` is the subject."""
+    parts = [frame.with_columns(pl.col(c).alias(OUTCOME), pl.lit(t, pl.Int64).alias(_TYPE))
+             for t, c in enumerate(_OUTCOME_BY_TYPE)]
+    return (pl.concat(parts)
+            .with_columns((pl.col(SUBJECT_CODE) * 2 + pl.col(_TYPE)).alias(SUBJECT_CODE))
+            .sort(SUBJECT_CODE, "date", maintain_order=True))
+
+
+def write_subgroups(frame: pl.DataFrame, out_dir, policy=None) -> None:
+    """``subgroups.csv``, disclosure-controlled (counts suppressed 1–7 and rounded to 5, counts
+    in notes likewise), floats to 6 significant digits."""
+    from pathlib import Path
+
+    from pipeline import atomic
+    from pipeline.disclosure import DEFAULT_POLICY, disclose_counts, disclose_text
+    from pipeline.models.effects import format_floats
+
+    policy = policy or DEFAULT_POLICY
+    shown = disclose_counts(frame, ["n_subjects", "n_subject_days", "n_episodes"], policy)
+    shown = shown.with_columns(pl.Series("note", [None if t is None else disclose_text(t, policy)
+                                                  for t in shown["note"].to_list()],
+                                         dtype=pl.String))
+    atomic.write_csv(Path(out_dir) / SUBGROUPS.file, format_floats(SUBGROUPS.conform(shown)))

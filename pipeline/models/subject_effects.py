@@ -1,0 +1,243 @@
+"""Per-patient findings: ``subject_effects.csv`` and ``heterogeneity.csv`` (issue 13).
+
+Two stages (the method is stated in ``per_subject.py`` and ``pooling.py``):
+
+1. **map**: :func:`~pipeline.models.per_subject.fit_subject_bucket` on each bucket of whole
+   subjects - every person's own adjusted Poisson fit on the ``within_subject`` features;
+2. **reduce**: :func:`pool_subject_rows` - per feature, the REML random-effects fit across persons,
+   the between-person SD tau with its Q-profile interval and Cochran's Q, and each person's
+   empirical-Bayes (shrunken) estimate.
+
+:func:`fit_subject_effects` runs both on an in-memory panel, with buckets of
+``BUCKET_SUBJECTS`` subjects; an executor (local pool, Dask) can call the two stages itself.
+
+Only features the cohort's ``within_subject`` model estimated enter (the same design, so a person's
+estimate and the cohort's are comparable); a person's own fit is adjusted for their other
+features. A person or feature without an own estimate gets no pooled estimate either: the note
+says why, and the cohort's mean (``heterogeneity.csv``) is then the best guess for them.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline.features import dictionary as fd
+from pipeline.features.panel import Panel
+from pipeline.models.per_subject import SUBJECT_ROWS_SCHEMA, fit_subject_bucket
+from pipeline.models.pooling import MIN_SUBJECTS_FOR_POOLING, Z95, pool, shrink_integrated
+from pipeline.outputs import OutputColumn, OutputTable, declare
+
+#: Subjects per bucket of the in-process map (bounds memory; whole subjects only).
+BUCKET_SUBJECTS = 1_000
+#: tau below this (log rate ratio per unit) reads as "no sign that people differ".
+NO_HETEROGENEITY_TAU = 1e-6
+
+SUBJECT_EFFECTS = declare(OutputTable(
+    file="subject_effects.csv",
+    meaning="One row per person and within_subject feature: the person's partially pooled "
+            "(empirical-Bayes) incidence-rate ratio per documented unit with a 95% interval, and "
+            "the estimate from their own data alone.",
+    caution="Associations in one person's diary, not causes. `irr` borrows strength from the "
+            "cohort (shrunk toward the cohort mean by as much as the person's own data are "
+            "uncertain); `own_irr` uses this person's days only and is noisy with few episodes.",
+    identifying=True,
+    columns=(
+        OutputColumn("subject_id", pl.String(), "pseudonymous subject id"),
+        OutputColumn("factor", pl.String(), "documented contributing factor (or `custom`)"),
+        OutputColumn("feature", pl.String(), "feature name (feature dictionary)"),
+        OutputColumn("unit", pl.String(), "the documented unit the IRR is per"),
+        OutputColumn("irr", pl.Float64(), "partially pooled IRR for this person (empty: none)"),
+        OutputColumn("ci_low", pl.Float64(), "lower 95% limit (counts the uncertainty of the "
+                     "cohort mean)"),
+        OutputColumn("ci_high", pl.Float64(), "upper 95% limit"),
+        OutputColumn("own_irr", pl.Float64(), "IRR from this person's own days alone (Poisson "
+                     "with an intercept, adjusted for their other features)"),
+        OutputColumn("own_ci_low", pl.Float64(), "lower 95% limit (model-based)"),
+        OutputColumn("own_ci_high", pl.Float64(), "upper 95% limit (model-based)"),
+        OutputColumn("weight_own", pl.Float64(), "share of the pooled log IRR that comes from the "
+                     "person's own estimate, tau²/(tau² + own variance); 0: the cohort mean"),
+        OutputColumn("n_days", pl.Int64(), "this person's complete days (all features logged)"),
+        OutputColumn("n_episodes", pl.Int64(), "episodes on those days"),
+        OutputColumn("note", pl.String(), "why there is no estimate, or what qualifies it"),
+    )))
+
+HETEROGENEITY = declare(OutputTable(
+    file="heterogeneity.csv",
+    meaning="One row per within_subject feature: how much people differ in their rate ratio "
+            "(random-effects meta-analysis of the persons' own estimates).",
+    caution="tau is the SD of the true log IRR across people with an own estimate; people with "
+            "too little data are not in it. A tau of 0 means the data show no sign that people "
+            "differ, not proof that they do not.",
+    columns=(
+        OutputColumn("factor", pl.String(), "documented contributing factor (or `custom`)"),
+        OutputColumn("feature", pl.String(), "feature name (feature dictionary)"),
+        OutputColumn("unit", pl.String(), "the documented unit the IRR is per"),
+        OutputColumn("n_subjects", pl.Int64(), "persons with an own estimate"),
+        OutputColumn("tau", pl.Float64(), "between-person SD of the log IRR (REML)"),
+        OutputColumn("tau_ci_low", pl.Float64(), "lower 95% limit of tau (Q-profile)"),
+        OutputColumn("tau_ci_high", pl.Float64(), "upper 95% limit of tau (Q-profile)"),
+        OutputColumn("q", pl.Float64(), "Cochran's Q (k − 1 degrees of freedom)"),
+        OutputColumn("p_value", pl.Float64(), "test of no heterogeneity (Cochran's Q)"),
+        OutputColumn("mean_irr", pl.Float64(), "random-effects mean of the persons' own IRRs "
+                     "(for comparison; persons are shrunk toward within_subject_irr)"),
+        OutputColumn("mean_ci_low", pl.Float64(), "lower 95% limit of the mean"),
+        OutputColumn("mean_ci_high", pl.Float64(), "upper 95% limit of the mean"),
+        OutputColumn("range_low", pl.Float64(), "2.5th centile of persons' IRRs (95% "
+                     "prediction range around within_subject_irr, ±1.96·sqrt(tau² + se²))"),
+        OutputColumn("range_high", pl.Float64(), "97.5th centile of persons' IRRs"),
+        OutputColumn("within_subject_irr", pl.Float64(), "the cohort's within_subject IRR "
+                     "(effects.csv): the centre each person's estimate is shrunk toward"),
+        OutputColumn("note", pl.String(), "why there is no estimate, or what qualifies it"),
+    )))
+
+
+@dataclass(frozen=True)
+class SubjectEffects:
+    subject_effects: pl.DataFrame
+    heterogeneity: pl.DataFrame
+
+
+def within_features(effects: pl.DataFrame, custom_factors=()) -> tuple[list[fd.Feature],
+                                                                        dict[str, float]]:
+    """The features the cohort's within_subject model estimated (dictionary order) and its log
+    IRRs (the per-person fits' start)."""
+    rows = effects.filter((pl.col("model") == fd.WITHIN_SUBJECT) & pl.col("irr").is_not_null())
+    log_irr = dict(zip(rows["feature"].to_list(), np.log(rows["irr"].to_numpy()).tolist()))
+    design, _ = fd.model_features(fd.WITHIN_SUBJECT, custom_factors)
+    return [f for f in design if f.name in log_irr], log_irr
+
+
+def subject_buckets(frame: pl.DataFrame, size: int = BUCKET_SUBJECTS):
+    """The panel in buckets of ``size`` whole subjects (by subject_id order). A panel sorted by
+    subject (as ``build_panel`` makes it) is cut into zero-copy row slices."""
+    if not frame["subject_id"].is_sorted():
+        frame = frame.sort("subject_id", "date")
+    runs = frame["subject_id"].rle()  # one run per subject, in order
+    lengths = runs.struct.field("len").to_numpy()
+    ends = np.cumsum(lengths)
+    for lo in range(0, lengths.size, size):
+        first = int(ends[lo - 1]) if lo else 0
+        last = int(ends[min(lo + size, lengths.size) - 1])
+        yield frame.slice(first, last - first)
+
+
+def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(),
+                        bucket_subjects: int = BUCKET_SUBJECTS,
+                        workers: int | None = None) -> SubjectEffects:
+    """Both stages on an in-memory panel (``effects``: the run's effects.csv frame); buckets run
+    on ``workers`` threads (default: up to 2). The result does not depend on either."""
+    features, start = within_features(effects, custom_factors)
+    frame = panel.frame.collect() if isinstance(panel.frame, pl.LazyFrame) else panel.frame
+    keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
+    frame = frame.select(keep)
+    parts = []
+    if features:
+        # The in-process map: buckets on a small thread pool (numpy and polars release the GIL
+        # in the heavy parts); an executor (local pool, Dask) can run the same map instead.
+        with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(lambda b: fit_subject_bucket(b, features, start),
+                                  subject_buckets(frame, bucket_subjects)))
+    rows = pl.concat(parts) if parts else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
+    return pool_subject_rows(rows, features, effects)
+
+
+def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> SubjectEffects:
+    """The reduction: random-effects pooling per feature over every bucket's per-subject rows."""
+    within = effects.filter(pl.col("model") == fd.WITHIN_SUBJECT)
+    within_irr = dict(zip(within["feature"].to_list(), within["irr"].to_list()))
+    subject_parts, het_rows = [], []
+    by_feature = rows.sort("feature", "subject_id").partition_by("feature", as_dict=True)
+    empty = pl.DataFrame(schema=rows.schema)
+    for f in features:
+        part = by_feature.get((f.name,), empty)
+        y, v = part["log_irr"].to_numpy(), part["variance"].to_numpy()
+        has = part["log_irr"].is_not_null().to_numpy()
+        n = int(has.sum())
+        het = {"factor": f.factor, "feature": f.name, "unit": f.unit, "n_subjects": n,
+               "within_subject_irr": within_irr.get(f.name)}
+        theta = np.full(part.height, np.nan)
+        se = np.full(part.height, np.nan)
+        weight = np.full(part.height, np.nan)
+        if n < MIN_SUBJECTS_FOR_POOLING:
+            het["note"] = (f"not estimated: only {n} person(s) with an own estimate (need at "
+                           f"least {MIN_SUBJECTS_FOR_POOLING} to estimate how much people differ)")
+            pooled_note = ("no pooled estimate: too few people with an own estimate to say how "
+                           "much people differ")
+        else:
+            fit = pool(y[has], v[has])
+            centre, centre_se = _cohort_estimate(within, f.name, fit)
+            theta[has], se[has] = shrink_integrated(fit, y[has], v[has], centre, centre_se,
+                                                    y[has], v[has])
+            weight[has] = fit.tau2 / (fit.tau2 + v[has])
+            mu_lo, mu_hi = fit.mu - Z95 * fit.mu_se, fit.mu + Z95 * fit.mu_se
+            spread = Z95 * np.sqrt(fit.tau2 + centre_se ** 2)
+            het.update(tau=fit.tau, tau_ci_low=np.sqrt(fit.tau2_low),
+                       tau_ci_high=np.sqrt(fit.tau2_high), q=fit.q, p_value=fit.q_p_value,
+                       mean_irr=np.exp(fit.mu), mean_ci_low=np.exp(mu_lo),
+                       mean_ci_high=np.exp(mu_hi), range_low=np.exp(centre - spread),
+                       range_high=np.exp(centre + spread))
+            if fit.tau < NO_HETEROGENEITY_TAU:
+                het["note"] = ("no sign that people differ (tau = 0): every person's estimate "
+                               "is the cohort's within_subject estimate")
+                pooled_note = ("the data show no sign that people differ: this is the cohort's "
+                               "estimate")
+            else:
+                het["note"] = ""
+                pooled_note = ""
+        own_lo, own_hi = y - Z95 * np.sqrt(v), y + Z95 * np.sqrt(v)
+        adjusted_note = pl.when(pl.col("adjusted_for_all")).then(pl.lit(None)).otherwise(
+            pl.lit("adjusted only for the features this person's diary can inform"))
+        note = pl.when(pl.col("log_irr").is_null()).then(
+            pl.lit("not estimated: ") + pl.col("reason").fill_null("no own estimate")
+        ).otherwise(pl.concat_str(
+            pl.lit(pooled_note or None, dtype=pl.String), adjusted_note, separator="; ",
+            ignore_nulls=True).fill_null(""))
+        subject_parts.append(part.select(
+            "subject_id", pl.lit(f.factor).alias("factor"), pl.lit(f.name).alias("feature"),
+            pl.lit(f.unit).alias("unit"), "n_days", "n_episodes", note.alias("note"),
+        ).with_columns(
+            irr=np.exp(theta), ci_low=np.exp(theta - Z95 * se), ci_high=np.exp(theta + Z95 * se),
+            own_irr=np.exp(y), own_ci_low=np.exp(own_lo), own_ci_high=np.exp(own_hi),
+            weight_own=weight,
+        ))
+        het_rows.append(het)
+    if subject_parts:
+        subjects = pl.concat(subject_parts).with_columns(pl.col(pl.Float64).fill_nan(None))
+        subjects = subjects.sort("subject_id", maintain_order=True)
+    else:
+        subjects = SUBJECT_EFFECTS.empty()
+    het_frame = (pl.DataFrame(het_rows, schema=HETEROGENEITY.schema(), orient="row",
+                              strict=False) if het_rows else HETEROGENEITY.empty())
+    return SubjectEffects(subject_effects=SUBJECT_EFFECTS.conform(subjects),
+                          heterogeneity=HETEROGENEITY.conform(het_frame))
+
+
+def _cohort_estimate(within: pl.DataFrame, feature: str, fit) -> tuple[float, float]:
+    """The shrinkage centre: the cohort's within_subject log IRR and its standard error (from
+    its 95% CI); the random-effects mean when effects.csv has no estimate (not reached: only
+    estimated features enter)."""
+    row = within.filter(pl.col("feature") == feature)
+    if row.height and row["irr"][0] is not None:
+        lo, hi = np.log(row["ci_low"][0]), np.log(row["ci_high"][0])
+        return float(np.log(row["irr"][0])), float((hi - lo) / (2 * Z95))
+    return fit.mu, fit.mu_se
+
+
+def write_subject_effects(result: SubjectEffects, out_dir) -> None:
+    """Write subject_effects.csv and heterogeneity.csv atomically, floats to 6 significant digits
+    (rounded by expression: the per-value formatting of effects.csv costs seconds on 10,000
+    persons × a dozen features)."""
+    from pathlib import Path
+
+    from pipeline import atomic
+
+    out_dir = Path(out_dir)
+    for table, frame in ((SUBJECT_EFFECTS, result.subject_effects),
+                         (HETEROGENEITY, result.heterogeneity)):
+        atomic.write_csv(out_dir / table.file,
+                         frame.with_columns(pl.col(pl.Float64).round_sig_figs(6)))
