@@ -19,7 +19,6 @@ says why, and the cohort's mean (``heterogeneity.csv``) is then the best guess f
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -130,16 +129,25 @@ def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(
                         bucket_subjects: int = BUCKET_SUBJECTS,
                         workers: int | None = None) -> SubjectEffects:
     """Both stages on an in-memory panel (``effects``: the run's effects.csv frame); buckets run
-    on ``workers`` threads (default: up to 2). The result does not depend on either."""
+    on the run's executor (``pipeline.execution.current()``), or on ``workers`` threads when
+    given. The result does not depend on either."""
     features, start = within_features(effects, custom_factors)
     frame = panel.frame.collect() if isinstance(panel.frame, pl.LazyFrame) else panel.frame
     keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
     frame = frame.select(keep)
     parts = []
-    if features:
-        # The in-process map: buckets on a small thread pool (numpy and polars release the GIL
-        # in the heavy parts); an executor (local pool, Dask) can run the same map instead.
-        with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
+    if features and workers is None:
+        # The run's executor (pipeline/execution.py: local threads or Dask workers) maps the
+        # buckets; results come back in bucket order.
+        from pipeline import execution
+
+        ex = execution.current()
+        parts = ex.map(fit_subject_bucket,
+                       ex.scatter(list(subject_buckets(frame, bucket_subjects))), features, start)
+    elif features:
+        # An explicit thread count: buckets on a small thread pool of that size (numpy and
+        # polars release the GIL in the heavy parts).
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(lambda b: fit_subject_bucket(b, features, start),
                                   subject_buckets(frame, bucket_subjects)))
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
