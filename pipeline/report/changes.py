@@ -30,14 +30,22 @@ def _flags(run_dir: Path) -> pl.DataFrame:
     return _read_csv(Path(run_dir) / "red_flags.csv", RED_FLAG_DTYPES)
 
 
+def mark_new(flags: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
+    """``flags`` (a red_flags.csv frame) with ``is_new``: its ``FLAG_KEY`` is not in ``previous``
+    (the previous report's red flags). With no previous report every flag is new: a first report
+    hides nothing. The one comparison the job's counts and the report's worklist both use."""
+    if previous is None:
+        return flags.with_columns(pl.lit(True).alias("is_new"))
+    seen = previous.select(FLAG_KEY).unique().with_columns(pl.lit(False).alias("is_new"))
+    return (flags.join(seen, on=list(FLAG_KEY), how="left", maintain_order="left")
+            .with_columns(pl.col("is_new").fill_null(True)))
+
+
 def new_flags(current_run_dir: Path | str, previous_run_dir: Path | str | None) -> pl.DataFrame:
     """The rows of the current run's ``red_flags.csv`` whose (subject, episode, rule) is not in the
     previous run's: every row when there is no previous run. Same columns, same order."""
-    current = _flags(current_run_dir)
-    if previous_run_dir is None:
-        return current
-    seen = _flags(previous_run_dir).select(FLAG_KEY).unique()
-    return current.join(seen, on=list(FLAG_KEY), how="anti", maintain_order="left")
+    previous = _flags(previous_run_dir) if previous_run_dir is not None else None
+    return mark_new(_flags(current_run_dir), previous).filter("is_new").drop("is_new")
 
 
 def change_summary(current_run_dir: Path | str, previous_run_dir: Path | str | None) -> dict:

@@ -283,8 +283,6 @@ def not_recorded_table(run: RunOutputs, tables_dir=None, policy=DEFAULT_POLICY) 
 
 #: Follow-up columns kept on one line; evidence, rule lists and long episode ids wrap.
 _NOWRAP = ("subject_id", "severity", "new", "latest_started_at", "started_at", "rule_id")
-#: One rule firing, the same in every report (episode ids are stable across runs).
-FLAG_KEY = ("subject_id", "episode_id", "rule_id")
 
 
 def _previous_flags(previous_run) -> pl.DataFrame | None:
@@ -303,14 +301,11 @@ def _previous_flags(previous_run) -> pl.DataFrame | None:
 
 
 def new_flags(flags: pl.DataFrame, previous: pl.DataFrame | None) -> pl.DataFrame:
-    """``flags`` with ``is_new``: its (subject, episode, rule) is not in ``previous`` (the previous
-    report's red_flags.csv). With no previous report every flag is new: a first report hides
-    nothing."""
-    if previous is None:
-        return flags.with_columns(pl.lit(True).alias("is_new"))
-    seen = previous.select(FLAG_KEY).unique().with_columns(pl.lit(False).alias("is_new"))
-    return (flags.join(seen, on=list(FLAG_KEY), how="left", maintain_order="left")
-            .with_columns(pl.col("is_new").fill_null(True)))
+    """``flags`` with ``is_new`` (``pipeline.report.changes.mark_new``, the comparison the
+    scheduled job counts with)."""
+    from pipeline.report.changes import mark_new
+
+    return mark_new(flags, previous)
 
 
 def worklist(run: RunOutputs, previous_run=None) -> pl.DataFrame:
