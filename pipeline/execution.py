@@ -29,6 +29,7 @@ import contextvars
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -123,6 +124,17 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+_IN_POOL = threading.local()
+
+
+def _in_pool(fn: Callable, handle: Any, *args: Any) -> Any:
+    _IN_POOL.active = True
+    try:
+        return fn(handle, *args)
+    finally:
+        _IN_POOL.active = False
+
+
 class LocalExecutor:
     """A thread pool on this machine, sized to its cores.
 
@@ -139,9 +151,11 @@ class LocalExecutor:
         return list(items)
 
     def map(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]:
-        if self._pool is None or len(handles) <= 1:
+        # Inline when there is nothing to share out, or when called from a bucket function
+        # already running on a pool thread (a nested map waiting on the pool could deadlock).
+        if self._pool is None or len(handles) <= 1 or getattr(_IN_POOL, "active", False):
             return [fn(h, *args) for h in handles]
-        return list(self._pool.map(lambda h: fn(h, *args), handles))
+        return list(self._pool.map(lambda h: _in_pool(fn, h, *args), handles))
 
     def apply(self, fn: Callable, handles: Sequence[Any], *args: Any) -> list[Any]:
         """``fn`` per bucket, results kept as new bucket handles (here: the results)."""

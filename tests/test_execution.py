@@ -201,3 +201,12 @@ def test_bad_executor_options_are_one_message_and_exit_2(tmp_path, args, message
     assert "Traceback" not in result.stderr + result.stdout
     assert message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_map_inside_a_bucket_function_runs_inline_instead_of_deadlocking():
+    ex = execution.LocalExecutor(workers=2)
+    try:
+        inner = lambda h: sum(ex.map(lambda k: k * h, list(range(4))))  # noqa: E731
+        assert ex.map(inner, list(range(6))) == [6 * h for h in range(6)]
+    finally:
+        ex.close()
