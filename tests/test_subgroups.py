@@ -208,3 +208,19 @@ def test_muscle_group_interaction_equals_a_glm_on_the_stacked_days():
     j, n, k, g = len(used), X.shape[0], X.shape[1], dummies.shape[1]
     wald_glm = ref.params[j] ** 2 / ref.cov_params()[j, j]
     assert chi2.isf(p_ours, 1) == pytest.approx(wald_glm * (n - k) / (n - k - g), rel=1e-5)
+
+
+def test_a_large_panel_is_fitted_on_a_stated_subject_subset(small, monkeypatch):
+    """Above MAX_SUBJECT_DAYS the subgroup fits use a hash-chosen subset of whole subjects, and
+    every row's note says how many subjects that is."""
+    ds, panel, full = small
+    n_days = panel.frame.height if isinstance(panel.frame, pl.DataFrame) else \
+        panel.frame.select(pl.len()).collect().item()
+    monkeypatch.setattr(S, "MAX_SUBJECT_DAYS", n_days // 2)
+    out = S.fit_subgroups(panel, ds.subjects.lazy(), ds.episodes.lazy())
+    assert out.columns == full.columns  # fewer subjects may merge more age bands: fewer rows
+    n_all = ds.subjects.height
+    assert out["note"].str.contains(f" of {n_all:,} subjects: each subgroup model is fitted on "
+                                    "the subjects of a hash-based subset").all()
+    assert out["n_subjects"].max() < full["n_subjects"].max()
+    assert out["n_subject_days"].sum() < full["n_subject_days"].sum()

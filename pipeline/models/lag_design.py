@@ -159,10 +159,11 @@ def combine_buckets(parts: Sequence[LagBucket]) -> LagBucket:
         n_value_missing=sum(b.n_value_missing for b in parts))
 
 
-def subject_subset(frame: pl.DataFrame, max_subject_days: int | None) -> tuple[pl.DataFrame,
-                                                                              dict | None]:
+def subject_subset(frame: pl.DataFrame, max_subject_days: int | None,
+                   what: str = "the lag model") -> tuple[pl.DataFrame, dict | None]:
     """Whole subjects chosen by a stable hash of their id so that about ``max_subject_days``
-    subject-days remain (all of them when the panel is smaller)."""
+    subject-days remain (all of them when the panel is smaller). ``what`` names the analysis in
+    the note."""
     if max_subject_days is None or frame.height <= max_subject_days:
         return frame, None
     import hashlib
@@ -179,6 +180,6 @@ def subject_subset(frame: pl.DataFrame, max_subject_days: int | None) -> tuple[p
     note = {"n_subject_days": sub.height, "of_subject_days": frame.height,
             "n_subjects": int(sub["subject_id"].n_unique()),
             "of_subjects": int(frame["subject_id"].n_unique()), "seed": SUBSET_SEED,
-            "why": f"the lag model is fitted on the subjects of a hash-based subset of about "
+            "why": f"{what} is fitted on the subjects of a hash-based subset of about "
                    f"{max_subject_days:,} subject-days to bound run time; CIs are the subset's"}
     return sub, note
