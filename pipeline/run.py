@@ -139,8 +139,9 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
 
     from pipeline.describe import write_describe_outputs
 
-    messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
-                                       custom_factors=config.custom_factors)
+    with stages.stage("cohort table and subgroups"):
+        messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
+                                           custom_factors=config.custom_factors)
 
     if report:
         from pipeline.report import render_report
