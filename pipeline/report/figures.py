@@ -269,7 +269,9 @@ def counts_over_time_plot(disclosed: pl.DataFrame, *, time: str = "period", grou
     ax.set_xlabel("Period starting")
     ax.set_ylim(bottom=0)
     ax.set_ylabel("Flagged episodes")
-    ax.set_title(title or "Flagged episodes per rule over time (suppressed counts not drawn)")
+    suppressed = disclosed[count].null_count() > 0  # only the shareable report suppresses
+    ax.set_title(title or "Flagged episodes per rule over time"
+                 + (" (suppressed counts not drawn)" if suppressed else ""))
     if groups:
         handles, labels = ax.get_legend_handles_labels()
         if any_partial:
