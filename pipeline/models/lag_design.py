@@ -8,8 +8,7 @@ filled with 0 or carried forward.
 
 ``lag_design_bucket`` is a pure function of one bucket of whole subjects (rows sorted by subject
 and date; a lag never looks past the subject's own rows) returning its design rows and counts;
-``combine_buckets`` is the reduction. ``subject_subset`` picks whole subjects by a stable hash of
-their id, so a subset does not depend on how subjects are bucketed.
+``combine_buckets`` is the reduction.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from pipeline.models.lag_basis import lag_basis
 #: Factors not lagged, and why: they are already a window of previous days.
 NOT_LAGGED = {"recent_injury": "not lagged: it already marks an injury on any of the 30 days "
                                "before the day"}
-SUBSET_SEED = 20261201
 
 @dataclass(frozen=True)
 class LagTerm:
@@ -157,29 +155,3 @@ def combine_buckets(parts: Sequence[LagBucket]) -> LagBucket:
         strata=np.concatenate(strata), n_days=sum(b.n_days for b in parts),
         n_window_incomplete=sum(b.n_window_incomplete for b in parts),
         n_value_missing=sum(b.n_value_missing for b in parts))
-
-
-def subject_subset(frame: pl.DataFrame, max_subject_days: int | None,
-                   what: str = "the lag model") -> tuple[pl.DataFrame, dict | None]:
-    """Whole subjects chosen by a stable hash of their id so that about ``max_subject_days``
-    subject-days remain (all of them when the panel is smaller). ``what`` names the analysis in
-    the note."""
-    if max_subject_days is None or frame.height <= max_subject_days:
-        return frame, None
-    import hashlib
-
-    fraction = max_subject_days / frame.height
-    ids = frame["subject_id"].unique().to_list()
-    # sha256 of the seed and the id: stable across platforms and library versions (one hash per
-    # subject, not per row).
-    u = [int.from_bytes(hashlib.sha256(f"{SUBSET_SEED}:{s}".encode()).digest()[:8], "big")
-         / 2.0**64 for s in ids]
-    keep = pl.Series("subject_id", [s for s, v in zip(ids, u) if v < fraction],
-                     dtype=frame.schema["subject_id"])
-    sub = frame.filter(pl.col("subject_id").is_in(keep.implode()))
-    note = {"n_subject_days": sub.height, "of_subject_days": frame.height,
-            "n_subjects": int(sub["subject_id"].n_unique()),
-            "of_subjects": int(frame["subject_id"].n_unique()), "seed": SUBSET_SEED,
-            "why": f"{what} is fitted on the subjects of a hash-based subset of about "
-                   f"{max_subject_days:,} subject-days to bound run time; CIs are the subset's"}
-    return sub, note

@@ -38,14 +38,13 @@ from pipeline.models.design import MAX_MISSING_FRACTION, MIN_DAYS_PER_LEVEL, \
     MIN_SUBJECTS_WITH_VARIATION
 from pipeline.models.lag_design import (  # noqa: F401 - re-exported for callers and tests
     NOT_LAGGED,
-    SUBSET_SEED,
     LagBucket,
     LagTerm,
     combine_buckets,
     lag_design_bucket,
     lag_terms,
-    subject_subset,
 )
+from pipeline.models.subsets import SUBSET_SEED, subject_subset  # noqa: F401 - re-exported
 from pipeline.outputs import OutputColumn, OutputTable, declare
 
 LAG_MODEL = "within_subject_lags"

@@ -33,8 +33,9 @@ p < 1e-5).
 
 Run time: every subgroup and every interaction test is a refit of the whole within-subject model
 (about 40 fits), so on a large panel they are fitted on the subjects of a stable hash-based subset
-of about ``MAX_SUBJECT_DAYS`` subject-days (``lag_design.subject_subset``, the same rule as the lag
-model and the dose-response curves); each row's note says so, and the intervals are the subset's.
+of about ``MAX_SUBJECT_DAYS`` subject-days (``subsets.subject_subset``, the same rule as the lag
+model; the bound is the dose-response curves'); each row's note says so, and the intervals are the
+subset's.
 
 Subgroups were not the study's primary question: many tests are run, and a difference that does not
 survive the FDR correction is reported as "no difference found", not as a weaker finding.
@@ -211,7 +212,7 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     from statsmodels.stats.multitest import multipletests
 
     features, reported = fd.model_features(MODEL, custom_factors)
-    from pipeline.models.lag_design import subject_subset
+    from pipeline.models.subsets import subject_subset
 
     frame, subset = subject_subset(subgroup_frame(panel, subjects, episodes), MAX_SUBJECT_DAYS,
                                    what="each subgroup model")

@@ -1,0 +1,39 @@
+"""Bounded fits on large panels: a subset of whole subjects chosen by a stable hash of their id.
+
+Used by the analyses that refit the within-subject model many times or with many columns (the lag
+model, the subgroups), so their run time stays bounded. Each subject is in or out by its own id,
+so the subset does not depend on how subjects are bucketed or ordered; the note it returns goes
+into the rows and diagnostics of the analysis, whose intervals are then those of the subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+SUBSET_SEED = 20261201
+
+
+def subject_subset(frame: pl.DataFrame, max_subject_days: int | None,
+                   what: str = "the lag model") -> tuple[pl.DataFrame, dict | None]:
+    """Whole subjects chosen by a stable hash of their id so that about ``max_subject_days``
+    subject-days remain (all of them when the panel is smaller). ``what`` names the analysis in
+    the note."""
+    if max_subject_days is None or frame.height <= max_subject_days:
+        return frame, None
+    fraction = max_subject_days / frame.height
+    ids = frame["subject_id"].unique().to_list()
+    # sha256 of the seed and the id: stable across platforms and library versions (one hash per
+    # subject, not per row).
+    u = [int.from_bytes(hashlib.sha256(f"{SUBSET_SEED}:{s}".encode()).digest()[:8], "big")
+         / 2.0**64 for s in ids]
+    keep = pl.Series("subject_id", [s for s, v in zip(ids, u) if v < fraction],
+                     dtype=frame.schema["subject_id"])
+    sub = frame.filter(pl.col("subject_id").is_in(keep.implode()))
+    note = {"n_subject_days": sub.height, "of_subject_days": frame.height,
+            "n_subjects": int(sub["subject_id"].n_unique()),
+            "of_subjects": int(frame["subject_id"].n_unique()), "seed": SUBSET_SEED,
+            "why": f"{what} is fitted on the subjects of a hash-based subset of about "
+                   f"{max_subject_days:,} subject-days to bound run time; CIs are the subset's"}
+    return sub, note
