@@ -43,7 +43,9 @@ survive the FDR correction is reported as "no difference found", not as a weaker
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +54,7 @@ import polars as pl
 from pipeline import schema
 from pipeline.features import dictionary as fd
 from pipeline.features.panel import OUTCOME, Panel, episode_counts_where
-from pipeline.models.design import SUBJECT_CODE, prepare_design, with_subject_codes
+from pipeline.models.design import SUBJECT_CODE, Design, prepare_design, with_subject_codes
 from pipeline.outputs import OutputColumn, OutputTable, declare
 
 MODEL = fd.WITHIN_SUBJECT
@@ -208,26 +210,35 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     """``subgroups.csv`` before disclosure control: ``SUBGROUPS``' columns, one row per
     subgrouping variable, feature and subgroup.
 
-    ``start``: the within_subject estimates (log IRR by feature), used as starting values."""
+    ``start``: the within_subject estimates (log IRR by feature), used as starting values.
+
+    The fits are independent, so they run side by side on the local executor's threads
+    (``_fit_all``); the interaction designs of a variable are built once (``_interaction_designs``).
+    """
     from statsmodels.stats.multitest import multipletests
 
-    features, reported = fd.model_features(MODEL, custom_factors)
     from pipeline.models.subsets import subject_subset
 
-    frame, subset = subject_subset(subgroup_frame(panel, subjects, episodes), MAX_SUBJECT_DAYS,
-                                   what="each subgroup model")
+    features, reported = fd.model_features(MODEL, custom_factors)
+    # The subset first, so that the subgroup frame (subject codes, attributes, outcome by muscle
+    # group) is built on its subject-days only; the codes stay in subject_id order.
+    rows_in, subset = subject_subset(_collected(panel.frame), MAX_SUBJECT_DAYS,
+                                     what="each subgroup model")
+    frame = subgroup_frame(dataclasses.replace(panel, frame=rows_in), subjects, episodes)
     groups = define_subgroups(frame)
-    rows: list[dict[str, Any]] = []
-    tests: dict[tuple[str, str], tuple[float | None, str | None]] = {}
-    for variable in VARIABLES:
-        varying: dict[tuple[str, str], int] = {}
-        for sg in groups[variable]:
-            rows += _estimate_rows(frame, panel, features, reported, sg, start, varying)
-        for f in reported:
-            usable = [sg for sg in groups[variable]
-                      if varying.get((sg.label, f.name), 0) >= MIN_VARYING_SUBJECTS]
-            tests[(variable, f.name)] = _interaction_test(frame, panel, features, f, usable,
-                                                           start)
+    everyone = [sg for variable in VARIABLES for sg in groups[variable]]
+    estimated = _fit_all(lambda sg: _estimate_rows(frame, panel, features, reported, sg, start),
+                         everyone, cost=lambda sg: 1 if sg.variable == "muscle_group" else 0)
+    rows: list[dict[str, Any]] = [r for sg_rows, _ in estimated for r in sg_rows]
+    varying: dict[tuple[str, str, str], int] = {}
+    for sg, (_, counts) in zip(everyone, estimated):
+        varying.update({(sg.variable, label, name): n for (label, name), n in counts.items()})
+
+    usable = {(variable, f.name): tuple(
+        sg for sg in groups[variable]
+        if varying.get((variable, sg.label, f.name), 0) >= MIN_VARYING_SUBJECTS)
+        for variable in VARIABLES for f in reported}
+    tests = _interaction_tests(frame, panel, features, reported, usable, start)
 
     keys = [k for k, (p, _) in tests.items() if p is not None]
     q = dict(zip(keys, multipletests([tests[k][0] for k in keys], method="fdr_bh")[1])) if keys \
@@ -251,12 +262,12 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
         pl.col("feature").replace_strict(feature_rank, return_dtype=pl.Int64), "_sg"))
 
 
-def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start,
-                   varying: dict) -> list[dict]:
+def _estimate_rows(frame, panel, features, reported, sg: Subgroup,
+                   start) -> tuple[list[dict], dict[tuple[str, str], int]]:
     """The subgroup's rows: the within_subject fit on its subject-days. An estimate resting on
     fewer than ``MIN_VARYING_SUBJECTS`` subjects in whom the feature varies is withheld (the
     feature stays in the fit, so the others are adjusted for it as in within_subject).
-    ``varying`` collects (subgroup, feature) -> those subjects."""
+    Also returns (subgroup, feature) -> those subjects (0 for a feature without an estimate)."""
     from pipeline.models.effects import _effect_rows, _fit
 
     base = {"subgroup_variable": sg.variable, "subgroup": sg.label, "p_interaction": None,
@@ -267,10 +278,10 @@ def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start,
         return [{**base, **rank, "model": MODEL, "factor": f.factor, "feature": f.name,
                  "unit": f.unit, "irr": None, "ci_low": None, "ci_high": None,
                  "n_subjects": sg.n_informative, "n_subject_days": None, "n_episodes": None,
-                 "note": "not estimated: " + sg.insufficiency()} for f in reported]
+                 "note": "not estimated: " + sg.insufficiency()} for f in reported], {}
     design = prepare_design(subgroup_rows(frame, sg), panel, MODEL, True, features, reported)
     fit, failure = _fit(design, start)
-    out = []
+    out, varying = [], {}
     for row in _effect_rows(design, fit, failure):
         row.pop("p_value"), row.pop("q_value")
         n_vary = design.sufficiency.get(row["feature"], {}).get("n_subjects_with_variation", 0)
@@ -281,39 +292,68 @@ def _estimate_rows(frame, panel, features, reported, sg: Subgroup, start,
                             f"episodes in this subgroup (need at least {MIN_VARYING_SUBJECTS} "
                             "for a subgroup estimate)")
         out.append({**row, **base, **rank, "note": row["note"] or None})
-    return out
+    return out, varying
 
 
-def _interaction_test(frame, panel, features, feature: fd.Feature, usable: list[Subgroup],
-                      start) -> tuple[float | None, str | None]:
-    """``(p, None)`` or ``(None, why not)``: the Wald test of feature × subgroup products."""
-    from scipy.stats import chi2
+Test = tuple[float | None, str | None]
 
-    from pipeline.models.effects import _fit
 
+def _untested(feature: fd.Feature, usable: Sequence[Subgroup], panel: Panel) -> Test | None:
+    """Why the interaction of ``feature`` is not tested before any fit, or None."""
     if len(usable) < 2:
         return None, ("interaction not tested: fewer than 2 subgroups with a subgroup estimate")
     if feature.name not in panel.features:
         return None, None  # absent from the dataset: the estimate rows already say so
+    return None
+
+
+def _interaction_frame(frame: pl.DataFrame, usable: Sequence[Subgroup]):
+    """The rows of an interaction model of ``usable`` (at least 2 subgroups of one variable) and
+    the indicator of each subgroup but the first: ``(rows, [(subgroup, expression)])``."""
     variable = usable[0].variable
     if variable == "muscle_group":
-        if len(usable) < 2:
-            return None, "interaction not tested: a muscle-group subgroup has no estimate"
-        rows = _stacked(frame)
-        indicators = [(usable[1], pl.col(_TYPE) == 1)]
-    else:
-        rows = frame.filter(pl.col(variable).is_in([lv for sg in usable for lv in sg.levels]))
-        indicators = [(sg, pl.col(variable).is_in(sg.levels)) for sg in usable[1:]]
-    products = []
+        return _stacked(frame), [(usable[1], pl.col(_TYPE) == 1)]
+    rows = frame.filter(pl.col(variable).is_in([lv for sg in usable for lv in sg.levels]))
+    return rows, [(sg, pl.col(variable).is_in(sg.levels)) for sg in usable[1:]]
+
+
+def _product_columns(feature: fd.Feature, indicators) -> tuple[list[fd.Feature], list[pl.Expr]]:
+    """The products feature × 1[subgroup = s] (as features of the design, and as columns)."""
+    products, columns = [], []
     for sg, indicator in indicators:
         product = dataclasses.replace(feature, name=f"{feature.name} × {sg.label}")
-        rows = rows.with_columns((pl.col(feature.name) * indicator.cast(pl.Float64))
-                                 .alias(product.name))
+        columns.append((pl.col(feature.name) * indicator.cast(pl.Float64)).alias(product.name))
         products.append(product)
+    return products, columns
+
+
+def _interaction_test(frame, panel, features, feature: fd.Feature, usable: list[Subgroup],
+                      start) -> Test:
+    """``(p, None)`` or ``(None, why not)``: the Wald test of feature × subgroup products, with
+    the model's own design (``prepare_design`` on the rows and products of this one test).
+
+    ``fit_subgroups`` gets the same tests from designs shared by the features of a variable
+    (``_interaction_tests``) and falls back to this where it cannot show they are the same."""
+    untested = _untested(feature, usable, panel)
+    if untested is not None:
+        return untested
+    rows, indicators = _interaction_frame(frame, usable)
+    products, columns = _product_columns(feature, indicators)
+    rows = rows.with_columns(columns)
     extended = dataclasses.replace(panel, features={**panel.features,
                                                     **{p.name: p for p in products}})
     design = prepare_design(rows, extended, MODEL, True, (*features, *products),
                             (*features, *products))
+    return _wald_test(design, feature, products, start, usable[0].variable)
+
+
+def _wald_test(design: Design, feature: fd.Feature, products: list[fd.Feature], start,
+               variable: str) -> Test:
+    """Fit an interaction model's design; the Wald test that its products are all 0."""
+    from scipy.stats import chi2
+
+    from pipeline.models.effects import _fit
+
     clusters = design.groups // 2 if variable == "muscle_group" else None
     fit, failure = _fit(design, start, clusters=clusters)
     if fit is None:
@@ -333,6 +373,158 @@ def _interaction_test(frame, panel, features, feature: fd.Feature, usable: list[
         dropped = [p.name for p in products if p.name not in fit.names]
         why = "interaction test without " + ", ".join(dropped) + " (not estimable)"
     return float(chi2.sf(wald, len(idx))), why
+
+
+@dataclasses.dataclass
+class _SharedDesign:
+    """One interaction design for every feature tested on the same subgroups of a variable: the
+    model's features plus the products of all those features, built and checked once.
+
+    A feature's own design (its products only) is then a choice of columns (``design_for``). It
+    is the design ``prepare_design`` builds for that feature alone when the complete-case rows
+    never change while the sufficiency checks run (``rows_fixed``): every column then gets the
+    same verdict in either design, because each check reads only its own column on those rows.
+    """
+
+    design: Design
+    #: The model's own features (the first columns) and each tested feature's products.
+    features: tuple[fd.Feature, ...]
+    products: dict[str, list[fd.Feature]]
+    rows_fixed: bool
+
+    def design_for(self, feature: fd.Feature) -> Design | None:
+        """``feature``'s interaction design, or None when it might differ from its own."""
+        from pipeline.models.design import FEATURE_REASONS
+
+        own = {p.name for p in self.products[feature.name]}
+        others = {p.name for ps in self.products.values() for p in ps} - own
+        big = self.design
+        collinear = FEATURE_REASONS["collinear"]
+        if not self.rows_fixed or any(big.excluded.get(p) == collinear for p in own):
+            # A product the others span here might not be spanned by fewer columns.
+            return None
+        idx = [j for j, f in enumerate(big.kept) if f.name not in others]
+        products = self.products[feature.name]
+        return Design(
+            big.model, True, (*self.features, *products), (*self.features, *products),
+            kept=[big.kept[j] for j in idx],
+            excluded={k: v for k, v in big.excluded.items() if k not in others},
+            sufficiency={k: dict(v) for k, v in big.sufficiency.items() if k not in others},
+            X=np.asfortranarray(big.X[:, idx]), y=big.y, groups=big.groups, strata=big.strata,
+            n_candidate_days=big.n_candidate_days, n_dropped_incomplete=big.n_dropped_incomplete,
+            n_subjects_without_episodes=big.n_subjects_without_episodes,
+            n_days_without_episodes_subject=big.n_days_without_episodes_subject)
+
+
+def _shared_design(frame, panel, features, usable: tuple[Subgroup, ...],
+                   tested: list[fd.Feature]) -> _SharedDesign:
+    """The interaction design of ``usable`` with the products of every feature in ``tested``."""
+    from pipeline.models.design import FEATURE_REASONS, MAX_MISSING_FRACTION
+
+    rows, indicators = _interaction_frame(frame, usable)
+    products, columns = {}, []
+    for f in tested:
+        products[f.name], cols = _product_columns(f, indicators)
+        columns += cols
+    every = [p for ps in products.values() for p in ps]
+    extended = dataclasses.replace(panel, features={**panel.features,
+                                                    **{p.name: p for p in every}})
+    design = prepare_design(rows.with_columns(columns), extended, MODEL, True,
+                            (*features, *every), (*features, *every))
+    # Do the complete-case rows stay those of the first round of checks? The first round
+    # requires every feature not dropped for missingness; the last, those that passed (or were
+    # dropped later as collinear). The same rows then: no check ever ran on other rows.
+    present = [f.name for f in features if f.name in panel.features]
+    n = rows.height
+    nulls = rows.select(pl.col(present).null_count()).row(0, named=True) if n else {}
+    first = [c for c in present if n and nulls[c] / n <= MAX_MISSING_FRACTION]
+    last = [c for c in first if c in design.names
+            or design.excluded.get(c) == FEATURE_REASONS["collinear"]]
+    complete = rows.select(
+        pl.all_horizontal(pl.col(first).is_not_null()).sum().alias("first") if first
+        else pl.lit(n).alias("first"),
+        pl.all_horizontal(pl.col(last).is_not_null()).sum().alias("last") if last
+        else pl.lit(n).alias("last")).row(0) if n else (0, 0)
+    fixed = bool(n) and complete[0] == complete[1] == n - design.n_dropped_incomplete
+    return _SharedDesign(design, tuple(features), products, fixed)
+
+
+def _interaction_tests(frame, panel, features, reported,
+                       usable: dict[tuple[str, str], tuple[Subgroup, ...]],
+                       start) -> dict[tuple[str, str], Test]:
+    """Every interaction test of the table, keyed by (variable, feature name).
+
+    The features tested on the same subgroups share one design (``_SharedDesign``); the fits
+    run side by side (``_fit_all``). Where a shared design cannot stand in for a feature's own,
+    the feature's test builds its own (``_interaction_test``): same result, more time."""
+    by_name = {f.name: f for f in reported}
+    tests: dict[tuple[str, str], Test] = {}
+    groups: dict[tuple[Subgroup, ...], list[fd.Feature]] = {}
+    for (variable, name), sgs in usable.items():
+        untested = _untested(by_name[name], sgs, panel)
+        if untested is not None:
+            tests[(variable, name)] = untested
+        else:
+            groups.setdefault(sgs, []).append(by_name[name])
+    shared = dict(zip(groups, _fit_all(
+        lambda item: _shared_design(frame, panel, features, item[0], item[1]),
+        list(groups.items()), cost=lambda item: len(item[1]))))
+
+    def test(job) -> Test:
+        sgs, feature = job
+        design = shared[sgs].design_for(feature)
+        if design is None:
+            return _interaction_test(frame, panel, features, feature, list(sgs), start)
+        return _wald_test(design, feature, shared[sgs].products[feature.name], start,
+                          sgs[0].variable)
+
+    jobs = [(sgs, f) for sgs, fs in groups.items() for f in fs]
+    costs = {sgs: sh.design.n_subject_days * (len(sh.design.kept) + 1)
+             for sgs, sh in shared.items()}
+    done = _fit_all(test, jobs, cost=lambda job: costs[job[0]])
+    del shared
+    tests.update({(sgs[0].variable, f.name): t for (sgs, f), t in zip(jobs, done)})
+    return tests
+
+
+def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
+             cost: Callable[[Any], float] = lambda item: 0) -> list[Any]:
+    """``[fn(item) for item in items]``, the items side by side on the local executor's threads.
+
+    The subgroup and interaction fits are independent and each is too small to keep two cores
+    busy by itself (one bucket: ``conditional.fit_conditional_poisson`` splits a design only
+    from 8 row blocks per thread), so the fits are what runs in parallel; a fit's own bucket
+    passes then run inline on its thread (``LocalExecutor.map`` from a pool thread). The costliest
+    items start first, so that no long fit is left alone at the end. On another executor (Dask)
+    the fits run one after another here, each with its passes on the cluster, as before.
+    The results are the same either way: each fit is the same computation on the same buckets.
+    """
+    from pipeline import execution
+    from pipeline.models.estimation import single_threaded_blas
+
+    ex = execution.current()
+    if not isinstance(ex, execution.LocalExecutor) or ex.workers < 2 or len(items) < 2:
+        return [fn(item) for item in items]
+    order = sorted(range(len(items)), key=lambda i: -cost(items[i]))
+    # Each item runs in a copy of this context (the executor of the run, the progress stage);
+    # BLAS is held single-threaded around all of them (the fits set it so one by one, and two
+    # threads restoring each other's setting could leave it changed).
+    jobs = [(contextvars.copy_context(), items[i]) for i in order]
+    with single_threaded_blas():
+        done = ex.map(_in_context, jobs, fn)
+    out: list[Any] = [None] * len(items)
+    for i, result in zip(order, done):
+        out[i] = result
+    return out
+
+
+def _in_context(job, fn):
+    context, item = job
+    return context.run(fn, item)
+
+
+def _collected(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
 
 
 def _stacked(frame: pl.DataFrame) -> pl.DataFrame:
