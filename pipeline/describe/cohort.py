@@ -113,10 +113,35 @@ class CohortParts:
 
 def _levels(frame: pl.LazyFrame, section: str, characteristic: str,
             level: pl.Expr) -> pl.LazyFrame:
+    """Counts per level of a categorical measure (one group-by)."""
     return (frame.group_by(level.fill_null(NOT_RECORDED).alias("level"))
             .agg(pl.len().cast(pl.Int64).alias("n"))
             .select(pl.lit(section).alias("section"),
                     pl.lit(characteristic).alias("characteristic"), "level", "n"))
+
+
+def _counted(frame: pl.LazyFrame, section: str,
+             counts: Sequence[tuple[str, str, pl.Expr]]) -> pl.LazyFrame:
+    """``(characteristic, level, count expression)`` for measures with a few fixed levels (yes/no
+    and not recorded, recorded or not), all counted in one pass over ``frame``; a level no row
+    has is left out, as a group-by leaves it out."""
+    if not counts:
+        return pl.LazyFrame(schema=_LEVELS)
+    keys = pl.LazyFrame({"key": [str(i) for i in range(len(counts))],
+                         "characteristic": [c for c, _, _ in counts],
+                         "level": [lv for _, lv, _ in counts]})
+    return (frame.select([n.cast(pl.Int64).alias(str(i)) for i, (_, _, n) in enumerate(counts)])
+            .unpivot(variable_name="key", value_name="n")
+            .join(keys, on="key", maintain_order="left")
+            .filter(pl.col("n") > 0)
+            .select(pl.lit(section).alias("section"), "characteristic", "level", "n"))
+
+
+def _binary_counts(characteristic: str, yes: pl.Expr, no: pl.Expr):
+    """yes / no / not recorded (anything else, missing included) as counts."""
+    n_yes, n_no = yes.sum(), no.sum()
+    return [(characteristic, "yes", n_yes), (characteristic, "no", n_no),
+            (characteristic, NOT_RECORDED, pl.len() - n_yes - n_no)]
 
 
 def _values(frame: pl.LazyFrame, section: str, characteristic: str,
@@ -127,16 +152,24 @@ def _values(frame: pl.LazyFrame, section: str, characteristic: str,
                     pl.lit(characteristic).alias("characteristic"), "value", "n"))
 
 
-def _contributors(frame: pl.LazyFrame, section: str, characteristic: str,
-                  value: pl.Expr) -> pl.LazyFrame:
-    return (frame.filter(value.is_not_null()).select(pl.col("subject_id").n_unique()
-                                                      .cast(pl.Int64).alias("n_subjects"))
-            .select(pl.lit(section).alias("section"),
-                    pl.lit(characteristic).alias("characteristic"), "n_subjects"))
+def _contributors(per_subject: pl.LazyFrame, section: str,
+                  characteristics: Sequence[str]) -> pl.LazyFrame:
+    """Per characteristic: subjects with at least one recorded value, from ``per_subject`` (one
+    row per subject, a boolean column per characteristic, in order, named ``_has0``, ...)."""
+    if not characteristics:
+        return pl.LazyFrame(schema=_CONTRIB)
+    keys = pl.LazyFrame({"key": [f"_has{i}" for i in range(len(characteristics))],
+                         "characteristic": list(characteristics)})
+    return (per_subject.select(pl.col(f"_has{i}").sum().cast(pl.Int64)
+                               for i in range(len(characteristics)))
+            .unpivot(variable_name="key", value_name="n_subjects")
+            .join(keys, on="key", maintain_order="left")
+            .select(pl.lit(section).alias("section"), "characteristic", "n_subjects"))
 
 
-def _yes_no(column: str) -> pl.Expr:
-    return pl.when(pl.col(column)).then(pl.lit("yes")).when(~pl.col(column)).then(pl.lit("no"))
+def _has_values(values: Sequence[tuple[str, pl.Expr]]) -> list[pl.Expr]:
+    """Aggregations for ``_contributors``: does the subject have a value of each measure?"""
+    return [v.is_not_null().any().alias(f"_has{i}") for i, (_, v) in enumerate(values)]
 
 
 def summarise_bucket(subjects: pl.LazyFrame, panel: pl.LazyFrame, episodes: pl.LazyFrame,
@@ -149,63 +182,76 @@ def summarise_bucket(subjects: pl.LazyFrame, panel: pl.LazyFrame, episodes: pl.L
     factors to describe (the panel's core and custom features); ``frequent``: ``subject_id`` of
     the subjects who met the ``frequent`` advisory (from ``subject_flags``), or None when the run's
     rules have no such rule.
+
+    Every part is a lazy query and all run together (``collect_all``): the level counts of every
+    factor in one pass over the panel, the subjects contributing values in one group-by over
+    subjects, and one histogram per numeric measure; likewise for the episodes.
     """
+    factor_counts, factor_values, values = [], [], []
+    for f in features:
+        if f.kind == "binary":
+            # The panel holds yes/no factors as 1.0/0.0 (model units).
+            factor_counts += _binary_counts(f.name, pl.col(f.name) == 1.0,
+                                            pl.col(f.name) == 0.0)
+        else:
+            source = pl.col(f.name) * f.scale
+            recorded = source.is_not_null().sum()
+            factor_counts += [(f.name, "recorded", recorded),
+                              (f.name, NOT_RECORDED, pl.len() - recorded)]
+            factor_values.append((f.name, source))
+            values.append(_values(panel, SECTION_FACTORS, f.name, source))
+
+    e = SECTION_EPISODES
+    hour = pl.col("started_at").dt.hour()
+    duration = pl.col("duration_min")
+    long_ = duration > PROLONGED_OVER_MIN
+    episode_counts = [
+        ("duration_min", f"over {PROLONGED_OVER_MIN} min", long_.sum()),
+        ("duration_min", f"{PROLONGED_OVER_MIN} min or less", (~long_).sum()),
+        ("duration_min", NOT_RECORDED, duration.is_null().sum()),
+    ]
+    levels = [
+        _counted(panel, SECTION_FACTORS, factor_counts),
+        _levels(episodes, e, "hour started", hour.cast(pl.String).str.zfill(2)),
+        _levels(episodes, e, "muscle_group", pl.col("muscle_group")),
+        _levels(episodes, e, "pain", pl.col("pain").cast(pl.String)),
+    ]
+    for column in SIGN_COLUMNS:
+        if column == "numbness":
+            levels.append(_levels(episodes, e, column, pl.col(column)))
+        else:
+            episode_counts += _binary_counts(column, pl.col(column), ~pl.col(column))
+    levels.append(_counted(episodes, e, episode_counts))
+    episode_values = [(column, pl.col(column)) for column in ("duration_min", "pain")]
+    values += [_values(episodes, e, column, v) for column, v in episode_values]
+
+    # One group-by over subjects per table: the subject rows and the contributing subjects.
     per_day = panel.group_by("subject_id").agg(
         pl.len().cast(pl.Int64).alias("days_logged"),
-        pl.col(OUTCOME).sum().cast(pl.Int64).alias("episodes_on_logged_days"))
+        pl.col(OUTCOME).sum().cast(pl.Int64).alias("episodes_on_logged_days"),
+        *_has_values(factor_values))
     per_subject_episodes = episodes.group_by("subject_id").agg(
-        pl.len().cast(pl.Int64).alias("episodes"))
+        pl.len().cast(pl.Int64).alias("episodes"), *_has_values(episode_values))
     met = (pl.col("subject_id").is_in(frequent.select("subject_id").collect().to_series()
                                       .implode())
            if frequent is not None else pl.lit(None, dtype=pl.Boolean))
     subject_rows = (
         subjects.select("subject_id", "age_band", "sex")
-        .join(per_day, on="subject_id", how="left")
-        .join(per_subject_episodes, on="subject_id", how="left")
+        .join(per_day.select("subject_id", "days_logged", "episodes_on_logged_days"),
+              on="subject_id", how="left")
+        .join(per_subject_episodes.select("subject_id", "episodes"), on="subject_id", how="left")
         .with_columns(pl.col("days_logged", "episodes", "episodes_on_logged_days").fill_null(0),
                       met.alias("frequent"))
         .select(list(_SUBJECT_ROWS))
     )
 
-    levels, values, contributors = [], [], []
-    for f in features:
-        source = pl.col(f.name) if f.kind == "binary" else pl.col(f.name) * f.scale
-        if f.kind == "binary":
-            # The panel holds yes/no factors as 1.0/0.0 (model units).
-            levels.append(_levels(panel, SECTION_FACTORS, f.name,
-                                  pl.when(source == 1.0).then(pl.lit("yes"))
-                                  .when(source == 0.0).then(pl.lit("no"))))
-        else:
-            levels.append(_levels(panel, SECTION_FACTORS, f.name,
-                                  pl.when(source.is_not_null()).then(pl.lit("recorded"))))
-            values.append(_values(panel, SECTION_FACTORS, f.name, source))
-            contributors.append(_contributors(panel, SECTION_FACTORS, f.name, source))
-
-    e = SECTION_EPISODES
-    hour = pl.col("started_at").dt.hour()
-    levels += [
-        _levels(episodes, e, "hour started", hour.cast(pl.String).str.zfill(2)),
-        _levels(episodes, e, "muscle_group", pl.col("muscle_group")),
-        _levels(episodes, e, "pain", pl.col("pain").cast(pl.String)),
-        _levels(episodes, e, "duration_min",
-                pl.when(pl.col("duration_min") > PROLONGED_OVER_MIN)
-                .then(pl.lit(f"over {PROLONGED_OVER_MIN} min"))
-                .when(pl.col("duration_min").is_not_null())
-                .then(pl.lit(f"{PROLONGED_OVER_MIN} min or less"))),
-    ]
-    for column in SIGN_COLUMNS:
-        level = pl.col(column) if column == "numbness" else _yes_no(column)
-        levels.append(_levels(episodes, e, column, level))
-    for column in ("duration_min", "pain"):
-        values.append(_values(episodes, e, column, pl.col(column)))
-        contributors.append(_contributors(episodes, e, column, pl.col(column)))
-
     frames = pl.collect_all([
         subject_rows,
-        pl.concat(levels, how="vertical") if levels else pl.LazyFrame(schema=_LEVELS),
+        pl.concat(levels, how="vertical"),
         pl.concat(values, how="vertical") if values else pl.LazyFrame(schema=_VALUES),
-        (pl.concat(contributors, how="vertical") if contributors
-         else pl.LazyFrame(schema=_CONTRIB)),
+        pl.concat([_contributors(per_day, SECTION_FACTORS, [c for c, _ in factor_values]),
+                   _contributors(per_subject_episodes, e, [c for c, _ in episode_values])],
+                  how="vertical"),
     ])
     return CohortParts(*(f.cast(s) for f, s in zip(frames, (_SUBJECT_ROWS, _LEVELS, _VALUES,
                                                              _CONTRIB))))
