@@ -35,7 +35,11 @@ Run time: every subgroup and every interaction test is a refit of the whole with
 (about 40 fits), so on a large panel they are fitted on the subjects of a stable hash-based subset
 of about ``MAX_SUBJECT_DAYS`` subject-days (``subsets.subject_subset``, the same rule as the lag
 model; the bound is the dose-response curves'); each row's note says so, and the intervals are the
-subset's.
+subset's. The fits are independent of each other and run side by side on the local executor's
+threads (one after another on a Dask cluster, each with its passes on the workers), and the
+interaction models of the features tested on the same subgroups are cut from one design, built
+and checked once (``_SharedDesign``: the same design ``prepare_design`` builds for each feature
+alone, or that feature's own is built). On 10,000 x 365 this stage took 15 s of a 46 s run before.
 
 Subgroups were not the study's primary question: many tests are run, and a difference that does not
 survive the FDR correction is reported as "no difference found", not as a weaker finding.
@@ -213,7 +217,8 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     ``start``: the within_subject estimates (log IRR by feature), used as starting values.
 
     The fits are independent, so they run side by side on the local executor's threads
-    (``_fit_all``); the interaction designs of a variable are built once (``_interaction_designs``).
+    (``_fit_all``); the features tested on the same subgroups share one interaction design
+    (``_interaction_tests``).
     """
     from statsmodels.stats.multitest import multipletests
 
@@ -228,7 +233,7 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     groups = define_subgroups(frame)
     everyone = [sg for variable in VARIABLES for sg in groups[variable]]
     estimated = _fit_all(lambda sg: _estimate_rows(frame, panel, features, reported, sg, start),
-                         everyone, cost=lambda sg: 1 if sg.variable == "muscle_group" else 0)
+                         everyone, cost=lambda sg: sg.n_informative)
     rows: list[dict[str, Any]] = [r for sg_rows, _ in estimated for r in sg_rows]
     varying: dict[tuple[str, str, str], int] = {}
     for sg, (_, counts) in zip(everyone, estimated):
@@ -405,12 +410,15 @@ class _SharedDesign:
             return None
         idx = [j for j, f in enumerate(big.kept) if f.name not in others]
         products = self.products[feature.name]
+        X = np.empty((big.X.shape[0], len(idx)), order="F")  # column-major, as _build_X's
+        for k, j in enumerate(idx):
+            X[:, k] = big.X[:, j]
         return Design(
             big.model, True, (*self.features, *products), (*self.features, *products),
             kept=[big.kept[j] for j in idx],
             excluded={k: v for k, v in big.excluded.items() if k not in others},
             sufficiency={k: dict(v) for k, v in big.sufficiency.items() if k not in others},
-            X=np.asfortranarray(big.X[:, idx]), y=big.y, groups=big.groups, strata=big.strata,
+            X=X, y=big.y, groups=big.groups, strata=big.strata,
             n_candidate_days=big.n_candidate_days, n_dropped_incomplete=big.n_dropped_incomplete,
             n_subjects_without_episodes=big.n_subjects_without_episodes,
             n_days_without_episodes_subject=big.n_days_without_episodes_subject)
@@ -484,7 +492,7 @@ def _interaction_tests(frame, panel, features, reported,
     done = _fit_all(test, jobs, cost=lambda job: costs[job[0]])
     del shared
     tests.update({(sgs[0].variable, f.name): t for (sgs, f), t in zip(jobs, done)})
-    return tests
+    return {key: tests[key] for key in usable}  # in table order, as the q-values' input
 
 
 def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
