@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -424,12 +425,13 @@ class _SharedDesign:
             n_days_without_episodes_subject=big.n_days_without_episodes_subject)
 
 
-def _shared_design(frame, panel, features, usable: tuple[Subgroup, ...],
+def _shared_design(interaction_frame, panel, features,
                    tested: list[fd.Feature]) -> _SharedDesign:
-    """The interaction design of ``usable`` with the products of every feature in ``tested``."""
+    """The interaction design with the products of every feature in ``tested``
+    (``interaction_frame``: ``_interaction_frame``'s rows and indicators)."""
     from pipeline.models.design import FEATURE_REASONS, MAX_MISSING_FRACTION
 
-    rows, indicators = _interaction_frame(frame, usable)
+    rows, indicators = interaction_frame
     products, columns = {}, []
     for f in tested:
         products[f.name], cols = _product_columns(f, indicators)
@@ -457,14 +459,63 @@ def _shared_design(frame, panel, features, usable: tuple[Subgroup, ...],
     return _SharedDesign(design, tuple(features), products, fixed)
 
 
+#: Features whose products share one interaction design (``_SharedDesign``): more share the
+#: model's own columns less often, fewer hold fewer columns in memory at a time (a design of 4
+#: features' products on 10,000 x 365 is about 50 MB; every feature's at once was 230 MB).
+FEATURES_PER_DESIGN = 4
+
+
+class _Rows:
+    """The rows of the interaction models of some subgroups (``_interaction_frame``): built by
+    the first design that needs them, released when the last has been built."""
+
+    def __init__(self, frame: pl.DataFrame, usable: tuple[Subgroup, ...], users: int):
+        self.frame, self.usable, self.users = frame, usable, users
+        self.value = None
+        self.lock = threading.Lock()
+
+    def get(self):
+        with self.lock:
+            if self.value is None:
+                self.value = _interaction_frame(self.frame, self.usable)
+            return self.value
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.value = None
+
+
+class _Chunk:
+    """Some features tested on the same subgroups, and their shared design once it is built
+    (released when the last of their tests is done)."""
+
+    def __init__(self, rows: _Rows, features: list[fd.Feature]):
+        self.rows, self.usable, self.features = rows, rows.usable, features
+        self.shared: _SharedDesign | None = None
+        self.built = threading.Event()
+        self.left = len(features)
+        self.lock = threading.Lock()
+
+    def done_with(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left == 0:
+                self.shared = None
+
+
 def _interaction_tests(frame, panel, features, reported,
                        usable: dict[tuple[str, str], tuple[Subgroup, ...]],
                        start) -> dict[tuple[str, str], Test]:
     """Every interaction test of the table, keyed by (variable, feature name).
 
-    The features tested on the same subgroups share one design (``_SharedDesign``); the fits
-    run side by side (``_fit_all``). Where a shared design cannot stand in for a feature's own,
-    the feature's test builds its own (``_interaction_test``): same result, more time."""
+    Up to ``FEATURES_PER_DESIGN`` features tested on the same subgroups share one design
+    (``_SharedDesign``); where it cannot stand in for a feature's own, the feature's test builds
+    its own (``_interaction_test``): same result, more time. The work is one list run in order
+    on the executor's threads (``_fit_all``): each chunk's design, then its fits, which wait for
+    the design if the other thread is still building it (it was started before them: the items
+    are taken in order, so no fit waits for a design nobody builds)."""
     by_name = {f.name: f for f in reported}
     tests: dict[tuple[str, str], Test] = {}
     groups: dict[tuple[Subgroup, ...], list[fd.Feature]] = {}
@@ -474,37 +525,55 @@ def _interaction_tests(frame, panel, features, reported,
             tests[(variable, name)] = untested
         else:
             groups.setdefault(sgs, []).append(by_name[name])
-    shared = dict(zip(groups, _fit_all(
-        lambda item: _shared_design(frame, panel, features, item[0], item[1]),
-        list(groups.items()), cost=lambda item: len(item[1]))))
+    chunks = []
+    for sgs, fs in groups.items():
+        rows = _Rows(frame, sgs, -(-len(fs) // FEATURES_PER_DESIGN))
+        chunks += [_Chunk(rows, fs[i:i + FEATURES_PER_DESIGN])
+                   for i in range(0, len(fs), FEATURES_PER_DESIGN)]
+    # Largest fits first (the stacked muscle-group days, then the most products), so that no
+    # long fit is left alone at the end.
+    chunks.sort(key=lambda c: -(len(c.usable) - 1 + len(features))
+                * (2 if c.usable[0].variable == "muscle_group" else 1))
 
-    def test(job) -> Test:
-        sgs, feature = job
-        design = shared[sgs].design_for(feature)
-        if design is None:
-            return _interaction_test(frame, panel, features, feature, list(sgs), start)
-        return _wald_test(design, feature, shared[sgs].products[feature.name], start,
-                          sgs[0].variable)
+    def step(item) -> Test | None:
+        chunk, feature = item
+        if feature is None:
+            try:
+                chunk.shared = _shared_design(chunk.rows.get(), panel, features, chunk.features)
+            finally:
+                chunk.rows.release()
+                chunk.built.set()
+            return None
+        chunk.built.wait()
+        try:
+            shared = chunk.shared
+            design = None if shared is None else shared.design_for(feature)
+            if design is None:
+                return _interaction_test(frame, panel, features, feature, list(chunk.usable),
+                                         start)
+            return _wald_test(design, feature, shared.products[feature.name], start,
+                              chunk.usable[0].variable)
+        finally:
+            chunk.done_with()
 
-    jobs = [(sgs, f) for sgs, fs in groups.items() for f in fs]
-    costs = {sgs: sh.design.n_subject_days * (len(sh.design.kept) + 1)
-             for sgs, sh in shared.items()}
-    done = _fit_all(test, jobs, cost=lambda job: costs[job[0]])
-    del shared
-    tests.update({(sgs[0].variable, f.name): t for (sgs, f), t in zip(jobs, done)})
+    items = [(c, f) for c in chunks for f in (None, *c.features)]
+    for (chunk, feature), test in zip(items, _fit_all(step, items)):
+        if feature is not None:
+            tests[(chunk.usable[0].variable, feature.name)] = test
     return {key: tests[key] for key in usable}  # in table order, as the q-values' input
 
 
 def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
-             cost: Callable[[Any], float] = lambda item: 0) -> list[Any]:
+             cost: Callable[[Any], float] | None = None) -> list[Any]:
     """``[fn(item) for item in items]``, the items side by side on the local executor's threads.
 
     The subgroup and interaction fits are independent and each is too small to keep two cores
     busy by itself (one bucket: ``conditional.fit_conditional_poisson`` splits a design only
     from 8 row blocks per thread), so the fits are what runs in parallel; a fit's own bucket
-    passes then run inline on its thread (``LocalExecutor.map`` from a pool thread). The costliest
-    items start first, so that no long fit is left alone at the end. On another executor (Dask)
-    the fits run one after another here, each with its passes on the cluster, as before.
+    passes then run inline on its thread (``LocalExecutor.map`` from a pool thread). The threads
+    take the items in order: with ``cost``, the costliest first, so that no long fit is left
+    alone at the end. On another executor (Dask) the items run one after another here, in order,
+    each fit with its passes on the cluster, as before.
     The results are the same either way: each fit is the same computation on the same buckets.
     """
     from pipeline import execution
@@ -513,7 +582,8 @@ def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
     ex = execution.current()
     if not isinstance(ex, execution.LocalExecutor) or ex.workers < 2 or len(items) < 2:
         return [fn(item) for item in items]
-    order = sorted(range(len(items)), key=lambda i: -cost(items[i]))
+    order = list(range(len(items))) if cost is None else \
+        sorted(range(len(items)), key=lambda i: -cost(items[i]))
     # Each item runs in a copy of this context (the executor of the run, the progress stage);
     # BLAS is held single-threaded around all of them (the fits set it so one by one, and two
     # threads restoring each other's setting could leave it changed).
