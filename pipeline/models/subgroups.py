@@ -37,9 +37,12 @@ of about ``MAX_SUBJECT_DAYS`` subject-days (``subsets.subject_subset``, the same
 model; the bound is the dose-response curves'); each row's note says so, and the intervals are the
 subset's. The fits are independent of each other and run side by side on the local executor's
 threads (one after another on a Dask cluster, each with its passes on the workers), and the
-interaction models of the features tested on the same subgroups are cut from one design, built
-and checked once (``_SharedDesign``: the same design ``prepare_design`` builds for each feature
-alone, or that feature's own is built). On 10,000 x 365 this stage took 15 s of a 46 s run before.
+interaction models of up to ``FEATURES_PER_DESIGN`` features tested on the same subgroups are cut
+from one design, built and checked once (``_SharedDesign``: the same design ``prepare_design``
+builds for each feature alone, or that feature's own is built). On 10,000 x 365
+(``benchmarks/bench_describe.py``, a shared 2-core machine) the subgroups took 14-18 CPU seconds
+before, 9.7 now on one thread and about 12 on two: two fits at once contend for the GIL, so the
+second thread saves less than half of the wall time.
 
 Subgroups were not the study's primary question: many tests are run, and a difference that does not
 survive the FDR correction is reported as "no difference found", not as a weaker finding.
