@@ -89,6 +89,11 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
 
     store = Store(store_dir)
     check_usable(result, store, out_dir)  # "all rows quarantined" says so, here
+    # What the rest of the run needs from the ingest is its summary: the accepted rows are in
+    # the store now, and keeping this ingest's frames alive would hold a second copy of the
+    # dataset in memory through every later stage.
+    ingest_store_totals = result.summary.get("store_totals")
+    del result
     with stages.stage("red flags"):
         flags = evaluate_store(store, rules)
         write_flag_outputs(flags, out_dir)
@@ -112,7 +117,7 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
     summary["panel"] = panel.summary
     summary["data_dir"] = str(data_dir)
     summary["store_dir"] = str(store_dir)
-    summary["store_totals"] = result.summary.get("store_totals") or store_totals(store)
+    summary["store_totals"] = ingest_store_totals or store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
     atomic.write_json(out_dir / "summary.json", summary)
