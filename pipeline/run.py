@@ -129,24 +129,37 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
 
     models = fit_models(panel, custom_factors=config.custom_factors,  # a line per model
                         analysis=config.analysis)
+    from pipeline.describe import write_describe_outputs
+    from pipeline.execution import concurrently
     from pipeline.models.lags import fit_lags, write_lags
 
-    with stages.stage("fit model within_subject_lags"):
-        lags = fit_lags(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    # Three stages that each need only the panel and the fitted effects run side by side: each
+    # is a series of fits on a subset or on buckets of subjects, too small on its own to keep
+    # every core busy (outputs and messages are in a fixed order whatever finishes first).
+    def lag_stage():
+        with stages.stage("fit model within_subject_lags"):
+            return fit_lags(panel, custom_factors=config.custom_factors,
+                            analysis=config.analysis)
+
+    def per_person_stage():
+        with stages.stage("per-person estimates"):
+            return write_per_patient(panel, models, out_dir, config.custom_factors)
+
+    def describe_stage():
+        with stages.stage("cohort table and subgroups"):
+            return write_describe_outputs(store, panel, flags, models.effects, out_dir,
+                                          custom_factors=config.custom_factors)
+
+    lags, per_person_message, describe_messages = concurrently(
+        [lag_stage, per_person_stage, describe_stage])
     models.diagnostics["lags"] = lags.diagnostics
     with stages.stage("write model outputs"):
         write_lags(lags, out_dir)
         write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
                     "written.")
-    with stages.stage("per-person estimates"):
-        messages.append(write_per_patient(panel, models, out_dir, config.custom_factors))
-
-    from pipeline.describe import write_describe_outputs
-
-    with stages.stage("cohort table and subgroups"):
-        messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
-                                           custom_factors=config.custom_factors)
+    messages.append(per_person_message)
+    messages += describe_messages
 
     if report:
         from pipeline.report import render_report
