@@ -10,9 +10,9 @@ Nothing is written until every file has been read and accepted as a whole, so a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_to
                                     stored_quarantine)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
-from pipeline.store import Admission, ManifestFile, Store, now_utc
+from pipeline.execution import bucket_count, cores
+from pipeline.store import Admission, Bucketed, Manifest, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
@@ -41,8 +42,9 @@ class IngestResult:
     summary: dict
     #: ``table, source_file, line, column, value, reason, message``; values already masked.
     quarantine: pl.DataFrame
-    #: New accepted rows per table, as stored (or as they would be, for ``validate``).
-    accepted: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: New accepted rows per table, as stored (or as they would be, for ``validate``), in input
+    #: order (an ``AcceptedRows``; ``.bucketed`` holds them by subject bucket).
+    accepted: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     config: DatasetConfig = field(default_factory=DatasetConfig)
     #: Whether the rows were written to a store (False for ``validate_dataset``).
     stored: bool = False
@@ -118,7 +120,7 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     if files or result.admissions:
         custom = {f.column: f.kind for f in result.config.custom_factors}
         with stages.stage("store accepted rows"):
-            store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
+            store.append(result.accepted.bucketed, files, custom, quarantine=result.new_quarantine,
                          held=result.held, admissions=result.admissions)
     result.stored = True
     result.store_quarantine = stored_quarantine(store)
@@ -128,84 +130,86 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     return result
 
 
+@dataclass
+class _FileRead:
+    """One file read and validated (on a reader thread)."""
+
+    entry: dict
+    valid: list[pl.DataFrame] = field(default_factory=list)
+    quarantine: list[pl.DataFrame] = field(default_factory=list)
+    unknown: set[str] = field(default_factory=set)
+    columns: set[str] = field(default_factory=set)
+
+
+class _Cancelled(Exception):
+    """An earlier file was refused: this one's outcome no longer matters."""
+
+
 def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
+    with stages.session(progress):
+        return _run_checks(data_dir, store=store, progress=progress)
+
+
+def _run_checks(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
     config = load_dataset_config(data_dir)
     found = discover_tables(data_dir)
     manifest = store.manifest if store is not None else None
-    known_hashes = manifest.sha256s if manifest is not None else frozenset()
+    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+    reads = _read_files(files, config, manifest, progress)
 
     file_reports: list[dict] = []
     table_reports: dict[str, dict] = {}
     quarantines: list[pl.DataFrame] = []
-    accepted: dict[str, pl.DataFrame] = {}
+    accepted: dict[str, Bucketed] = {}
     to_store_quarantine: list[pl.DataFrame] = []
     held: dict[str, pl.DataFrame] = {}
     admissions: list[Admission] = []
-    known_subjects: pl.Series | None = None
+    known_subjects: list[pl.Series] | None = None
     columns_found: dict[str, set[str]] = {}
-    with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
-        for name in TABLE_ORDER:
-            table = TABLES[name]
-            columns = table_columns(name, config)
-            valid_parts: list[pl.DataFrame] = []
-            table_quarantine: list[pl.DataFrame] = []
-            unknown: set[str] = set()
-            per_file: list[dict] = []
-            for file in found.get(name, []):
-                data = read_bytes(file)
-                # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
-                # store that already holds files needs the hash first, to skip known files.
-                digest = hasher.submit(_sha256, data)
-                if known_hashes and digest.result() in known_hashes:
-                    previous = manifest.file_for(digest.result())
-                    per_file.append({**_entry(file, digest.result()),
-                                     "rows": previous.rows if previous else 0,
-                                     "status": "skipped_already_ingested"})
-                    advance(file)
-                    continue
-                rows = 0
-                for raw in read_table_chunks(file, data):
-                    checked = validate_file(raw, table, columns)
-                    columns_found.setdefault(name, set()).update(raw.columns)
-                    del raw
-                    valid_parts.append(checked.valid)
-                    table_quarantine.append(checked.quarantine)
-                    unknown.update(checked.unknown_columns)
-                    rows += checked.rows
-                del data
-                per_file.append({**_entry(file, digest.result()), "rows": rows,
-                                 "status": "ingested"})
-                advance(file)
-            checking = stages.begin(f"check {name}: duplicates, conflicts"
-                                    + (", unknown subjects" if name != "subjects" else ""))
-            new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
-                   else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
-                                             **PROVENANCE_SCHEMA}))
-            subjects = known_subjects if name != "subjects" else None
-            outcome = resolve_with_held(table, new, store, subjects, [c.name for c in columns])
-            table_quarantine.extend(outcome.quarantine)
-            to_store_quarantine.append(outcome.admitted.quarantine)
-            admissions.extend(outcome.admitted.admissions)
-            if outcome.held is not None:
-                held[name] = outcome.held
-            resolved, run_duplicates = outcome.resolved, outcome.duplicates
-            accepted[name] = resolved.accepted
-            run_accepted = resolved.accepted.height - outcome.admitted.accepted
-            if name == "subjects":
-                parts = [resolved.accepted.get_column("subject_id")]
-                if store is not None:
-                    parts.insert(0, store.read("subjects").select("subject_id").collect()
-                                 .get_column("subject_id"))
-                known_subjects = pl.concat(parts).unique()
-            quarantine = pl.concat([empty_quarantine(), *table_quarantine],
-                                   how="vertical_relaxed")
-            quarantines.append(quarantine)
-            to_store_quarantine.append(quarantine.filter(pl.col("reason") != UNKNOWN_SUBJECT))
-            table_reports[name] = _table_report(per_file, quarantine, run_accepted,
-                                                run_duplicates, unknown)
-            _add_file_counts(per_file, quarantine, run_duplicates)
-            checking.end()
-            file_reports.extend(per_file)
+    # The checks run per subject bucket: the store's buckets, or, for a new store, as many as
+    # it will get (chosen from the largest table; Store.append re-routes in the rare case that
+    # duplicates and conflicts move the accepted rows below a bucket boundary).
+    n_buckets = (manifest.n_buckets if manifest is not None and manifest.n_buckets else
+                 bucket_count(max((sum(p.height for r in reads[n] for p in r.valid)
+                                   for n in TABLE_ORDER), default=0)))
+    for name in TABLE_ORDER:
+        table = TABLES[name]
+        columns = table_columns(name, config)
+        valid_parts = [p for r in reads[name] for p in r.valid]
+        table_quarantine = [q for r in reads[name] for q in r.quarantine]
+        unknown = set().union(*(r.unknown for r in reads[name]))
+        per_file = [r.entry for r in reads[name]]
+        for r in reads[name]:
+            if r.entry["status"] == "ingested":
+                columns_found.setdefault(name, set()).update(r.columns)
+        del reads[name]
+        checking = stages.begin(f"check {name}: duplicates, conflicts"
+                                + (", unknown subjects" if name != "subjects" else ""))
+        schema = {**{c.name: c.dtype for c in columns}, **PROVENANCE_SCHEMA}
+        subjects = known_subjects if name != "subjects" else None
+        outcome = resolve_with_held(table, valid_parts, store, subjects,
+                                    [c.name for c in columns], n_buckets, schema)
+        del valid_parts
+        table_quarantine.extend(outcome.quarantine)
+        to_store_quarantine.append(outcome.admitted.quarantine)
+        admissions.extend(outcome.admitted.admissions)
+        if outcome.held is not None:
+            held[name] = outcome.held
+        run_duplicates = outcome.duplicates
+        accepted[name] = outcome.accepted
+        run_accepted = outcome.accepted.height - outcome.admitted.accepted
+        if name == "subjects":
+            known_subjects = [_known_in_bucket(store, part, b, n_buckets)
+                              for b, part in enumerate(outcome.accepted.parts)]
+        quarantine = pl.concat([empty_quarantine(), *table_quarantine],
+                               how="vertical_relaxed")
+        quarantines.append(quarantine)
+        to_store_quarantine.append(quarantine.filter(pl.col("reason") != UNKNOWN_SUBJECT))
+        table_reports[name] = _table_report(per_file, quarantine, run_accepted,
+                                            run_duplicates, unknown)
+        _add_file_counts(per_file, quarantine, run_duplicates)
+        checking.end()
+        file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
                   .select(QUARANTINE_COLUMNS)
@@ -222,9 +226,111 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         # accepted (counted in store_totals, not in this run's tables).
         "admissions": [asdict(a) for a in admissions],
     }
-    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
+    return IngestResult(summary=summary, quarantine=quarantine,
+                        accepted=AcceptedRows(accepted), config=config,
                         new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
                         held=held, admissions=tuple(admissions), columns_found=columns_found)
+
+
+def _known_in_bucket(store: Store | None, accepted: pl.DataFrame, bucket: int,
+                     n_buckets: int) -> pl.Series:
+    """The accepted subjects of one bucket: stored and new."""
+    parts = [accepted.get_column("subject_id")]
+    if store is not None:
+        parts.insert(0, store.read_bucket("subjects", bucket, n_buckets).select("subject_id")
+                     .collect().get_column("subject_id"))
+    return pl.concat(parts).unique()
+
+
+class AcceptedRows(Mapping):
+    """Table -> the accepted rows in input order (``Bucketed.whole``, built when first asked
+    for: the store takes the buckets as they are, ``bucketed``)."""
+
+    def __init__(self, bucketed: dict[str, Bucketed]):
+        self.bucketed = bucketed
+        self._whole: dict[str, pl.DataFrame] = {}
+
+    def __getitem__(self, table: str) -> pl.DataFrame:
+        if table not in self._whole:
+            self._whole[table] = self.bucketed[table].whole()
+        return self._whole[table]
+
+    def __iter__(self):
+        return iter(self.bucketed)
+
+    def __len__(self) -> int:
+        return len(self.bucketed)
+
+
+def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifest | None,
+                progress: bool) -> dict[str, list[_FileRead]]:
+    """Read and validate every file, on as many threads as there are cores (polars parses and
+    casts without the GIL, so a big daily file and the episodes file share both cores).
+
+    A file whose sha256 the store already holds is skipped. When a file is refused
+    (``UserError``), the files after it are abandoned and the error of the first refused file
+    in ``TABLE_ORDER`` is raised, as if they had been read one after the other.
+    """
+    known_hashes = manifest.sha256s if manifest is not None else frozenset()
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    refused = [len(files)]  # index of the earliest refused file
+    lock = threading.Lock()
+
+    def read_one(i: int, file: TableFile, bar) -> _FileRead:
+        name = file.table
+        table, columns = TABLES[name], table_columns(name, config)
+        with stages.stage(f"read and validate {file.relative_path} "
+                          f"({stages.human_bytes(sizes[file.path])})"):
+            data = read_bytes(file)
+            digest = _sha256(data) if known_hashes else None
+            if digest is not None and digest in known_hashes:
+                previous = manifest.file_for(digest)
+                bar.advance(sizes[file.path])
+                return _FileRead({**_entry(file, digest),
+                                  "rows": previous.rows if previous else 0,
+                                  "status": "skipped_already_ingested"})
+            # Hash in a thread (hashlib releases the GIL) while the file is parsed.
+            hashing = hasher.submit(_sha256, data) if digest is None else None
+            out = _FileRead({})
+            rows = 0
+            for raw in read_table_chunks(file, data):
+                if refused[0] < i:
+                    raise _Cancelled
+                checked = validate_file(raw, table, columns)
+                out.columns.update(raw.columns)
+                del raw
+                out.valid.append(checked.valid)
+                out.quarantine.append(checked.quarantine)
+                out.unknown.update(checked.unknown_columns)
+                rows += checked.rows
+            del data
+            digest = hashing.result() if hashing is not None else digest
+            out.entry = {**_entry(file, digest), "rows": rows, "status": "ingested"}
+            bar.advance(sizes[file.path])
+            return out
+
+    def guarded(i: int, file: TableFile, bar) -> _FileRead:
+        try:
+            return read_one(i, file, bar)
+        except BaseException:
+            with lock:
+                refused[0] = min(refused[0], i)
+            raise
+
+    with stages.stage("read dataset", total=sum(sizes.values())) as bar, \
+            ThreadPoolExecutor(1) as hasher, \
+            ThreadPoolExecutor(max(1, min(cores(), len(files)))) as pool:
+        futures = [pool.submit(guarded, i, f, bar) for i, f in enumerate(files)]
+        reads: dict[str, list[_FileRead]] = {name: [] for name in TABLE_ORDER}
+        try:
+            for file, future in zip(files, futures):
+                reads[file.table].append(future.result())
+        except BaseException:
+            refused[0] = -1  # stop every reader at its next piece
+            for future in futures:
+                future.cancel()
+            raise
+    return reads
 
 
 def _sha256(data: bytes) -> str:
@@ -265,35 +371,3 @@ def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
         entry["duplicates"] = int(dup.get(entry["path"], 0)) if ingested else 0
         entry["accepted"] = (entry["rows"] - entry["quarantined"] - entry["duplicates"]
                              if ingested else 0)
-
-
-@contextmanager
-def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
-    """One line per file read and validated, with its size and time, under a bar over the bytes
-    of the whole dataset (``pipeline.progress``); nothing unless enabled (on a terminal).
-    ``advance(file)`` is called when ``file`` is done; files are read in ``TABLE_ORDER``."""
-    from pipeline import progress as stages
-
-    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
-    sizes = {f.path: f.path.stat().st_size for f in files}
-    with stages.session(enabled), stages.stage("read dataset", total=sum(sizes.values())) as bar:
-        pending = iter(files)
-        current: list = [None]
-
-        def start_next() -> None:
-            file = next(pending, None)
-            current[0] = None if file is None else stages.begin(
-                f"read and validate {file.relative_path} ({stages.human_bytes(sizes[file.path])})")
-
-        def advance(file: TableFile) -> None:
-            if current[0] is not None:
-                current[0].end()
-            bar.advance(sizes.get(file.path, 0))
-            start_next()
-
-        start_next()
-        try:
-            yield advance
-        finally:
-            if current[0] is not None:
-                current[0].cancel()
