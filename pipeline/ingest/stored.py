@@ -14,11 +14,12 @@ back from the store, so a run killed after its commit is described in full by th
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.execution import split_by_bucket
+from pipeline.execution import cores, split_by_bucket
 from pipeline.ingest.dedupe import (ORDER, Decisions, combine, crosses_subjects, primary_present,
                                     resolve_across, resolve_bucket)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
@@ -133,46 +134,62 @@ def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None
     # Number the new rows after the admitted held rows, in file order; route them to buckets.
     by_bucket: list[list[pl.DataFrame]] = [[] for _ in range(n_buckets)]
 
-    def route(rows: pl.DataFrame) -> None:
-        parts = [rows] if n_buckets == 1 else split_by_bucket(rows, "subject_id", n_buckets)
-        for b, part in enumerate(parts):
-            if part.height:
-                by_bucket[b].append(part)
+    def route(rows: pl.DataFrame) -> list[pl.DataFrame]:
+        return [rows] if n_buckets == 1 else split_by_bucket(rows, "subject_id", n_buckets)
 
-    route(candidates)
-    offset = n
-    while new:  # consumed piece by piece: a piece is freed once routed
-        piece = new.pop(0)
-        route(piece.with_columns(
-            pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ORDER)))
-        offset += piece.height
-        del piece
-    combined: list[pl.DataFrame] = []
-    unknown: list[pl.DataFrame] = []
-    decisions: list[Decisions] = []
+    def numbered():
+        offset = n
+        while new:  # consumed piece by piece: a piece is freed once routed
+            piece = new.pop(0)
+            yield piece.with_columns(
+                pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ORDER))
+            offset += piece.height
+
     crosses = crosses_subjects(table)
     within = ~primary_present(table) if crosses else None
-    for b in range(n_buckets):
+
+    def check(b: int) -> tuple[pl.DataFrame, pl.DataFrame | None, Decisions | None]:
+        """One bucket: (its rows of accepted subjects, its rows of unknown ones, decisions)."""
         rows = pl.concat(by_bucket[b], how="vertical_relaxed") if by_bucket[b] \
             else pl.DataFrame(schema=schema)
         by_bucket[b] = []
+        unknown = None
         if known_subjects is not None and rows.height:
             is_known = rows.get_column("subject_id").is_in(known_subjects[b].implode())
             if not is_known.all():
-                unknown.append(rows.filter(~is_known))
+                unknown = rows.filter(~is_known)
                 rows = rows.filter(is_known)
-        stored = _stored_bucket(store, table.name, b, n_buckets) if rows.height else None
+        decided = None
         if not crosses or table.fallback_key:
-            decisions.append(resolve_bucket(table, rows, stored, content, rows=within))
-        combined.append(rows)
+            stored = _stored_bucket(store, table.name, b, n_buckets) if rows.height else None
+            decided = resolve_bucket(table, rows, stored, content, rows=within)
+        return rows, unknown, decided
+
+    # Buckets on every core (polars releases the GIL); results in bucket order.
+    with ThreadPoolExecutor(max(1, min(cores(), n_buckets))) as pool:
+        for parts in [route(candidates), *pool.map(route, numbered())]:
+            for b, part in enumerate(parts):
+                if part.height:
+                    by_bucket[b].append(part)
+        checked = list(pool.map(check, range(n_buckets)))
+    combined = [rows for rows, _, _ in checked]
+    unknown = [u for _, u, _ in checked if u is not None]
+    decisions = [d for _, _, d in checked if d is not None]
+    del checked
     if crosses and any(f.height for f in combined):
         stored = store.read(table.name) if store is not None else None
         decisions.append(resolve_across(table, combined, stored, content))
     decided = combine(decisions)
     dropped = decided.dropped.implode()
-    accepted = Bucketed(n_buckets, tuple(
-        f.filter(~pl.col(ORDER).is_in(dropped)) if decided.dropped.len() else f
-        for f in combined), order=ORDER)
+
+    def keep(rows: pl.DataFrame) -> pl.DataFrame:
+        if not decided.dropped.len():
+            return rows
+        mask = rows.get_column(ORDER).is_in(dropped)
+        return rows.filter(~mask) if mask.any() else rows
+
+    accepted = Bucketed(n_buckets, tuple(keep(f) for f in combined), order=ORDER)
+    del combined
     quarantine = []
     if known_subjects is not None:
         unknown_rows = (pl.concat(unknown).sort(ORDER).drop(ORDER) if unknown
