@@ -23,10 +23,11 @@ from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
-from pipeline.ingest.read import read_bytes, read_table_chunks
+from pipeline.ingest.read import read_bytes, read_table_pieces
 from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
                                     stored_quarantine)
-from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
+from pipeline.ingest.validate import (QUARANTINE_COLUMNS, ValidatedFile, empty_quarantine,
+                                      validate_file)
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
 from pipeline.execution import bucket_count, cores
 from pipeline.store import Admission, Bucketed, Manifest, ManifestFile, Store, now_utc
@@ -139,10 +140,6 @@ class _FileRead:
     quarantine: list[pl.DataFrame] = field(default_factory=list)
     unknown: set[str] = field(default_factory=set)
     columns: set[str] = field(default_factory=set)
-
-
-class _Cancelled(Exception):
-    """An earlier file was refused: this one's outcome no longer matters."""
 
 
 def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
@@ -264,71 +261,100 @@ class AcceptedRows(Mapping):
 
 def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifest | None,
                 progress: bool) -> dict[str, list[_FileRead]]:
-    """Read and validate every file, on as many threads as there are cores (polars parses and
-    casts without the GIL, so a big daily file and the episodes file share both cores).
+    """Read and validate every file, piece by piece (``read.read_table_pieces``), the pieces on
+    as many threads as there are cores: polars parses and casts without the GIL, so the pieces
+    of a big daily file and the episodes file keep both cores busy.
 
-    A file whose sha256 the store already holds is skipped. When a file is refused
-    (``UserError``), the files after it are abandoned and the error of the first refused file
-    in ``TABLE_ORDER`` is raised, as if they had been read one after the other.
+    This thread reads each file's bytes and cuts them, in ``TABLE_ORDER``, and hands a piece to
+    the pool only when a thread is free, so no more pieces are held as text than there are
+    threads. A file whose sha256 the store already holds is skipped. When a piece is refused
+    (``UserError``), no later piece is started and the error of the first refused piece in
+    order is raised, as if the files had been read one after the other.
     """
     known_hashes = manifest.sha256s if manifest is not None else frozenset()
     sizes = {f.path: f.path.stat().st_size for f in files}
-    refused = [len(files)]  # index of the earliest refused file
-    lock = threading.Lock()
+    reads: dict[str, list[_FileRead]] = {name: [] for name in TABLE_ORDER}
+    workers = max(1, cores())
+    slots = threading.Semaphore(workers)
+    failed = threading.Event()
 
-    def read_one(i: int, file: TableFile, bar) -> _FileRead:
-        name = file.table
-        table, columns = TABLES[name], table_columns(name, config)
-        with stages.stage(f"read and validate {file.relative_path} "
-                          f"({stages.human_bytes(sizes[file.path])})"):
-            data = read_bytes(file)
-            digest = _sha256(data) if known_hashes else None
-            if digest is not None and digest in known_hashes:
-                previous = manifest.file_for(digest)
-                bar.advance(sizes[file.path])
-                return _FileRead({**_entry(file, digest),
-                                  "rows": previous.rows if previous else 0,
-                                  "status": "skipped_already_ingested"})
-            # Hash in a thread (hashlib releases the GIL) while the file is parsed.
-            hashing = hasher.submit(_sha256, data) if digest is None else None
-            out = _FileRead({})
+    def validate_piece(piece, table, columns) -> ValidatedFile:
+        try:
+            raw = piece()
+            return validate_file(raw, table, columns), set(raw.columns)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            slots.release()
+
+    pending: list[tuple[_FileRead, TableFile, list, object, stages.Timer]] = []
+
+    def finish(upto: int) -> None:
+        """Collect the files before ``upto`` (of ``pending``), in order."""
+        while len(pending) > upto:
+            out, file, futures, hashing, timer = pending[0]
             rows = 0
-            for raw in read_table_chunks(file, data):
-                if refused[0] < i:
-                    raise _Cancelled
-                checked = validate_file(raw, table, columns)
-                out.columns.update(raw.columns)
-                del raw
+            for future in futures:
+                checked, columns = future.result()
+                out.columns.update(columns)
                 out.valid.append(checked.valid)
                 out.quarantine.append(checked.quarantine)
                 out.unknown.update(checked.unknown_columns)
                 rows += checked.rows
-            del data
-            digest = hashing.result() if hashing is not None else digest
-            out.entry = {**_entry(file, digest), "rows": rows, "status": "ingested"}
+            out.entry = {**_entry(file, hashing.result()), "rows": rows, "status": "ingested"}
+            timer.end()
             bar.advance(sizes[file.path])
-            return out
-
-    def guarded(i: int, file: TableFile, bar) -> _FileRead:
-        try:
-            return read_one(i, file, bar)
-        except BaseException:
-            with lock:
-                refused[0] = min(refused[0], i)
-            raise
+            pending.pop(0)
 
     with stages.stage("read dataset", total=sum(sizes.values())) as bar, \
-            ThreadPoolExecutor(1) as hasher, \
-            ThreadPoolExecutor(max(1, min(cores(), len(files)))) as pool:
-        futures = [pool.submit(guarded, i, f, bar) for i, f in enumerate(files)]
-        reads: dict[str, list[_FileRead]] = {name: [] for name in TABLE_ORDER}
+            ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(workers) as pool:
         try:
-            for file, future in zip(files, futures):
-                reads[file.table].append(future.result())
+            for file in files:
+                if failed.is_set():
+                    break
+                timer = stages.begin(f"read and validate {file.relative_path} "
+                                     f"({stages.human_bytes(sizes[file.path])})")
+                data = read_bytes(file)
+                # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
+                # store that already holds files needs the hash first, to skip known files.
+                hashing = hasher.submit(_sha256, data)
+                if known_hashes and hashing.result() in known_hashes:
+                    previous = manifest.file_for(hashing.result())
+                    reads[file.table].append(_FileRead({
+                        **_entry(file, hashing.result()),
+                        "rows": previous.rows if previous else 0,
+                        "status": "skipped_already_ingested"}))
+                    timer.end()
+                    bar.advance(sizes[file.path])
+                    continue
+                out = _FileRead({})
+                reads[file.table].append(out)
+                table, columns = TABLES[file.table], table_columns(file.table, config)
+                futures: list = []
+                pending.append((out, file, futures, hashing, timer))
+                pieces = read_table_pieces(file, data)
+                del data
+                for piece in pieces:
+                    slots.acquire()
+                    if failed.is_set():
+                        slots.release()
+                        break
+                    futures.append(pool.submit(validate_piece, piece, table, columns))
+                    del piece
+                finish(upto=1)
+            finish(upto=0)
         except BaseException:
-            refused[0] = -1  # stop every reader at its next piece
-            for future in futures:
-                future.cancel()
+            failed.set()
+            for _, _, futures, _, timer in pending:
+                for future in futures:
+                    future.cancel()
+                timer.cancel()
+            # An earlier piece's refusal comes first, as in a read one file after the other.
+            for _, _, futures, _, _ in pending:
+                for future in futures:
+                    if not future.cancelled() and future.exception() is not None:
+                        raise future.exception() from None
             raise
     return reads
 
