@@ -278,17 +278,38 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
     slots = threading.Semaphore(workers)
     failed = threading.Event()
 
-    def validate_piece(piece, table, columns) -> ValidatedFile:
+    lock = threading.Lock()
+
+    class _Progress:
+        """A file's line ends when its last piece is validated (on whichever thread)."""
+
+        def __init__(self, file: TableFile):
+            self.file, self.remaining, self.cut = file, 0, False
+            self.timer = stages.begin(f"read and validate {file.relative_path} "
+                                      f"({stages.human_bytes(sizes[file.path])})")
+
+        def piece_done(self, by: int = 1, cut: bool = False) -> None:
+            with lock:
+                self.remaining -= by
+                self.cut = self.cut or cut
+                done = self.cut and self.remaining == 0
+            if done:
+                self.timer.end()
+                bar.advance(sizes[self.file.path])
+
+    def validate_piece(piece, table, columns, shown: _Progress) -> ValidatedFile:
         try:
             raw = piece()
-            return validate_file(raw, table, columns), set(raw.columns)
+            out = validate_file(raw, table, columns), set(raw.columns)
+            shown.piece_done()
+            return out
         except BaseException:
             failed.set()
             raise
         finally:
             slots.release()
 
-    pending: list[tuple[_FileRead, TableFile, list, object, stages.Timer]] = []
+    pending: list[tuple[_FileRead, TableFile, list, object, _Progress]] = []
 
     def finish(upto: int) -> None:
         """Collect the files before ``upto`` (of ``pending``), in order."""
@@ -303,8 +324,6 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
                 out.unknown.update(checked.unknown_columns)
                 rows += checked.rows
             out.entry = {**_entry(file, hashing.result()), "rows": rows, "status": "ingested"}
-            timer.end()
-            bar.advance(sizes[file.path])
             pending.pop(0)
 
     with stages.stage("read dataset", total=sum(sizes.values())) as bar, \
@@ -313,8 +332,7 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
             for file in files:
                 if failed.is_set():
                     break
-                timer = stages.begin(f"read and validate {file.relative_path} "
-                                     f"({stages.human_bytes(sizes[file.path])})")
+                shown = _Progress(file)
                 data = read_bytes(file)
                 # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
                 # store that already holds files needs the hash first, to skip known files.
@@ -325,14 +343,13 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
                         **_entry(file, hashing.result()),
                         "rows": previous.rows if previous else 0,
                         "status": "skipped_already_ingested"}))
-                    timer.end()
-                    bar.advance(sizes[file.path])
+                    shown.piece_done(0, cut=True)
                     continue
                 out = _FileRead({})
                 reads[file.table].append(out)
                 table, columns = TABLES[file.table], table_columns(file.table, config)
                 futures: list = []
-                pending.append((out, file, futures, hashing, timer))
+                pending.append((out, file, futures, hashing, shown))
                 pieces = read_table_pieces(file, data)
                 del data
                 for piece in pieces:
@@ -340,16 +357,20 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
                     if failed.is_set():
                         slots.release()
                         break
-                    futures.append(pool.submit(validate_piece, piece, table, columns))
+                    with lock:
+                        shown.remaining += 1
+                    futures.append(pool.submit(validate_piece, piece, table, columns, shown))
                     del piece
+                shown.piece_done(0, cut=True)
                 finish(upto=1)
             finish(upto=0)
         except BaseException:
             failed.set()
-            for _, _, futures, _, timer in pending:
+            for _, _, futures, _, shown in pending:
                 for future in futures:
                     future.cancel()
-                timer.cancel()
+                if not (shown.cut and shown.remaining == 0):
+                    shown.timer.cancel()
             # An earlier piece's refusal comes first, as in a read one file after the other.
             for _, _, futures, _, _ in pending:
                 for future in futures:
