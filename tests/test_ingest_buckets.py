@@ -1,6 +1,7 @@
 """The cross-row checks of ingest run per subject bucket, and their results do not depend on the
-number of buckets: an ingest into a store of 1, about 7 or about 64 buckets accepts, quarantines, counts and
-stores exactly the same rows (summary, quarantine with its messages, held rows, admissions).
+number of buckets: an ingest into a store of 1, about 7 or about 64 buckets accepts, quarantines,
+counts and stores exactly the same rows (summary, quarantine with its messages, held rows,
+admissions).
 
 The exports are the hard case: a second export into a store that holds rows of a subject not yet
 accepted; it brings that subject (held rows admitted), copies of stored rows (duplicates), rows

@@ -60,8 +60,8 @@ def test_a_pattern_per_distinct_value_equals_the_pattern_per_row(fn):
 
 def test_the_first_refused_file_in_table_order_is_reported(tmp_path):
     data = write_dataset(tmp_path, {
-        "daily.csv": "subject_id,date,email\nS1,2025-01-01,x\n",            # refused: identifier
-        "episodes.csv": "subject_id,muscle_group\nS1,calf\n",                # refused: no started_at
+        "daily.csv": "subject_id,date,email\nS1,2025-01-01,x\n",  # refused: identifier
+        "episodes.csv": "subject_id,muscle_group\nS1,calf\n",  # refused: no started_at
     })
     for _ in range(3):  # the threads may finish in either order
         with pytest.raises(UserError) as caught:

@@ -1,8 +1,11 @@
 """Validate a whole dataset directory and, for ``ingest``, append the accepted rows to a store.
 
 Order matters: ``subjects`` first (the other tables' ``unknown_subject`` check needs the accepted
-subjects), then ``daily``, ``injuries`` and ``episodes``. Each table is read file by file,
-validated row by row (``validate``), then checked across rows and against the store (``dedupe``).
+subjects), then ``daily``, ``injuries`` and ``episodes``. Every file is read and validated row by
+row (``validate``) in pieces, on every core (a piece's rows do not depend on another's); then
+each table is checked across rows and against the store (``dedupe``, ``stored``) one subject
+bucket at a time, so that memory for the checks is bounded by a bucket; the accepted rows go to
+the store in those buckets.
 Nothing is written until every file has been read and accepted as a whole, so a refused file
 (identifier column, missing required column) leaves the store exactly as it was.
 """
@@ -144,15 +147,15 @@ class _FileRead:
 
 def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
     with stages.session(progress):
-        return _run_checks(data_dir, store=store, progress=progress)
+        return _run_checks(data_dir, store=store)
 
 
-def _run_checks(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
+def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
     config = load_dataset_config(data_dir)
     found = discover_tables(data_dir)
     manifest = store.manifest if store is not None else None
     files = [f for name in TABLE_ORDER for f in found.get(name, [])]
-    reads = _read_files(files, config, manifest, progress)
+    reads = _read_files(files, config, manifest)
 
     file_reports: list[dict] = []
     table_reports: dict[str, dict] = {}
@@ -259,8 +262,8 @@ class AcceptedRows(Mapping):
         return len(self.bucketed)
 
 
-def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifest | None,
-                progress: bool) -> dict[str, list[_FileRead]]:
+def _read_files(files: list[TableFile], config: DatasetConfig,
+                manifest: Manifest | None) -> dict[str, list[_FileRead]]:
     """Read and validate every file, piece by piece (``read.read_table_pieces``), the pieces on
     as many threads as there are cores: polars parses and casts without the GIL, so the pieces
     of a big daily file and the episodes file keep both cores busy.
@@ -297,7 +300,8 @@ def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifes
                 self.timer.end()
                 bar.advance(sizes[self.file.path])
 
-    def validate_piece(piece, table, columns, shown: _Progress) -> ValidatedFile:
+    def validate_piece(piece, table, columns,
+                       shown: _Progress) -> tuple[ValidatedFile, set[str]]:
         try:
             raw = piece()
             out = validate_file(raw, table, columns), set(raw.columns)

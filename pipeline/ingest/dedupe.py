@@ -12,6 +12,14 @@ in the store (which come first: stored rows are never changed by a later ingest)
   in file order) with no conflict in its group is counted once as a duplicate and not stored again.
 
 Content is compared on typed values (``yes`` and ``1`` are the same boolean), never on provenance.
+
+The checks run one subject bucket at a time (``resolve_bucket``, driven by
+``stored.resolve_with_held``): a key that holds ``subject_id`` never spans two buckets, so a
+bucket's new rows need only that bucket's stored rows. A key that two subjects can share
+(``episode_id``) is checked across buckets on the narrow key column alone (``resolve_across``):
+only rows whose key repeats somewhere are compared whole. Each row carries ``ORDER``, its place
+in file order, so "earlier" means the same in every bucket as in one pass over the whole table,
+and the decisions are the same whatever the number of buckets (``tests/test_ingest_buckets.py``).
 """
 
 from __future__ import annotations
@@ -20,12 +28,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
+from pipeline.ingest.validate import empty_quarantine
 from pipeline.schema import SOURCE_FILE, SOURCE_LINE, Table
 
 _NEW = "__new"
 _HASH = "__content_hash"
-_KEY = "__key"
 
 
 #: Each row's place in the table's processing order (held rows admitted now first, then the new

@@ -119,8 +119,9 @@ def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None
     and with the bucket's stored rows (``Store.read_bucket``), so the memory a check needs is
     bounded by a bucket. A key two subjects can share (``episode_id``) is checked across buckets
     on the narrow key column (``dedupe.resolve_across``). ``new`` are the validated pieces of the
-    table's files, in file order, with ``schema`` (the list is emptied as they are routed). The result equals one check of the whole
-    table: a key group never spans two buckets, and ``ORDER`` keeps "earlier" as in file order.
+    table's files, in file order, with ``schema`` (the list is emptied as they are routed). The
+    result equals one check of the whole table: a key group never spans two buckets, and
+    ``ORDER`` keeps "earlier" as in file order.
     """
     schema = {**schema, ORDER: pl.Int64}
     candidates, still_held, held = pl.DataFrame(schema=schema), None, None
