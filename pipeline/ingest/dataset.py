@@ -284,12 +284,17 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
     lock = threading.Lock()
 
     class _Progress:
-        """A file's line ends when its last piece is validated (on whichever thread)."""
+        """A file's line: from its first piece's start to its last piece's end (on whichever
+        thread), so the time shown is the file's own, not its wait for a free thread."""
 
         def __init__(self, file: TableFile):
-            self.file, self.remaining, self.cut = file, 0, False
-            self.timer = stages.begin(f"read and validate {file.relative_path} "
-                                      f"({stages.human_bytes(sizes[file.path])})")
+            self.file, self.remaining, self.cut, self.timer = file, 0, False, None
+
+        def start(self) -> None:
+            with lock:
+                if self.timer is None:
+                    self.timer = stages.begin(f"read and validate {self.file.relative_path} "
+                                              f"({stages.human_bytes(sizes[self.file.path])})")
 
         def piece_done(self, by: int = 1, cut: bool = False) -> None:
             with lock:
@@ -297,12 +302,18 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
                 self.cut = self.cut or cut
                 done = self.cut and self.remaining == 0
             if done:
+                self.start()
                 self.timer.end()
                 bar.advance(sizes[self.file.path])
+
+        def cancel(self) -> None:
+            if self.timer is not None and not (self.cut and self.remaining == 0):
+                self.timer.cancel()
 
     def validate_piece(piece, table, columns,
                        shown: _Progress) -> tuple[ValidatedFile, set[str]]:
         try:
+            shown.start()
             raw = piece()
             out = validate_file(raw, table, columns), set(raw.columns)
             shown.piece_done()
@@ -342,6 +353,7 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
                 # store that already holds files needs the hash first, to skip known files.
                 hashing = hasher.submit(_sha256, data)
                 if known_hashes and hashing.result() in known_hashes:
+                    shown.start()
                     previous = manifest.file_for(hashing.result())
                     reads[file.table].append(_FileRead({
                         **_entry(file, hashing.result()),
@@ -373,8 +385,7 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
             for _, _, futures, _, shown in pending:
                 for future in futures:
                     future.cancel()
-                if not (shown.cut and shown.remaining == 0):
-                    shown.timer.cancel()
+                shown.cancel()
             # An earlier piece's refusal comes first, as in a read one file after the other.
             for _, _, futures, _, _ in pending:
                 for future in futures:

@@ -279,8 +279,9 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
     del fast
     if retry.height:
         passed = passed.filter(~any_failure)
-    valid = pl.concat([passed, typed(retry.filter(pl.col(_CHECK).is_null()))])
-    if retry.height:  # keep file order
+    mended = typed(retry.filter(pl.col(_CHECK).is_null()))
+    valid = pl.concat([passed, mended])
+    if mended.height:  # keep file order
         valid = valid.sort(SOURCE_LINE)
     failed = retry.filter(pl.col(_CHECK).is_not_null())
     quarantine = _quarantine_rows(failed, checks, raw, table.name, token_columns)
