@@ -2,11 +2,15 @@
 
 Target (issue 2, item 10): under 10 s wall time on 2 cores, peak RSS under 2 GiB.
 
-The dataset is generated with ``pipeline.synth`` (cached under ``--cache`` so reruns skip it);
-the ingest runs in a fresh child process so that its peak RSS is measured alone
+The dataset is generated with ``pipeline.synth`` (cached under ``--cache`` so reruns skip it), or
+given with ``--data DIR`` (e.g. ``benchmarks/.cache/synth-10000x365-csv``, what ``make bench``
+uses); the ingest runs in a fresh child process so that its peak RSS is measured alone
 (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, the figure ``/usr/bin/time -v`` reports).
+The child's stage lines (``pipeline.progress``: each file read and validated, each table's
+checks, the store) are printed too; on a shared machine compare CPU seconds as well as wall.
 
     .venv/bin/python benchmarks/bench_ingest.py [--subjects 10000] [--days 365] [--cache DIR]
+    .venv/bin/python benchmarks/bench_ingest.py --data DIR [--repeat 3]
 """
 
 from __future__ import annotations
@@ -35,15 +39,20 @@ def cpu_pressure() -> str:
 TARGET_RSS_GIB = 2.0
 
 _CHILD = """
-import sys, time, json
+import io, sys, time, json
 from pathlib import Path
+from rich.console import Console
+from pipeline import progress
 from pipeline.ingest import ingest_dataset, write_ingest_outputs
+lines = io.StringIO()
 t0 = time.perf_counter()
-result = ingest_dataset(Path(sys.argv[1]), Path(sys.argv[2]))
+with progress.session(True, console=Console(file=lines, width=200, color_system=None)):
+    result = ingest_dataset(Path(sys.argv[1]), Path(sys.argv[2]), progress=True)
 t1 = time.perf_counter()
 write_ingest_outputs(result, Path(sys.argv[3]))
 t2 = time.perf_counter()
-print(json.dumps({"ingest_s": t1 - t0, "outputs_s": t2 - t1,
+stages = [l.strip() for l in lines.getvalue().splitlines() if l.strip().startswith("✓")]
+print(json.dumps({"ingest_s": t1 - t0, "outputs_s": t2 - t1, "stages": stages,
                   "tables": {k: v["accepted"] for k, v in result.summary["tables"].items()},
                   "quarantined": sum(v["quarantined"] for v in result.summary["tables"].values())}))
 """
@@ -62,20 +71,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cramp-bench")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="an existing dataset directory instead of a generated one")
+    parser.add_argument("--repeat", type=int, default=1, help="measure this many times")
     args = parser.parse_args(argv)
 
-    data = args.cache / f"data-{args.subjects}x{args.days}-s{args.seed}"
-    if not (data / "daily.csv").is_file():
-        t = time.perf_counter()
-        shutil.rmtree(data, ignore_errors=True)
-        make_dataset(data, args.subjects, args.days, args.seed)
-        print(f"generated {data} in {time.perf_counter() - t:.1f} s")
+    if args.data is not None:
+        data = args.data
+        args.subjects = args.days = 0
+    else:
+        data = args.cache / f"data-{args.subjects}x{args.days}-s{args.seed}"
+        if not (data / "daily.csv").is_file():
+            t = time.perf_counter()
+            shutil.rmtree(data, ignore_errors=True)
+            make_dataset(data, args.subjects, args.days, args.seed)
+            print(f"generated {data} in {time.perf_counter() - t:.1f} s")
     size_mb = sum(p.stat().st_size for p in data.iterdir() if p.is_file()) / 1e6
+    for run in range(args.repeat):
+        _measure(data, size_mb, args, run)
+
+
+def _measure(data: Path, size_mb: float, args, run: int) -> None:
+    import json
+
     work = Path(tempfile.mkdtemp(prefix="cramp-bench-ingest-"))
     try:
         env = {**os.environ, "POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", "2")}
         load_before = os.getloadavg()[0]
         pressure_before = cpu_pressure()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(data), str(work / "store"),
                                str(work / "out")], env=env, capture_output=True, text=True)
@@ -83,16 +107,18 @@ def main(argv: list[str] | None = None) -> None:
         if proc.returncode != 0:
             sys.exit(proc.stderr)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far (runs are alike).
         rss_gib = usage.ru_maxrss / 1024**2
-        cpu = usage.ru_utime + usage.ru_stime
-        import json
-
+        cpu = (usage.ru_utime - before.ru_utime) + (usage.ru_stime - before.ru_stime)
         child = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"input: {args.subjects:,} subjects x {args.days} days, {size_mb:,.0f} MB of CSV")
+    what = (f"{args.subjects:,} subjects x {args.days} days, " if args.subjects else "")
+    print(f"run {run + 1}: input: {data} ({what}{size_mb:,.0f} MB)")
     print(f"rows accepted: " + ", ".join(f"{k} {v:,}" for k, v in child["tables"].items())
           + f"; quarantined {child['quarantined']:,}")
+    for line in child["stages"]:
+        print(f"  {line}")
     print(f"ingest_dataset: {child['ingest_s']:.2f} s; write_ingest_outputs: "
           f"{child['outputs_s']:.2f} s; process wall (incl. interpreter start): {wall:.2f} s")
     print(f"child CPU time (user+sys): {cpu:.2f} s; load average before/after: "

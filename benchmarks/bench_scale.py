@@ -20,6 +20,7 @@ Usage: python benchmarks/bench_scale.py [--large] [--huge] [--skip-10k] [--no-pe
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -61,13 +62,19 @@ def timed_subprocess(target: str, args: list[str], label: str = "") -> tuple[flo
     """Wall seconds and peak RSS (GiB) of ``python -m target args`` (or a script path); its CPU
     seconds go to ``CPU[label]``."""
     started = time.perf_counter()
+    env = {**os.environ, "CRAMP_PROGRESS": "1"}  # cramp's stage lines, printed below
     result = subprocess.run([sys.executable, "-c", _WRAPPER, target, *args],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{target} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     tail = result.stderr.rsplit("PEAK_RSS_KIB=", 1)[1].split()
     CPU[label] = float(tail[1].split("=")[1])
+    stage_lines = [ln for ln in result.stderr.splitlines() if ln.startswith("✓")]
+    if stage_lines:
+        print("    stages: " + "; ".join(ln[2:].split(" (at ")[0] for ln in stage_lines
+                                       if not ln[2:].startswith(("check ", "read and "))),
+              flush=True)
     return wall, int(tail[0]) / 1024**2
 
 

@@ -34,9 +34,14 @@ SchedulerOption = Annotated[Optional[str], typer.Option(
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset directory (one file or folder per table).")]
 
 
+#: Set to 1 to get the stage lines in a log too (benchmarks read the stage times from them).
+PROGRESS_ENV = "CRAMP_PROGRESS"
+
+
 def _progress() -> bool:
-    """Stage lines go to standard error, and only when a person is watching it."""
-    return sys.stderr.isatty()
+    """Stage lines go to standard error, and only when a person is watching it (or when
+    ``CRAMP_PROGRESS=1`` asks for them in a log)."""
+    return sys.stderr.isatty() or os.environ.get(PROGRESS_ENV, "").strip() == "1"
 
 
 def _absolute(path: Path | None) -> Path | None:

@@ -234,6 +234,27 @@ def make_executor(kind: str = "local", scheduler: str | None = None) -> Executor
     raise UserError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
 
 
+def concurrently(tasks: Sequence[Callable[[], Any]], workers: int | None = None) -> list[Any]:
+    """Run independent driver-side tasks side by side (results in task order).
+
+    For work made of several small fits (the dose-response curves, the subgroup refits): each
+    task drives its own fit, whose passes go to the run's executor as usual, but a fit on a few
+    hundred thousand subject-days is one bucket, so fits side by side are what keeps both cores
+    busy. Threads (numpy and polars release the GIL); each task sees the caller's executor (its
+    own copy of the context), BLAS is held to one thread per task while they run, and an
+    exception in a task is raised here after the others finish. ``workers`` defaults to the
+    cores (``CRAMP_FIT_THREADS``); 1 runs the tasks in order, in this thread."""
+    tasks = list(tasks)
+    n = min(len(tasks), max(1, workers or cores()))
+    if n <= 1:
+        return [task() for task in tasks]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, task) for task in tasks]
+        return [f.result() for f in futures]
+
+
 _CURRENT: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("executor",
                                                                             default=None)
 _DEFAULT: list[LocalExecutor] = []

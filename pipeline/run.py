@@ -89,6 +89,11 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
 
     store = Store(store_dir)
     check_usable(result, store, out_dir)  # "all rows quarantined" says so, here
+    # What the rest of the run needs from the ingest is its summary: the accepted rows are in
+    # the store now, and keeping this ingest's frames alive would hold a second copy of the
+    # dataset in memory through every later stage.
+    ingest_store_totals = result.summary.get("store_totals")
+    del result
     with stages.stage("red flags"):
         flags = evaluate_store(store, rules)
         write_flag_outputs(flags, out_dir)
@@ -112,7 +117,7 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
     summary["panel"] = panel.summary
     summary["data_dir"] = str(data_dir)
     summary["store_dir"] = str(store_dir)
-    summary["store_totals"] = result.summary.get("store_totals") or store_totals(store)
+    summary["store_totals"] = ingest_store_totals or store_totals(store)
     # The report reads the rules a run used from here (None: the shipped rules).
     summary["rules_path"] = str(Path(rules_path).resolve()) if rules_path is not None else None
     atomic.write_json(out_dir / "summary.json", summary)
@@ -124,24 +129,37 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
 
     models = fit_models(panel, custom_factors=config.custom_factors,  # a line per model
                         analysis=config.analysis)
+    from pipeline.describe import write_describe_outputs
+    from pipeline.execution import concurrently
     from pipeline.models.lags import fit_lags, write_lags
 
-    with stages.stage("fit model within_subject_lags"):
-        lags = fit_lags(panel, custom_factors=config.custom_factors, analysis=config.analysis)
+    # Three stages that each need only the panel and the fitted effects run side by side: each
+    # is a series of fits on a subset or on buckets of subjects, too small on its own to keep
+    # every core busy (outputs and messages are in a fixed order whatever finishes first).
+    def lag_stage():
+        with stages.stage("fit model within_subject_lags"):
+            return fit_lags(panel, custom_factors=config.custom_factors,
+                            analysis=config.analysis)
+
+    def per_person_stage():
+        with stages.stage("per-person estimates"):
+            return write_per_patient(panel, models, out_dir, config.custom_factors)
+
+    def describe_stage():
+        with stages.stage("cohort table and subgroups"):
+            return write_describe_outputs(store, panel, flags, models.effects, out_dir,
+                                          custom_factors=config.custom_factors)
+
+    lags, per_person_message, describe_messages = concurrently(
+        [lag_stage, per_person_stage, describe_stage])
     models.diagnostics["lags"] = lags.diagnostics
     with stages.stage("write model outputs"):
         write_lags(lags, out_dir)
         write_model_outputs(models, out_dir)
     messages.append("Models: effects.csv, lags.csv, dose_response.csv and diagnostics.json "
                     "written.")
-    with stages.stage("per-person estimates"):
-        messages.append(write_per_patient(panel, models, out_dir, config.custom_factors))
-
-    from pipeline.describe import write_describe_outputs
-
-    with stages.stage("cohort table and subgroups"):
-        messages += write_describe_outputs(store, panel, flags, models.effects, out_dir,
-                                           custom_factors=config.custom_factors)
+    messages.append(per_person_message)
+    messages += describe_messages
 
     if report:
         from pipeline.report import render_report

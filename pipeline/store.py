@@ -33,6 +33,7 @@ import json
 import re
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,23 +192,28 @@ class Store:
         parts = [self._table_dir(table) / p for p in manifest.parts.get(table, ())]
         return _scan_parts(parts, schema)
 
-    def read_bucket(self, table: str, bucket: int) -> pl.LazyFrame:
+    def read_bucket(self, table: str, bucket: int, n_buckets: int | None = None) -> pl.LazyFrame:
         """The stored rows of ``table`` whose subjects fall in ``bucket`` (0..n_buckets-1): all
-        rows of those subjects, with ``read``'s schema. ``read`` is the union over buckets."""
+        rows of those subjects, with ``read``'s schema. ``read`` is the union over buckets.
+        ``n_buckets`` other than the store's own (ingest into a store written before buckets)
+        filters every part by its rows' subjects."""
         manifest = self.manifest
         schema = self.schema(table, manifest)
         names = manifest.parts.get(table, ())
-        tagged = [self._table_dir(table) / p for p in names if bucket_of_part(p) == bucket]
-        frame = _scan_parts(tagged, schema)
-        untagged = [self._table_dir(table) / p for p in names if bucket_of_part(p) is None]
-        if untagged and manifest.n_buckets:
+        if n_buckets is not None and n_buckets != manifest.n_buckets:
+            tagged, untagged = [], list(names)
+        else:
+            n_buckets = manifest.n_buckets
+            tagged = [p for p in names if bucket_of_part(p) == bucket]
+            untagged = [p for p in names if bucket_of_part(p) is None]
+        frame = _scan_parts([self._table_dir(table) / p for p in tagged], schema)
+        if untagged and n_buckets:
             # Parts written before buckets (or of a table without subjects): filter them.
             from pipeline.execution import subject_buckets
 
-            rest = _scan_parts(untagged, schema).collect()
+            rest = _scan_parts([self._table_dir(table) / p for p in untagged], schema).collect()
             if "subject_id" in rest.columns:
-                rest = rest.filter(subject_buckets(rest["subject_id"], manifest.n_buckets)
-                                   == bucket)
+                rest = rest.filter(subject_buckets(rest["subject_id"], n_buckets) == bucket)
             frame = pl.concat([frame, rest.lazy()])
         return frame
 
@@ -263,7 +269,7 @@ class Store:
         if not (self.path / MARKER).is_file():
             atomic.write_text(self.path / MARKER, _MARKER_TEXT)
 
-    def append(self, rows: dict[str, pl.DataFrame], files: list[ManifestFile],
+    def append(self, rows: dict[str, pl.DataFrame | Bucketed], files: list[ManifestFile],
                custom_columns: dict[str, str], *, quarantine: pl.DataFrame | None = None,
                held: dict[str, pl.DataFrame] | None = None,
                admissions: tuple[Admission, ...] = ()) -> Manifest:
@@ -273,11 +279,21 @@ class Store:
         manifest = self.manifest
         self._remove_orphans(manifest)
         parts = {t: list(p) for t, p in manifest.parts.items()}
+        from pipeline.execution import cores
+
         n_buckets = manifest.n_buckets or store_bucket_count(rows)
-        for table, frame in rows.items():
-            for bucket, part in split_into_buckets(frame, n_buckets):
-                parts.setdefault(table, []).append(
-                    self._write_part(self._table_dir(table), part, bucket))
+        writes = [(table, bucket, part) for table, frame in rows.items()
+                  for bucket, part in split_into_buckets(frame, n_buckets)]
+        # Parquet encoding and compression release the GIL: write the parts on every core,
+        # listed in the manifest in the order of ``writes`` whichever finishes first. A part is
+        # made contiguous first, so its row groups (and bytes) do not depend on how the rows
+        # arrived (a bucket gathers pieces of several files).
+        with ThreadPoolExecutor(min(len(writes), cores()) or 1) as pool:
+            names = list(pool.map(
+                lambda w: self._write_part(self._table_dir(w[0]), w[2].rechunk(), w[1]),
+                writes))
+        for (table, _, _), name in zip(writes, names):
+            parts.setdefault(table, []).append(name)
         quarantine_parts = list(manifest.quarantine_parts)
         if quarantine is not None and quarantine.height:
             quarantine_parts.append(self._write_part(self.path / QUARANTINE_DIR, quarantine))
@@ -352,16 +368,42 @@ def bucket_of_part(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def store_bucket_count(rows: dict[str, pl.DataFrame]) -> int:
+def store_bucket_count(rows: dict[str, pl.DataFrame | Bucketed]) -> int:
     """Buckets for a new store, from the size of its first ingest (the largest table)."""
     from pipeline.execution import bucket_count
 
     return bucket_count(max((f.height for f in rows.values()), default=0))
 
 
-def split_into_buckets(frame: pl.DataFrame, n_buckets: int):
+@dataclass(frozen=True)
+class Bucketed:
+    """A table's rows already routed to subject buckets (``parts[b]``: the rows of bucket ``b``,
+    in input order), as ingest's per-bucket checks leave them; ``order`` names the column that
+    numbers the rows in input order (dropped when stored)."""
+
+    n_buckets: int
+    parts: tuple[pl.DataFrame, ...]
+    order: str
+
+    @property
+    def height(self) -> int:
+        return sum(p.height for p in self.parts)
+
+    def whole(self) -> pl.DataFrame:
+        """Every row, in input order."""
+        return pl.concat(self.parts).sort(self.order).drop(self.order)
+
+
+def split_into_buckets(frame: pl.DataFrame | Bucketed, n_buckets: int):
     """``(bucket, rows)`` for each non-empty subject bucket of ``frame`` (input order kept within
     a bucket); ``(None, frame)`` for a non-empty table without a subject column."""
+    if isinstance(frame, Bucketed):
+        if frame.n_buckets == n_buckets:
+            for bucket, part in enumerate(frame.parts):
+                if part.height:
+                    yield bucket, part.drop(frame.order)
+            return
+        frame = frame.whole()
     if frame.height == 0:
         return
     if "subject_id" not in frame.columns:

@@ -210,3 +210,36 @@ def test_a_map_inside_a_bucket_function_runs_inline_instead_of_deadlocking():
         assert ex.map(inner, list(range(6))) == [6 * h for h in range(6)]
     finally:
         ex.close()
+
+
+def test_concurrent_tasks_keep_their_order_the_callers_executor_and_their_errors():
+    import threading
+    import time
+
+    seen_threads, seen_executors = set(), []
+
+    def task(i):
+        def run():
+            time.sleep(0.05 * (3 - i))  # finish in reverse order
+            seen_threads.add(threading.get_ident())
+            seen_executors.append(execution.current())
+            return i * i
+        return run
+
+    mine = execution.LocalExecutor(workers=2)
+    try:
+        with execution.using(mine):
+            assert execution.concurrently([task(i) for i in range(4)], workers=2) == [0, 1, 4, 9]
+    finally:
+        mine.close()
+    assert len(seen_threads) == 2 and all(ex is mine for ex in seen_executors)
+
+    def boom():
+        raise ValueError("task failed")
+
+    with pytest.raises(ValueError, match="task failed"):
+        execution.concurrently([task(0), boom], workers=2)
+    # One worker: in order, in this thread.
+    order = []
+    execution.concurrently([lambda: order.append(1), lambda: order.append(2)], workers=1)
+    assert order == [1, 2]

@@ -296,3 +296,24 @@ def test_a_factor_column_with_no_values_at_all_counts_as_not_logged():
     panel = build_panel(days, pl.LazyFrame(schema=EPISODE_TYPES), NO_INJURIES)
     assert "stress" not in panel.features
     assert panel.absent["stress"] == "not logged in this dataset (daily has no 'stress' values)"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_runs_of_whole_subjects_are_ordered_like_a_full_sort(seed):
+    """The store's bucket parts arrive as sorted runs of whole subjects in bucket order: the
+    panel's run reordering must equal a full sort by subject and date, and anything that is not
+    runs of whole subjects (a subject split, dates out of order) must take the full sort."""
+    import numpy as np
+
+    from pipeline.features.panel import _sorted
+
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        rows = []
+        for s in rng.permutation(int(rng.integers(1, 8))):
+            days = np.sort(rng.choice(30, int(rng.integers(1, 6)), replace=False))
+            rows += [(f"S{s:02d}", date(2025, 1, 1) + timedelta(days=int(d))) for d in days]
+        if rng.random() < 0.3:
+            rows = [rows[i] for i in rng.permutation(len(rows))]
+        frame = pl.DataFrame(rows, schema=["subject_id", "date"], orient="row").with_row_index()
+        assert _sorted(frame).equals(frame.sort("subject_id", "date"))

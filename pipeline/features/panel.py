@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from pipeline.errors import UserError
@@ -123,13 +124,32 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
 
 
 def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` sorted by subject_id and date. Stored tables usually already are, and checking
-    costs one comparison per row where sorting strings costs far more."""
-    sid, day = pl.col("subject_id"), pl.col("date")
-    in_order = ((sid > sid.shift(1)) | ((sid == sid.shift(1)) & (day > day.shift(1))))
-    if frame.height < 2 or frame.select(in_order.slice(1).all()).item():
+    """``frame`` sorted by subject_id and date.
+
+    The store reads back one part per subject bucket, each sorted by subject and date and
+    holding its subjects whole, so the union is made of sorted runs of whole subjects in bucket
+    order. Those runs are put in subject order by sorting the run heads (one string per subject)
+    and gathering rows by run: about a third of the time of sorting every row by its string id
+    (0.65 s against 1.8 s for 2.9M subject-days). Anything else (a subject split into several
+    runs, dates out of order) gets the full sort."""
+    if frame.height < 2:
         return frame
-    return frame.sort(KEY_COLUMNS)
+    sid, day = pl.col("subject_id"), pl.col("date")
+    flags = frame.select(new=(sid != sid.shift(1)).fill_null(True),
+                         later=(day > day.shift(1)).fill_null(True))
+    new = flags["new"].to_numpy()
+    starts = np.flatnonzero(new)
+    heads = frame["subject_id"].gather(starts)
+    if not bool(np.all(flags["later"].to_numpy() | new)) or heads.n_unique() != starts.size:
+        return frame.sort(KEY_COLUMNS)
+    if heads.is_sorted():
+        return frame
+    order = heads.arg_sort().to_numpy()
+    lengths = np.diff(np.r_[starts, frame.height])[order]
+    first = starts[order]
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
+    # row r of the output, in run k: first[k] + (r - offsets[k])
+    return frame[np.arange(frame.height) - np.repeat(offsets - first, lengths)]
 
 
 def _logged_columns(daily: pl.LazyFrame, columns: set[str]) -> set[str]:

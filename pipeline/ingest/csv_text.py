@@ -37,7 +37,15 @@ _SCAN_BYTES = 1 << 23
 _QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
 
 
-def _read_plain_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int):
+def _piece(data: bytes, file: TableFile, line_offset: int = 0):
+    """A piece to parse later (on any thread): ``() -> (header, frame)``."""
+    def read() -> tuple[list[str], pl.DataFrame]:
+        header, frame = _read_csv(data, file)
+        return header, frame.with_columns(pl.col(LINE) + line_offset) if line_offset else frame
+    return read
+
+
+def _plain_csv_pieces(data: bytes, file: TableFile, chunk_bytes: int):
     """Pieces of a CSV without quotes: cut after the first LF past each ``chunk_bytes`` mark."""
     start, line = 0, 1
     while data.startswith(b"\n", start) or data.startswith(b"\r\n", start):
@@ -45,36 +53,43 @@ def _read_plain_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int):
         line += 1
     end = data.find(b"\n", start)
     if end < 0:
-        yield _read_csv(data, file)
+        yield _piece(data, file)
         return
     header_bytes = data[start:end].removesuffix(b"\r")
     a, line = end + 1, line + 1
     while a < len(data):
         cut = data.find(b"\n", a + chunk_bytes)
         b = len(data) if cut < 0 else cut + 1
-        header, frame = _read_csv(header_bytes + b"\n" + data[a:b], file)
-        yield header, frame.with_columns(pl.col(LINE) + (line - 2))
+        yield _piece(header_bytes + b"\n" + data[a:b], file, line - 2)
         line += data.count(b"\n", a, b)
         a = b
 
 
 def read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
     """Yield (header, frame) per piece of a CSV cut at record boundaries."""
+    for piece in csv_pieces(data, file, chunk_bytes):
+        yield piece()
+
+
+def csv_pieces(data: bytes, file: TableFile, chunk_bytes: int | None):
+    """The pieces of a CSV cut at record boundaries, each a callable that parses it: cutting is
+    cheap and runs here, in order; the parsing can run on any thread. Line numbers are those of
+    the whole file."""
     if data.startswith(BOM):
         data = data[len(BOM):]
     if chunk_bytes is None or len(data) <= chunk_bytes:
-        yield _read_csv(data, file)
+        yield _piece(data, file)
         return
     if b'"' not in data and (b"\r" not in data or data.count(b"\r") == data.count(b"\r\n")):
         # No quoting and no lone CR: every LF ends a row, so cut points need no scan.
-        yield from _read_plain_csv_chunks(data, file, chunk_bytes)
+        yield from _plain_csv_pieces(data, file, chunk_bytes)
         return
     buf = np.frombuffer(data, dtype=np.uint8)
     records = _scan_records(buf, per_record=False)
     non_blank = (np.flatnonzero(records.stops > records.starts) if records is not None
                  else np.zeros(0, np.int64))
     if records is None or non_blank.size < 2:
-        yield _read_csv(data, file)
+        yield _piece(data, file)
         return
     h = int(non_blank[0])
     header_bytes = data[records.starts[h]: records.stops[h]]
@@ -86,10 +101,8 @@ def read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
     for i, j in zip(cuts[:-1], cuts[1:]):
         a = int(starts[i])
         b = int(starts[j]) if j < starts.size else buf.size
-        header, frame = _read_csv(header_bytes + b"\n" + data[a:b], file)
-        offset = int(lines[i]) - first_line_in_piece
-        yield header, frame.with_columns(pl.col(LINE) + offset)
-
+        yield _piece(header_bytes + b"\n" + data[a:b], file,
+                     int(lines[i]) - first_line_in_piece)
 
 
 @dataclass(frozen=True)
@@ -187,12 +200,17 @@ def _quotes_well_formed(buf: np.ndarray, q: np.ndarray, quotes_before: int) -> b
 
 
 def _polars_csv(data: bytes, *, ragged: bool) -> pl.DataFrame | None:
-    try:
-        return pl.read_csv(data, has_header=True, infer_schema=False,
-                           truncate_ragged_lines=ragged, encoding="utf8-lossy",
-                           raise_if_empty=False, quote_char='"')
-    except pl.exceptions.PolarsError:
-        return None
+    # Strict UTF-8 first: about a fifth faster than the lossy decoder, and the same text when
+    # the bytes are valid UTF-8 (the lossy one only replaces invalid sequences, by U+FFFD).
+    for encoding in ("utf8", "utf8-lossy"):
+        try:
+            return pl.read_csv(data, has_header=True, infer_schema=False,
+                               truncate_ragged_lines=ragged, encoding=encoding,
+                               raise_if_empty=False, quote_char='"')
+        except pl.exceptions.PolarsError as error:
+            if "utf-8" not in str(error).lower():
+                return None
+    return None
 
 
 def _read_csv(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:

@@ -1,8 +1,11 @@
 """Validate a whole dataset directory and, for ``ingest``, append the accepted rows to a store.
 
 Order matters: ``subjects`` first (the other tables' ``unknown_subject`` check needs the accepted
-subjects), then ``daily``, ``injuries`` and ``episodes``. Each table is read file by file,
-validated row by row (``validate``), then checked across rows and against the store (``dedupe``).
+subjects), then ``daily``, ``injuries`` and ``episodes``. Every file is read and validated row by
+row (``validate``) in pieces, on every core (a piece's rows do not depend on another's); then
+each table is checked across rows and against the store (``dedupe``, ``stored``) one subject
+bucket at a time, so that memory for the checks is bounded by a bucket; the accepted rows go to
+the store in those buckets.
 Nothing is written until every file has been read and accepted as a whole, so a refused file
 (identifier column, missing required column) leaves the store exactly as it was.
 """
@@ -10,9 +13,9 @@ Nothing is written until every file has been read and accepted as a whole, so a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,12 +26,14 @@ from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
-from pipeline.ingest.read import read_bytes, read_table_chunks
+from pipeline.ingest.read import read_bytes, read_table_pieces
 from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
                                     stored_quarantine)
-from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
+from pipeline.ingest.validate import (QUARANTINE_COLUMNS, ValidatedFile, empty_quarantine,
+                                      validate_file)
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
-from pipeline.store import Admission, ManifestFile, Store, now_utc
+from pipeline.execution import bucket_count, cores
+from pipeline.store import Admission, Bucketed, Manifest, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
@@ -41,8 +46,9 @@ class IngestResult:
     summary: dict
     #: ``table, source_file, line, column, value, reason, message``; values already masked.
     quarantine: pl.DataFrame
-    #: New accepted rows per table, as stored (or as they would be, for ``validate``).
-    accepted: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: New accepted rows per table, as stored (or as they would be, for ``validate``), in input
+    #: order (an ``AcceptedRows``; ``.bucketed`` holds them by subject bucket).
+    accepted: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     config: DatasetConfig = field(default_factory=DatasetConfig)
     #: Whether the rows were written to a store (False for ``validate_dataset``).
     stored: bool = False
@@ -118,7 +124,7 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     if files or result.admissions:
         custom = {f.column: f.kind for f in result.config.custom_factors}
         with stages.stage("store accepted rows"):
-            store.append(result.accepted, files, custom, quarantine=result.new_quarantine,
+            store.append(result.accepted.bucketed, files, custom, quarantine=result.new_quarantine,
                          held=result.held, admissions=result.admissions)
     result.stored = True
     result.store_quarantine = stored_quarantine(store)
@@ -128,84 +134,82 @@ def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult
     return result
 
 
+@dataclass
+class _FileRead:
+    """One file read and validated (on a reader thread)."""
+
+    entry: dict
+    valid: list[pl.DataFrame] = field(default_factory=list)
+    quarantine: list[pl.DataFrame] = field(default_factory=list)
+    unknown: set[str] = field(default_factory=set)
+    columns: set[str] = field(default_factory=set)
+
+
 def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
+    with stages.session(progress):
+        return _run_checks(data_dir, store=store)
+
+
+def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
     config = load_dataset_config(data_dir)
     found = discover_tables(data_dir)
     manifest = store.manifest if store is not None else None
-    known_hashes = manifest.sha256s if manifest is not None else frozenset()
+    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+    reads = _read_files(files, config, manifest)
 
     file_reports: list[dict] = []
     table_reports: dict[str, dict] = {}
     quarantines: list[pl.DataFrame] = []
-    accepted: dict[str, pl.DataFrame] = {}
+    accepted: dict[str, Bucketed] = {}
     to_store_quarantine: list[pl.DataFrame] = []
     held: dict[str, pl.DataFrame] = {}
     admissions: list[Admission] = []
-    known_subjects: pl.Series | None = None
+    known_subjects: list[pl.Series] | None = None
     columns_found: dict[str, set[str]] = {}
-    with _progress(progress, found) as advance, ThreadPoolExecutor(1) as hasher:
-        for name in TABLE_ORDER:
-            table = TABLES[name]
-            columns = table_columns(name, config)
-            valid_parts: list[pl.DataFrame] = []
-            table_quarantine: list[pl.DataFrame] = []
-            unknown: set[str] = set()
-            per_file: list[dict] = []
-            for file in found.get(name, []):
-                data = read_bytes(file)
-                # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
-                # store that already holds files needs the hash first, to skip known files.
-                digest = hasher.submit(_sha256, data)
-                if known_hashes and digest.result() in known_hashes:
-                    previous = manifest.file_for(digest.result())
-                    per_file.append({**_entry(file, digest.result()),
-                                     "rows": previous.rows if previous else 0,
-                                     "status": "skipped_already_ingested"})
-                    advance(file)
-                    continue
-                rows = 0
-                for raw in read_table_chunks(file, data):
-                    checked = validate_file(raw, table, columns)
-                    columns_found.setdefault(name, set()).update(raw.columns)
-                    del raw
-                    valid_parts.append(checked.valid)
-                    table_quarantine.append(checked.quarantine)
-                    unknown.update(checked.unknown_columns)
-                    rows += checked.rows
-                del data
-                per_file.append({**_entry(file, digest.result()), "rows": rows,
-                                 "status": "ingested"})
-                advance(file)
-            checking = stages.begin(f"check {name}: duplicates, conflicts"
-                                    + (", unknown subjects" if name != "subjects" else ""))
-            new = (pl.concat(valid_parts, how="vertical_relaxed") if valid_parts
-                   else pl.DataFrame(schema={**{c.name: c.dtype for c in columns},
-                                             **PROVENANCE_SCHEMA}))
-            subjects = known_subjects if name != "subjects" else None
-            outcome = resolve_with_held(table, new, store, subjects, [c.name for c in columns])
-            table_quarantine.extend(outcome.quarantine)
-            to_store_quarantine.append(outcome.admitted.quarantine)
-            admissions.extend(outcome.admitted.admissions)
-            if outcome.held is not None:
-                held[name] = outcome.held
-            resolved, run_duplicates = outcome.resolved, outcome.duplicates
-            accepted[name] = resolved.accepted
-            run_accepted = resolved.accepted.height - outcome.admitted.accepted
-            if name == "subjects":
-                parts = [resolved.accepted.get_column("subject_id")]
-                if store is not None:
-                    parts.insert(0, store.read("subjects").select("subject_id").collect()
-                                 .get_column("subject_id"))
-                known_subjects = pl.concat(parts).unique()
-            quarantine = pl.concat([empty_quarantine(), *table_quarantine],
-                                   how="vertical_relaxed")
-            quarantines.append(quarantine)
-            to_store_quarantine.append(quarantine.filter(pl.col("reason") != UNKNOWN_SUBJECT))
-            table_reports[name] = _table_report(per_file, quarantine, run_accepted,
-                                                run_duplicates, unknown)
-            _add_file_counts(per_file, quarantine, run_duplicates)
-            checking.end()
-            file_reports.extend(per_file)
+    # The checks run per subject bucket: the store's buckets, or, for a new store, as many as
+    # it will get (chosen from the largest table; Store.append re-routes in the rare case that
+    # duplicates and conflicts move the accepted rows below a bucket boundary).
+    n_buckets = (manifest.n_buckets if manifest is not None and manifest.n_buckets else
+                 bucket_count(max((sum(p.height for r in reads[n] for p in r.valid)
+                                   for n in TABLE_ORDER), default=0)))
+    for name in TABLE_ORDER:
+        table = TABLES[name]
+        columns = table_columns(name, config)
+        valid_parts = [p for r in reads[name] for p in r.valid]
+        table_quarantine = [q for r in reads[name] for q in r.quarantine]
+        unknown = set().union(*(r.unknown for r in reads[name]))
+        per_file = [r.entry for r in reads[name]]
+        for r in reads[name]:
+            if r.entry["status"] == "ingested":
+                columns_found.setdefault(name, set()).update(r.columns)
+        del reads[name]
+        checking = stages.begin(f"check {name}: duplicates, conflicts"
+                                + (", unknown subjects" if name != "subjects" else ""))
+        schema = {**{c.name: c.dtype for c in columns}, **PROVENANCE_SCHEMA}
+        subjects = known_subjects if name != "subjects" else None
+        outcome = resolve_with_held(table, valid_parts, store, subjects,
+                                    [c.name for c in columns], n_buckets, schema)
+        del valid_parts
+        table_quarantine.extend(outcome.quarantine)
+        to_store_quarantine.append(outcome.admitted.quarantine)
+        admissions.extend(outcome.admitted.admissions)
+        if outcome.held is not None:
+            held[name] = outcome.held
+        run_duplicates = outcome.duplicates
+        accepted[name] = outcome.accepted
+        run_accepted = outcome.accepted.height - outcome.admitted.accepted
+        if name == "subjects":
+            known_subjects = [_known_in_bucket(store, part, b, n_buckets)
+                              for b, part in enumerate(outcome.accepted.parts)]
+        quarantine = pl.concat([empty_quarantine(), *table_quarantine],
+                               how="vertical_relaxed")
+        quarantines.append(quarantine)
+        to_store_quarantine.append(quarantine.filter(pl.col("reason") != UNKNOWN_SUBJECT))
+        table_reports[name] = _table_report(per_file, quarantine, run_accepted,
+                                            run_duplicates, unknown)
+        _add_file_counts(per_file, quarantine, run_duplicates)
+        checking.end()
+        file_reports.extend(per_file)
 
     quarantine = (pl.concat(quarantines, how="vertical_relaxed")
                   .select(QUARANTINE_COLUMNS)
@@ -222,9 +226,173 @@ def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult
         # accepted (counted in store_totals, not in this run's tables).
         "admissions": [asdict(a) for a in admissions],
     }
-    return IngestResult(summary=summary, quarantine=quarantine, accepted=accepted, config=config,
+    return IngestResult(summary=summary, quarantine=quarantine,
+                        accepted=AcceptedRows(accepted), config=config,
                         new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
                         held=held, admissions=tuple(admissions), columns_found=columns_found)
+
+
+def _known_in_bucket(store: Store | None, accepted: pl.DataFrame, bucket: int,
+                     n_buckets: int) -> pl.Series:
+    """The accepted subjects of one bucket: stored and new."""
+    parts = [accepted.get_column("subject_id")]
+    if store is not None:
+        parts.insert(0, store.read_bucket("subjects", bucket, n_buckets).select("subject_id")
+                     .collect().get_column("subject_id"))
+    return pl.concat(parts).unique()
+
+
+class AcceptedRows(Mapping):
+    """Table -> the accepted rows in input order (``Bucketed.whole``, built when first asked
+    for: the store takes the buckets as they are, ``bucketed``)."""
+
+    def __init__(self, bucketed: dict[str, Bucketed]):
+        self.bucketed = bucketed
+        self._whole: dict[str, pl.DataFrame] = {}
+
+    def __getitem__(self, table: str) -> pl.DataFrame:
+        if table not in self._whole:
+            self._whole[table] = self.bucketed[table].whole()
+        return self._whole[table]
+
+    def __iter__(self):
+        return iter(self.bucketed)
+
+    def __len__(self) -> int:
+        return len(self.bucketed)
+
+
+def _read_files(files: list[TableFile], config: DatasetConfig,
+                manifest: Manifest | None) -> dict[str, list[_FileRead]]:
+    """Read and validate every file, piece by piece (``read.read_table_pieces``), the pieces on
+    as many threads as there are cores: polars parses and casts without the GIL, so the pieces
+    of a big daily file and the episodes file keep both cores busy.
+
+    This thread reads each file's bytes and cuts them, in ``TABLE_ORDER``, and hands a piece to
+    the pool only when a thread is free, so no more pieces are held as text than there are
+    threads. A file whose sha256 the store already holds is skipped. When a piece is refused
+    (``UserError``), no later piece is started and the error of the first refused piece in
+    order is raised, as if the files had been read one after the other.
+    """
+    known_hashes = manifest.sha256s if manifest is not None else frozenset()
+    sizes = {f.path: f.path.stat().st_size for f in files}
+    reads: dict[str, list[_FileRead]] = {name: [] for name in TABLE_ORDER}
+    workers = max(1, cores())
+    slots = threading.Semaphore(workers)
+    failed = threading.Event()
+
+    lock = threading.Lock()
+
+    class _Progress:
+        """A file's line: from its first piece's start to its last piece's end (on whichever
+        thread), so the time shown is the file's own, not its wait for a free thread."""
+
+        def __init__(self, file: TableFile):
+            self.file, self.remaining, self.cut, self.timer = file, 0, False, None
+
+        def start(self) -> None:
+            with lock:
+                if self.timer is None:
+                    self.timer = stages.begin(f"read and validate {self.file.relative_path} "
+                                              f"({stages.human_bytes(sizes[self.file.path])})")
+
+        def piece_done(self, by: int = 1, cut: bool = False) -> None:
+            with lock:
+                self.remaining -= by
+                self.cut = self.cut or cut
+                done = self.cut and self.remaining == 0
+            if done:
+                self.start()
+                self.timer.end()
+                bar.advance(sizes[self.file.path])
+
+        def cancel(self) -> None:
+            if self.timer is not None and not (self.cut and self.remaining == 0):
+                self.timer.cancel()
+
+    def validate_piece(piece, table, columns,
+                       shown: _Progress) -> tuple[ValidatedFile, set[str]]:
+        try:
+            shown.start()
+            raw = piece()
+            out = validate_file(raw, table, columns), set(raw.columns)
+            shown.piece_done()
+            return out
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            slots.release()
+
+    pending: list[tuple[_FileRead, TableFile, list, object, _Progress]] = []
+
+    def finish(upto: int) -> None:
+        """Collect the files before ``upto`` (of ``pending``), in order."""
+        while len(pending) > upto:
+            out, file, futures, hashing, timer = pending[0]
+            rows = 0
+            for future in futures:
+                checked, columns = future.result()
+                out.columns.update(columns)
+                out.valid.append(checked.valid)
+                out.quarantine.append(checked.quarantine)
+                out.unknown.update(checked.unknown_columns)
+                rows += checked.rows
+            out.entry = {**_entry(file, hashing.result()), "rows": rows, "status": "ingested"}
+            pending.pop(0)
+
+    with stages.stage("read dataset", total=sum(sizes.values())) as bar, \
+            ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(workers) as pool:
+        try:
+            for file in files:
+                if failed.is_set():
+                    break
+                shown = _Progress(file)
+                data = read_bytes(file)
+                # Hash in a thread (hashlib releases the GIL) while the file is parsed; only a
+                # store that already holds files needs the hash first, to skip known files.
+                hashing = hasher.submit(_sha256, data)
+                if known_hashes and hashing.result() in known_hashes:
+                    shown.start()
+                    previous = manifest.file_for(hashing.result())
+                    reads[file.table].append(_FileRead({
+                        **_entry(file, hashing.result()),
+                        "rows": previous.rows if previous else 0,
+                        "status": "skipped_already_ingested"}))
+                    shown.piece_done(0, cut=True)
+                    continue
+                out = _FileRead({})
+                reads[file.table].append(out)
+                table, columns = TABLES[file.table], table_columns(file.table, config)
+                futures: list = []
+                pending.append((out, file, futures, hashing, shown))
+                pieces = read_table_pieces(file, data)
+                del data
+                for piece in pieces:
+                    slots.acquire()
+                    if failed.is_set():
+                        slots.release()
+                        break
+                    with lock:
+                        shown.remaining += 1
+                    futures.append(pool.submit(validate_piece, piece, table, columns, shown))
+                    del piece
+                shown.piece_done(0, cut=True)
+                finish(upto=1)
+            finish(upto=0)
+        except BaseException:
+            failed.set()
+            for _, _, futures, _, shown in pending:
+                for future in futures:
+                    future.cancel()
+                shown.cancel()
+            # An earlier piece's refusal comes first, as in a read one file after the other.
+            for _, _, futures, _, _ in pending:
+                for future in futures:
+                    if not future.cancelled() and future.exception() is not None:
+                        raise future.exception() from None
+            raise
+    return reads
 
 
 def _sha256(data: bytes) -> str:
@@ -265,35 +433,3 @@ def _add_file_counts(per_file: list[dict], quarantine: pl.DataFrame,
         entry["duplicates"] = int(dup.get(entry["path"], 0)) if ingested else 0
         entry["accepted"] = (entry["rows"] - entry["quarantined"] - entry["duplicates"]
                              if ingested else 0)
-
-
-@contextmanager
-def _progress(enabled: bool, found: dict[str, list[TableFile]]) -> Iterator:
-    """One line per file read and validated, with its size and time, under a bar over the bytes
-    of the whole dataset (``pipeline.progress``); nothing unless enabled (on a terminal).
-    ``advance(file)`` is called when ``file`` is done; files are read in ``TABLE_ORDER``."""
-    from pipeline import progress as stages
-
-    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
-    sizes = {f.path: f.path.stat().st_size for f in files}
-    with stages.session(enabled), stages.stage("read dataset", total=sum(sizes.values())) as bar:
-        pending = iter(files)
-        current: list = [None]
-
-        def start_next() -> None:
-            file = next(pending, None)
-            current[0] = None if file is None else stages.begin(
-                f"read and validate {file.relative_path} ({stages.human_bytes(sizes[file.path])})")
-
-        def advance(file: TableFile) -> None:
-            if current[0] is not None:
-                current[0].end()
-            bar.advance(sizes.get(file.path, 0))
-            start_next()
-
-        start_next()
-        try:
-            yield advance
-        finally:
-            if current[0] is not None:
-                current[0].cancel()

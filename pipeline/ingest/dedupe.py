@@ -12,32 +12,59 @@ in the store (which come first: stored rows are never changed by a later ingest)
   in file order) with no conflict in its group is counted once as a duplicate and not stored again.
 
 Content is compared on typed values (``yes`` and ``1`` are the same boolean), never on provenance.
+
+The checks run one subject bucket at a time (``resolve_bucket``, driven by
+``stored.resolve_with_held``): a key that holds ``subject_id`` never spans two buckets, so a
+bucket's new rows need only that bucket's stored rows. A key that two subjects can share
+(``episode_id``) is checked across buckets on the narrow key column alone (``resolve_across``):
+only rows whose key repeats somewhere are compared whole. Each row carries ``ORDER``, its place
+in file order, so "earlier" means the same in every bucket as in one pass over the whole table,
+and the decisions are the same whatever the number of buckets (``tests/test_ingest_buckets.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
+from pipeline.ingest.validate import empty_quarantine
 from pipeline.schema import SOURCE_FILE, SOURCE_LINE, Table
 
 _NEW = "__new"
 _HASH = "__content_hash"
-_KEY = "__key"
+
+
+#: Each row's place in the table's processing order (held rows admitted now first, then the new
+#: rows in file order): what "earlier" means for a duplicate, whatever bucket the row is in.
+ORDER = "__order"
 
 
 @dataclass(frozen=True)
-class Resolved:
-    accepted: pl.DataFrame
-    quarantine: pl.DataFrame
-    #: New rows that were exact duplicates, as (source_file, count) pairs.
+class Decisions:
+    """What the cross-row checks decided for some new rows, each named by its ``ORDER``."""
+
+    #: Rows not to store: duplicates and conflicts.
+    dropped: pl.Series
+    #: The exact duplicates: ``ORDER``, ``source_file``.
     duplicates: pl.DataFrame
-    #: Row numbers in ``new`` of the duplicates, and of each ``quarantine`` row (same order):
-    #: a caller that put rows of two origins into ``new`` tells their outcomes apart by these.
-    duplicate_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
-    quarantine_index: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.UInt32))
+    #: Conflicting rows: ``QUARANTINE_COLUMNS`` and ``ORDER``, in ``ORDER``.
+    quarantine: pl.DataFrame
+
+
+def no_decisions() -> Decisions:
+    return Decisions(pl.Series(ORDER, [], dtype=pl.Int64),
+                     pl.DataFrame(schema={ORDER: pl.Int64, SOURCE_FILE: pl.String}),
+                     empty_quarantine().with_columns(pl.lit(None, dtype=pl.Int64).alias(ORDER)))
+
+
+def combine(parts: list[Decisions]) -> Decisions:
+    """The decisions of disjoint sets of key groups (buckets), as if taken on the whole table."""
+    if not parts:
+        return no_decisions()
+    return Decisions(pl.concat([p.dropped for p in parts]).sort(),
+                     pl.concat([p.duplicates for p in parts]).sort(ORDER),
+                     pl.concat([p.quarantine for p in parts]).sort(ORDER))
 
 
 def key_columns(table: Table) -> list[pl.Expr]:
@@ -51,23 +78,59 @@ def key_columns(table: Table) -> list[pl.Expr]:
     return exprs
 
 
-def resolve(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
-            content: list[str]) -> Resolved:
-    """Find duplicates and conflicts among ``new`` rows, given the ``stored`` rows.
+def crosses_subjects(table: Table) -> bool:
+    """Whether two subjects' rows can share a key (``episode_id``): then rows with a primary key
+    are checked across buckets, on the narrow key column alone (:func:`resolve_across`); rows
+    keyed by the fallback key (which holds ``subject_id``) are checked within their bucket."""
+    if "subject_id" in table.key:
+        return False
+    assert not table.fallback_key or "subject_id" in table.fallback_key, table.name
+    return True
+
+
+def primary_present(table: Table) -> pl.Expr:
+    return pl.all_horizontal([pl.col(c).is_not_null() for c in table.key])
+
+
+def aligned(stored: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """Stored rows with the new rows' columns and dtypes (a custom column declared since the
+    stored rows were written is null in them)."""
+    present = stored.collect_schema().names()
+    return stored.select((pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
+                         for c, dtype in schema.items() if c != ORDER)
+
+
+def _content_hash(schema: dict[str, pl.DataType], content: list[str]) -> pl.Expr:
+    # -0.0 and 0.0 are the same value; so are 'yes' and '1' (already parsed to True).
+    return pl.struct([pl.col(c) + 0.0 if schema[c] == pl.Float64 else pl.col(c)
+                      for c in content]).hash(seed=0).alias(_HASH)
+
+
+def _narrow(table: Table, frame, schema: dict, content: list[str], is_new: bool):
+    """Key, content hash and provenance: what the group decisions need of a row."""
+    order = pl.col(ORDER) if is_new else pl.lit(None, dtype=pl.Int64).alias(ORDER)
+    return frame.select(*key_columns(table), _content_hash(schema, content), SOURCE_FILE,
+                        SOURCE_LINE, order, pl.lit(is_new).alias(_NEW))
+
+
+def resolve_bucket(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
+                   content: list[str], *, rows: pl.Expr | None = None) -> Decisions:
+    """Duplicates and conflicts among the ``new`` rows of one bucket (all rows of some whole
+    subjects; an ``ORDER`` column), given the ``stored`` rows of the same bucket (which come
+    first). ``rows`` limits the check to some rows (those keyed by a key holding ``subject_id``).
 
     Works on narrow frames (key, content hash, provenance) so that comparing a big new export
-    with a big store does not copy whole rows.
+    with a big store does not copy whole rows: the keys first, then the content of the few rows
+    whose key repeats.
     """
+    if rows is not None:
+        new = new.filter(rows)
+        stored = stored.filter(rows) if stored is not None else None
     if new.height == 0:
-        return Resolved(new, empty_quarantine(), _no_duplicates())
+        return no_decisions()
     keys = key_columns(table)
     key_names = [k.meta.output_name() for k in keys]
-    earlier = None
-    if stored is not None:
-        # A custom column declared since the stored rows were written is null in them.
-        present = stored.collect_schema().names()
-        earlier = stored.select((pl.col(c) if c in present else pl.lit(None)).cast(dtype).alias(c)
-                                for c, dtype in new.schema.items())
+    earlier = aligned(stored, new.schema) if stored is not None else None
     parts = [earlier.select(keys).collect()] if earlier is not None else []
     parts.append(new.select(keys))
     # Most keys are unique: find the few rows whose key hash repeats (a hash collision only adds
@@ -77,40 +140,65 @@ def resolve(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
     n_earlier = parts[0].height if earlier is not None else 0
     del parts
     if not shared.any():
-        return Resolved(new, empty_quarantine(), _no_duplicates())
-    # -0.0 and 0.0 are the same value; so are 'yes' and '1' (already parsed to True).
-    content_hash = pl.struct([pl.col(c) + 0.0 if new.schema[c] == pl.Float64 else pl.col(c)
-                              for c in content]).hash(seed=0).alias(_HASH)
+        return no_decisions()
+    group = []
+    if earlier is not None and shared[:n_earlier].any():
+        positions = shared[:n_earlier].arg_true()
+        group.append(_narrow(table, earlier.with_row_index("__r")
+                             .filter(pl.col("__r").is_in(positions.implode())),
+                             new.schema, content, False).collect())
+    group.append(_narrow(table, new.filter(shared[n_earlier:]), new.schema, content, True))
+    return _decide(table, group, key_names)
 
-    def narrow(frame: pl.LazyFrame, is_new: bool) -> pl.LazyFrame:
-        return frame.with_row_index("__i").select(
-            *keys, content_hash, SOURCE_FILE, SOURCE_LINE, "__i", pl.lit(is_new).alias(_NEW))
 
-    group_parts = []
-    if earlier is not None:
-        group_parts.append(narrow(earlier, False).collect().filter(shared[:n_earlier]))
-    group_parts.append(narrow(new.lazy(), True).collect().filter(shared[n_earlier:]))
-    group = pl.concat(group_parts).with_columns(
+def resolve_across(table: Table, new: list[pl.DataFrame], stored: pl.LazyFrame | None,
+                   content: list[str]) -> Decisions:
+    """The rows of ``new`` (every bucket's; an ``ORDER`` column) whose primary key can be shared
+    by two subjects (``episode_id``), checked across buckets: repeated keys are found on the
+    narrow key column of the new and the stored rows alone; only the rows holding one of them
+    (usually none) are then compared whole."""
+    schema = new[0].schema
+    present = primary_present(table)
+    ids = [f.lazy().filter(present).select(table.key) for f in new]
+    if stored is not None:
+        ids.insert(0, stored.filter(present).select(table.key))
+    repeated = (pl.concat(ids).filter(pl.struct(table.key).is_duplicated()).unique()
+                .collect())
+    if repeated.height == 0:
+        return no_decisions()
+    key_names = [k.meta.output_name() for k in key_columns(table)]
+
+    def holding(frame):
+        return frame.join(repeated.lazy(), on=list(table.key), how="semi")
+
+    group = []
+    if stored is not None:
+        group.append(_narrow(table, holding(aligned(stored, schema)), schema, content, False)
+                     .collect())
+    new_rows = pl.concat([_narrow(table, holding(f.lazy()), schema, content, True)
+                          for f in new]).collect()
+    group.append(new_rows.sort(ORDER))
+    return _decide(table, group, key_names)
+
+
+def _decide(table: Table, group: list[pl.DataFrame], key_names: list[str]) -> Decisions:
+    """The decisions for whole key groups: stored rows first, then new rows in ``ORDER``."""
+    group = pl.concat(group).with_columns(
         (pl.col(_HASH).n_unique().over(key_names) > 1).alias("__conflict"),
         pl.struct([*key_names, _HASH]).is_first_distinct().alias("__first"),
     )
     new_group = group.filter(pl.col(_NEW))
-    dropped = new_group.filter(pl.col("__conflict") | ~pl.col("__first"))["__i"]
-    keep = pl.Series([True]).extend_constant(True, new.height - 1).scatter(dropped, False)
-    accepted = new.filter(keep)
-    duplicate_rows = new_group.filter(~pl.col("__conflict") & ~pl.col("__first"))
-    duplicates = duplicate_rows.group_by(SOURCE_FILE).len("duplicates")
-    conflicts = group.filter(pl.col("__conflict"))
-    quarantine = _conflict_quarantine(table, conflicts, key_names)
-    return Resolved(accepted, quarantine.select(QUARANTINE_COLUMNS), duplicates,
-                    duplicate_rows["__i"], quarantine["__i"] if quarantine.height
-                    else pl.Series([], dtype=pl.UInt32))
+    dropped = new_group.filter(pl.col("__conflict") | ~pl.col("__first")).get_column(ORDER)
+    duplicates = new_group.filter(~pl.col("__conflict") & ~pl.col("__first")).select(
+        ORDER, SOURCE_FILE)
+    quarantine = _conflict_quarantine(table, group.filter(pl.col("__conflict")), key_names)
+    return Decisions(dropped, duplicates, quarantine)
 
 
 def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
                          key_names: list[str]) -> pl.DataFrame:
     if conflicts.height == 0:
-        return empty_quarantine()
+        return no_decisions().quarantine
     location = pl.format("{} line {}", pl.col(SOURCE_FILE), pl.col(SOURCE_LINE))
     conflicts = conflicts.with_columns(location.alias("__loc")).with_columns(
         pl.col("__loc").min().over(key_names).alias("__lo"),
@@ -138,9 +226,5 @@ def _conflict_quarantine(table: Table, conflicts: pl.DataFrame,
         pl.lit("conflict").alias("reason"),
         pl.format("{} rows share this key with different content; see also {}{}",
                   pl.col("__n"), other, stored_note).alias("message"),
-        pl.col("__i"),
+        pl.col(ORDER),
     )
-
-
-def _no_duplicates() -> pl.DataFrame:
-    return pl.DataFrame(schema={SOURCE_FILE: pl.String, "duplicates": pl.UInt32})

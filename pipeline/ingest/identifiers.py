@@ -224,6 +224,22 @@ def mask_identifiers(expr: pl.Expr) -> pl.Expr:
     return pl.when(looks_like_identifier(masked)).then(pl.lit(FULL_MASK)).otherwise(masked)
 
 
+def map_distinct(values: pl.Series, fn) -> pl.Series:
+    """``fn`` (an expression of one column) evaluated once per distinct value of ``values`` and
+    mapped back to every row, in order.
+
+    Exact for any ``fn`` that is a function of the value alone (the identifier patterns, masks
+    and cuts are): the quarantine of a big file repeats a few hundred dates and numbers over
+    tens of thousands of rows, and each regex then runs over the few hundred.
+    """
+    name = values.name or "__value"
+    distinct = values.unique().to_frame(name)
+    lookup = distinct.with_columns(fn(pl.col(name)).alias("__mapped"))
+    return (values.to_frame(name)
+            .join(lookup, on=name, how="left", nulls_equal=True, maintain_order="left")
+            .get_column("__mapped").alias(values.name))
+
+
 def _py_mask(mask: str) -> str:
     return re.sub(r"\$\{(\d+)\}", r"\\g<\1>", mask)
 

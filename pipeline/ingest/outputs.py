@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 
 from pipeline.ingest.dataset import IngestResult
-from pipeline.ingest.identifiers import mask_identifiers
+from pipeline.ingest.identifiers import map_distinct, mask_identifiers
 from pipeline.ingest.validate import QUARANTINE_COLUMNS
 from pipeline import atomic, csvsafe
 
@@ -80,9 +79,11 @@ def write_ingest_outputs(result: IngestResult, out_dir: Path) -> None:
     check_accounting(result)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Values were masked when quarantined; masking again is idempotent and costs nothing.
+    # Values were masked when quarantined; masking again is idempotent, and done once per
+    # distinct value it costs next to nothing.
     rows = result.store_quarantine if result.store_quarantine is not None else result.quarantine
-    quarantine = rows.select(QUARANTINE_COLUMNS).with_columns(
-        mask_identifiers(pl.col("value")).alias("value"))
+    quarantine = rows.select(QUARANTINE_COLUMNS)
+    quarantine = quarantine.with_columns(
+        map_distinct(quarantine.get_column("value"), mask_identifiers))
     csvsafe.write_csv(out_dir / QUARANTINE_FILE, quarantine)
     atomic.write_json(out_dir / SUMMARY_FILE, result.summary)

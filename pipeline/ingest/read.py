@@ -21,13 +21,14 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import polars as pl
 
 from pipeline.errors import UserError
-from pipeline.ingest.csv_text import read_csv_chunks
+from pipeline.ingest.csv_text import csv_pieces
 from pipeline.ingest.discover import TableFile
 from pipeline.ingest.jsonl_text import read_jsonl
 from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text, check_width
@@ -39,7 +40,7 @@ from pipeline.schema import (
 )
 
 __all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
-           "read_table_file"]
+           "read_table_file", "read_table_pieces"]
 
 #: A big CSV is read and validated in pieces of about this size (bounds peak memory).
 CHUNK_BYTES = 48 << 20
@@ -89,6 +90,15 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
     A big CSV is cut at row boundaries into pieces of about ``chunk_bytes`` so that only one
     piece is held as text at a time (peak memory); line numbers are those of the whole file.
     """
+    for piece in read_table_pieces(file, data, chunk_bytes=chunk_bytes):
+        yield piece()
+
+
+def read_table_pieces(file: TableFile, data: bytes | None = None,
+                      *, chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[Callable[[], RawTable]]:
+    """The pieces of ``file`` in row order, each a callable that reads it into a
+    :class:`RawTable`: the file is decompressed and cut here, and the pieces can be parsed on
+    any thread (the CSV parse and the validation of one piece do not depend on another's)."""
     if data is None:
         data = read_bytes(file)
     if file.format == "csv.gz":
@@ -98,22 +108,27 @@ def read_table_chunks(file: TableFile, data: bytes | None = None,
         # An empty file of an optional table (a zero-byte injuries.csv) says none were logged:
         # read it as a header-only file, so it counts as "no injuries", not as "not recorded".
         data = ",".join(TABLES[file.table].required_columns).encode() + b"\n"
-        pieces = read_csv_chunks(data, file, chunk_bytes)
+        pieces = csv_pieces(data, file, chunk_bytes)
     elif file.format in ("csv", "csv.gz"):
-        pieces = read_csv_chunks(data, file, chunk_bytes)
+        pieces = csv_pieces(data, file, chunk_bytes)
     elif file.format == "jsonl":
-        pieces = iter([read_jsonl(data, file)])
+        pieces = iter([partial(read_jsonl, data, file)])
     elif file.format == "parquet":
-        pieces = iter([_read_parquet(data, file)])
+        pieces = iter([partial(_read_parquet, data, file)])
     else:  # pragma: no cover - discover only yields known formats
         raise AssertionError(file.format)
     del data
-    for header, frame in pieces:
-        check_width(len(header), file)
-        columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
-        _check_unique(header, columns, file)
-        frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
-        yield RawTable(file=file, frame=frame, header=tuple(header), columns=columns)
+    for piece in pieces:
+        yield partial(_as_raw_table, piece, file)
+
+
+def _as_raw_table(piece: Callable, file: TableFile) -> RawTable:
+    header, frame = piece()
+    check_width(len(header), file)
+    columns = tuple(normalise_header(h, i) for i, h in enumerate(header, start=1))
+    _check_unique(header, columns, file)
+    frame = frame.rename(dict(zip(_frame_value_columns(frame), columns)))
+    return RawTable(file=file, frame=frame, header=tuple(header), columns=columns)
 
 
 def decompress_gzip(data: bytes, file: TableFile) -> bytes:

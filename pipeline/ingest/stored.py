@@ -14,14 +14,17 @@ back from the store, so a run killed after its commit is described in full by th
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.ingest.dedupe import Resolved, resolve
+from pipeline.execution import cores, split_by_bucket
+from pipeline.ingest.dedupe import (ORDER, Decisions, combine, crosses_subjects, primary_present,
+                                    resolve_across, resolve_bucket)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
 from pipeline.schema import SOURCE_FILE, SOURCE_LINE, TABLES, Table
-from pipeline.store import Admission, Store, now_utc
+from pipeline.store import Admission, Bucketed, Store, now_utc
 
 UNKNOWN_SUBJECT = "unknown_subject"
 _UNKNOWN_MESSAGE = "this subject_id does not appear in the subjects table"
@@ -94,8 +97,8 @@ def admission_outcome(table: str, candidates: pl.DataFrame, duplicate_index: pl.
 class TableOutcome:
     """One table's new rows resolved against the store, with the held rows now admissible."""
 
-    #: ``accepted`` is every row to store (admitted held rows first).
-    resolved: Resolved
+    #: Every row to store (admitted held rows first), by subject bucket, with ``ORDER``.
+    accepted: Bucketed
     #: This run's quarantine rows (unknown subjects, conflicts among the new rows).
     quarantine: list[pl.DataFrame]
     #: This run's duplicates as (source_file, count); admitted held rows are not counted here.
@@ -105,32 +108,111 @@ class TableOutcome:
     held: pl.DataFrame | None
 
 
-def resolve_with_held(table: Table, new: pl.DataFrame, store: Store | None,
-                      known_subjects: pl.Series | None, content: list[str]) -> TableOutcome:
+def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None,
+                      known_subjects: list[pl.Series] | None, content: list[str],
+                      n_buckets: int, schema: dict[str, pl.DataType]) -> TableOutcome:
     """Split off the rows of unknown subjects (held), add the held rows whose subject is now
     accepted (before the new rows), and resolve duplicates and conflicts against the store.
-    ``known_subjects`` is None for the subjects table itself."""
-    candidates, held, quarantine = new.clear(), None, []
-    if known_subjects is not None:
-        new, unknown_rows = split_known(new, known_subjects)
-        quarantine.append(unknown_subject_quarantine(table.name, unknown_rows))
-        if store is not None:
-            candidates, still_held = split_known(store.read_held(table.name).collect(),
-                                                 known_subjects)
-            candidates = align(candidates, new.schema)
-            if candidates.height or unknown_rows.height:
-                held = pl.concat([still_held, unknown_rows], how="diagonal_relaxed")
-    combined = pl.concat([candidates, new]) if candidates.height else new
-    stored = store.read(table.name) if store is not None and combined.height else None
-    resolved = resolve(table, combined, stored, content)
+
+    Every check on subject keys runs per subject bucket: a bucket's new rows are compared with
+    the bucket's accepted subjects (``known_subjects[b]``; None for the subjects table itself)
+    and with the bucket's stored rows (``Store.read_bucket``), so the memory a check needs is
+    bounded by a bucket. A key two subjects can share (``episode_id``) is checked across buckets
+    on the narrow key column (``dedupe.resolve_across``). ``new`` are the validated pieces of the
+    table's files, in file order, with ``schema`` (the list is emptied as they are routed). The
+    result equals one check of the whole table: a key group never spans two buckets, and
+    ``ORDER`` keeps "earlier" as in file order.
+    """
+    schema = {**schema, ORDER: pl.Int64}
+    candidates, still_held, held = pl.DataFrame(schema=schema), None, None
+    if known_subjects is not None and store is not None:
+        still_held = store.read_held(table.name).collect()
+        if still_held.height:
+            candidates, still_held = split_known(still_held, pl.concat(known_subjects))
+            candidates = align(candidates, schema).with_columns(
+                pl.int_range(0, pl.len(), dtype=pl.Int64).alias(ORDER))
     n = candidates.height
-    admitted = admission_outcome(table.name, candidates, resolved.duplicate_index,
-                                 resolved.quarantine, resolved.quarantine_index)
-    if resolved.quarantine.height:
-        quarantine.append(resolved.quarantine.filter((resolved.quarantine_index >= n).to_list()))
-    duplicates = (combined.select(SOURCE_FILE)[resolved.duplicate_index.filter(
-        resolved.duplicate_index >= n)].group_by(SOURCE_FILE).len("duplicates"))
-    return TableOutcome(resolved, quarantine, duplicates, admitted, held)
+    # Number the new rows after the admitted held rows, in file order; route them to buckets.
+    by_bucket: list[list[pl.DataFrame]] = [[] for _ in range(n_buckets)]
+
+    def route(rows: pl.DataFrame) -> list[pl.DataFrame]:
+        return [rows] if n_buckets == 1 else split_by_bucket(rows, "subject_id", n_buckets)
+
+    def numbered():
+        offset = n
+        while new:  # consumed piece by piece: a piece is freed once routed
+            piece = new.pop(0)
+            yield piece.with_columns(
+                pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ORDER))
+            offset += piece.height
+
+    crosses = crosses_subjects(table)
+    within = ~primary_present(table) if crosses else None
+
+    def check(b: int) -> tuple[pl.DataFrame, pl.DataFrame | None, Decisions | None]:
+        """One bucket: (its rows of accepted subjects, its rows of unknown ones, decisions)."""
+        rows = pl.concat(by_bucket[b], how="vertical_relaxed") if by_bucket[b] \
+            else pl.DataFrame(schema=schema)
+        by_bucket[b] = []
+        unknown = None
+        if known_subjects is not None and rows.height:
+            is_known = rows.get_column("subject_id").is_in(known_subjects[b].implode())
+            if not is_known.all():
+                unknown = rows.filter(~is_known)
+                rows = rows.filter(is_known)
+        decided = None
+        if not crosses or table.fallback_key:
+            stored = _stored_bucket(store, table.name, b, n_buckets) if rows.height else None
+            decided = resolve_bucket(table, rows, stored, content, rows=within)
+        return rows, unknown, decided
+
+    # Buckets on every core (polars releases the GIL); results in bucket order.
+    with ThreadPoolExecutor(max(1, min(cores(), n_buckets))) as pool:
+        for parts in [route(candidates), *pool.map(route, numbered())]:
+            for b, part in enumerate(parts):
+                if part.height:
+                    by_bucket[b].append(part)
+        checked = list(pool.map(check, range(n_buckets)))
+    combined = [rows for rows, _, _ in checked]
+    unknown = [u for _, u, _ in checked if u is not None]
+    decisions = [d for _, _, d in checked if d is not None]
+    del checked
+    if crosses and any(f.height for f in combined):
+        stored = store.read(table.name) if store is not None else None
+        decisions.append(resolve_across(table, combined, stored, content))
+    decided = combine(decisions)
+    dropped = decided.dropped.implode()
+
+    def keep(rows: pl.DataFrame) -> pl.DataFrame:
+        if not decided.dropped.len():
+            return rows
+        mask = rows.get_column(ORDER).is_in(dropped)
+        return rows.filter(~mask) if mask.any() else rows
+
+    accepted = Bucketed(n_buckets, tuple(keep(f) for f in combined), order=ORDER)
+    del combined
+    quarantine = []
+    if known_subjects is not None:
+        unknown_rows = (pl.concat(unknown).sort(ORDER).drop(ORDER) if unknown
+                        else pl.DataFrame(schema=schema).drop(ORDER))
+        quarantine.append(unknown_subject_quarantine(table.name, unknown_rows))
+        if still_held is not None and (n or unknown_rows.height):
+            held = pl.concat([still_held, unknown_rows], how="diagonal_relaxed")
+    conflicts = decided.quarantine
+    admitted = admission_outcome(table.name, candidates.drop(ORDER), decided.duplicates[ORDER],
+                                 conflicts.select(QUARANTINE_COLUMNS), conflicts[ORDER])
+    if conflicts.height:
+        quarantine.append(conflicts.filter(pl.col(ORDER) >= n).select(QUARANTINE_COLUMNS))
+    duplicates = (decided.duplicates.filter(pl.col(ORDER) >= n)
+                  .group_by(SOURCE_FILE).len("duplicates"))
+    return TableOutcome(accepted, quarantine, duplicates, admitted, held)
+
+
+def _stored_bucket(store: Store | None, table: str, bucket: int,
+                   n_buckets: int) -> pl.LazyFrame | None:
+    if store is None or not store.manifest.parts.get(table):
+        return None
+    return store.read_bucket(table, bucket, n_buckets)
 
 
 def stored_quarantine(store: Store) -> pl.DataFrame:

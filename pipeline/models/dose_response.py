@@ -65,23 +65,35 @@ def fit_dose_response(design, start: dict[str, float] | None = None
         notes["subset"] = subset
     from pipeline.models.poisson import EstimationError
 
-    # One working design for all curves: the linear design plus room for the extra spline
-    # columns. Curve j writes its first spline column over feature j and the others at the end,
-    # then puts feature j back, so no curve copies the whole design again.
+    # The curves are independent fits on the same (subset) design: they run side by side
+    # (``execution.concurrently``), each on its own working copy of the design with room for
+    # the extra spline columns (curve j writes its first spline column over feature j and the
+    # others at the end, then puts feature j back, so a working copy serves several curves).
+    from pipeline import execution
+
     n, p = design.X.shape
-    work = np.empty((n, p + len(KNOT_QUANTILES) - 2), order="F")
-    work[:, :p] = design.X
-    for j, feature in enumerate(design.kept):
-        if feature.kind != "numeric" or feature.role != "core":
-            continue
+    wanted = [j for j, f in enumerate(design.kept) if f.kind == "numeric" and f.role == "core"]
+    works: dict[int, np.ndarray] = {}
+
+    def curve_task(j: int):
+        import threading
+
+        me = threading.get_ident()
+        if me not in works:
+            works[me] = np.empty((n, p + len(KNOT_QUANTILES) - 2), order="F")
+            works[me][:, :p] = design.X
+        work = works[me]
         try:
-            curve, note = _curve(design, j, work, start)
+            return _curve(design, j, work, start)
         except (EstimationError, ValueError, np.linalg.LinAlgError) as exc:
             # A curve that cannot be fitted is reported as such; it must not sink the run.
-            curve, note = None, {"status": "not_estimated", "reason": f"spline fit failed ({exc})"}
+            return None, {"status": "not_estimated", "reason": f"spline fit failed ({exc})"}
         finally:
             work[:, j] = design.X[:, j]
-        notes[feature.name] = note
+
+    results = execution.concurrently([lambda j=j: curve_task(j) for j in wanted])
+    for j, (curve, note) in zip(wanted, results):
+        notes[design.kept[j].name] = note
         if curve is not None:
             frames.append(curve)
     if not frames:
