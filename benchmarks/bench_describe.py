@@ -5,14 +5,15 @@
 
 Builds the panel from the store and fits the within_subject model once (its estimates start the
 subgroup fits, as in the run), then prints wall and CPU seconds of ``cohort_for_run`` and
-``fit_subgroups`` with the fits one after another (1 thread) and side by side (the local
-executor's threads). On a shared machine repeat and compare CPU seconds as well as wall.
+``fit_subgroups`` with the fits one after another (``CRAMP_FIT_THREADS=1``) and side by side
+(the cores). On a shared machine repeat and compare CPU seconds as well as wall.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -47,20 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     effects = fit_models(panel, dose_response=False).effects
     within = effects.filter((pl.col("model") == "within_subject") & pl.col("irr").is_not_null())
     start = {f: math.log(irr) for f, irr in zip(within["feature"], within["irr"])}
-    print(f"{panel.frame.height:,} subject-days; {execution.cores()} cores")
+    cores = execution.cores()
+    print(f"{panel.frame.height:,} subject-days; {cores} cores")
     for _ in range(args.repeat):
-        for workers in (1, execution.cores()):
-            ex = execution.LocalExecutor(workers)
-            try:
-                with execution.using(ex):
-                    w, c = time.perf_counter(), _cpu()
-                    cohort_for_run(store, panel, flags)
-                    w1, c1 = time.perf_counter(), _cpu()
-                    fit_subgroups(panel, store.read("subjects"), store.read("episodes"),
-                                  start=start)
-                    w2, c2 = time.perf_counter(), _cpu()
-            finally:
-                ex.close()
+        for workers in (1, cores):
+            os.environ[execution.THREADS_ENV] = str(workers)
+            w, c = time.perf_counter(), _cpu()
+            cohort_for_run(store, panel, flags)
+            w1, c1 = time.perf_counter(), _cpu()
+            fit_subgroups(panel, store.read("subjects"), store.read("episodes"), start=start)
+            w2, c2 = time.perf_counter(), _cpu()
             print(f"threads {workers}: cohort {w1 - w:5.2f} s wall {c1 - c:5.2f} s cpu; "
                   f"subgroups {w2 - w1:5.2f} s wall {c2 - c1:5.2f} s cpu", flush=True)
 

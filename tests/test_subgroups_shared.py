@@ -71,15 +71,11 @@ def test_shared_interaction_designs_give_each_features_own_test(spoil, monkeypat
                    if name == spoil)
 
 
-def test_fits_side_by_side_or_one_by_one_give_the_same_table():
+def test_fits_side_by_side_or_one_by_one_give_the_same_table(monkeypatch):
     ds, panel, _ = _data(6)
     out = {}
     for workers in (1, 2):
-        ex = execution.LocalExecutor(workers)
-        try:
-            with execution.using(ex):
-                out[workers] = S.fit_subgroups(panel, ds.subjects.lazy(), ds.episodes.lazy())
-        finally:
-            ex.close()
+        monkeypatch.setenv(execution.THREADS_ENV, str(workers))
+        out[workers] = S.fit_subgroups(panel, ds.subjects.lazy(), ds.episodes.lazy())
     assert out[1].equals(out[2])
     assert out[1]["p_interaction"].drop_nulls().len() >= 20

@@ -35,8 +35,8 @@ Run time: every subgroup and every interaction test is a refit of the whole with
 (about 40 fits), so on a large panel they are fitted on the subjects of a stable hash-based subset
 of about ``MAX_SUBJECT_DAYS`` subject-days (``subsets.subject_subset``, the same rule as the lag
 model; the bound is the dose-response curves'); each row's note says so, and the intervals are the
-subset's. The fits are independent of each other and run side by side on the local executor's
-threads (one after another on a Dask cluster, each with its passes on the workers), and the
+subset's. The fits are independent of each other and run side by side on the driver's threads
+(``execution.concurrently``; each fit's passes go to the run's executor, as every fit's), and the
 interaction models of up to ``FEATURES_PER_DESIGN`` features tested on the same subgroups are cut
 from one design, built and checked once (``_SharedDesign``: the same design ``prepare_design``
 builds for each feature alone, or that feature's own is built). On 10,000 x 365
@@ -50,7 +50,6 @@ survive the FDR correction is reported as "no difference found", not as a weaker
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -220,9 +219,8 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
 
     ``start``: the within_subject estimates (log IRR by feature), used as starting values.
 
-    The fits are independent, so they run side by side on the local executor's threads
-    (``_fit_all``); the features tested on the same subgroups share one interaction design
-    (``_interaction_tests``).
+    The fits are independent, so they run side by side (``_fit_all``); the features tested on
+    the same subgroups share one interaction design (``_interaction_tests``).
     """
     from statsmodels.stats.multitest import multipletests
 
@@ -516,7 +514,7 @@ def _interaction_tests(frame, panel, features, reported,
     Up to ``FEATURES_PER_DESIGN`` features tested on the same subgroups share one design
     (``_SharedDesign``); where it cannot stand in for a feature's own, the feature's test builds
     its own (``_interaction_test``): same result, more time. The work is one list run in order
-    on the executor's threads (``_fit_all``): each chunk's design, then its fits, which wait for
+    side by side (``_fit_all``): each chunk's design, then its fits, which wait for
     the design if the other thread is still building it (it was started before them: the items
     are taken in order, so no fit waits for a design nobody builds)."""
     by_name = {f.name: f for f in reported}
@@ -568,40 +566,23 @@ def _interaction_tests(frame, panel, features, reported,
 
 def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
              cost: Callable[[Any], float] | None = None) -> list[Any]:
-    """``[fn(item) for item in items]``, the items side by side on the local executor's threads.
+    """``[fn(item) for item in items]``, side by side (``execution.concurrently``).
 
     The subgroup and interaction fits are independent and each is too small to keep two cores
     busy by itself (one bucket: ``conditional.fit_conditional_poisson`` splits a design only
-    from 8 row blocks per thread), so the fits are what runs in parallel; a fit's own bucket
-    passes then run inline on its thread (``LocalExecutor.map`` from a pool thread). The threads
-    take the items in order: with ``cost``, the costliest first, so that no long fit is left
-    alone at the end. On another executor (Dask) the items run one after another here, in order,
-    each fit with its passes on the cluster, as before.
-    The results are the same either way: each fit is the same computation on the same buckets.
-    """
+    from 8 row blocks per thread), so the fits are what runs in parallel. The threads take the
+    items in order: with ``cost``, the costliest first, so that no long fit is left alone at the
+    end. The results are the same either way: each fit is the same computation on the same
+    buckets."""
     from pipeline import execution
-    from pipeline.models.estimation import single_threaded_blas
 
-    ex = execution.current()
-    if not isinstance(ex, execution.LocalExecutor) or ex.workers < 2 or len(items) < 2:
-        return [fn(item) for item in items]
     order = list(range(len(items))) if cost is None else \
         sorted(range(len(items)), key=lambda i: -cost(items[i]))
-    # Each item runs in a copy of this context (the executor of the run, the progress stage);
-    # BLAS is held single-threaded around all of them (the fits set it so one by one, and two
-    # threads restoring each other's setting could leave it changed).
-    jobs = [(contextvars.copy_context(), items[i]) for i in order]
-    with single_threaded_blas():
-        done = ex.map(_in_context, jobs, fn)
+    done = execution.concurrently([lambda item=items[i]: fn(item) for i in order])
     out: list[Any] = [None] * len(items)
     for i, result in zip(order, done):
         out[i] = result
     return out
-
-
-def _in_context(job, fn):
-    context, item = job
-    return context.run(fn, item)
 
 
 def _collected(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
