@@ -11,6 +11,7 @@ whatever happens.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -49,6 +50,38 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, ""
 
 
+@contextlib.contextmanager
+def running_lab(argv: list[str], *, cwd, env, port: int, token: str, what: str,
+                stop_timeout_s: float = 20):
+    """Start a JupyterLab server (``argv``), wait until it answers on ``port``, yield its base
+    URL, and stop it (its whole process group) within a bounded time whatever happens."""
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{what} exited: " + process.stdout.read().decode()[-3000:])
+            try:
+                if _get(f"{base}/api/status?token={token}")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"{what} did not answer within {START_TIMEOUT_S} s")
+        yield base
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory):
     from pipeline.report.sample import ensure_sample_run
@@ -70,32 +103,9 @@ def lab_server(tmp_path_factory):
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=",
         "--ServerApp.log_level=WARN"])
     # `make lab` exactly, with only the server's address and token added.
-    process = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_ARGS={lab_args}"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail("make lab exited: " + process.stdout.read().decode()[-3000:])
-            try:
-                if _get(f"{base}/api/status?token={token}")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"make lab did not answer within {START_TIMEOUT_S} s")
+    with running_lab(["make", "--no-print-directory", "lab", f"LAB_ARGS={lab_args}"], cwd=ROOT,
+                     env=env, port=port, token=token, what="make lab") as base:
         yield base, token, tmp
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
 
 
 def test_make_lab_offers_exactly_the_project_kernel(lab_server):

@@ -15,15 +15,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from tests.test_browser_report import ROOT, SCREENSHOTS, DevTools, chromium  # noqa: F401
-from tests.test_lab import START_TIMEOUT_S, _free_port, _get
+from tests.test_lab import _free_port, running_lab
 
 NOTEBOOK = "04-subject-timeline.ipynb"
 #: Kernel start, the sample run (cached), imports and the first page, on a loaded machine.
@@ -43,37 +41,14 @@ def lab(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "MPLBACKEND": "Agg"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.news_url=", "--ServerApp.log_level=WARN", "--allow-root"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail("jupyter lab exited: " + process.stderr.read().decode()[-2000:])
-            try:
-                if _get(f"{base}/api/status?token={token}")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"jupyter lab did not answer within {START_TIMEOUT_S} s")
+    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+            f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.news_url=", "--ServerApp.log_level=WARN", "--allow-root"]
+    with running_lab(argv, cwd=tmp_path, env=env, port=port, token=token, what="jupyter lab",
+                     stop_timeout_s=15) as base:
         yield base, token
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
 
 
 #: The notebook panel in Lab's main area (``shell.currentWidget`` is null while nothing has focus).
