@@ -73,16 +73,15 @@ def fit_dose_response(design, start: dict[str, float] | None = None
 
     n, p = design.X.shape
     wanted = [j for j, f in enumerate(design.kept) if f.kind == "numeric" and f.role == "core"]
-    works: dict[int, np.ndarray] = {}
+    import threading
+
+    local = threading.local()  # one working copy per thread, made on its first curve
 
     def curve_task(j: int):
-        import threading
-
-        me = threading.get_ident()
-        if me not in works:
-            works[me] = np.empty((n, p + len(KNOT_QUANTILES) - 2), order="F")
-            works[me][:, :p] = design.X
-        work = works[me]
+        work = getattr(local, "work", None)
+        if work is None:
+            work = local.work = np.empty((n, p + len(KNOT_QUANTILES) - 2), order="F")
+            work[:, :p] = design.X
         try:
             return _curve(design, j, work, start)
         except (EstimationError, ValueError, np.linalg.LinAlgError) as exc:
