@@ -65,12 +65,6 @@ def _plain_csv_pieces(data: bytes, file: TableFile, chunk_bytes: int):
         a = b
 
 
-def read_csv_chunks(data: bytes, file: TableFile, chunk_bytes: int | None):
-    """Yield (header, frame) per piece of a CSV cut at record boundaries."""
-    for piece in csv_pieces(data, file, chunk_bytes):
-        yield piece()
-
-
 def csv_pieces(data: bytes, file: TableFile, chunk_bytes: int | None):
     """The pieces of a CSV cut at record boundaries, each a callable that parses it: cutting is
     cheap and runs here, in order; the parsing can run on any thread. Line numbers are those of

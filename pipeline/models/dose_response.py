@@ -24,6 +24,7 @@ effects.csv always use every subject-day.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,8 +74,6 @@ def fit_dose_response(design, start: dict[str, float] | None = None
 
     n, p = design.X.shape
     wanted = [j for j, f in enumerate(design.kept) if f.kind == "numeric" and f.role == "core"]
-    import threading
-
     local = threading.local()  # one working copy per thread, made on its first curve
 
     def curve_task(j: int):
