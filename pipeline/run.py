@@ -45,11 +45,15 @@ def run_job(
         raise UserError("dataset directory not found (expected a directory of tables)",
                         path=str(data_dir))
     check_not_inside(data_dir, out_dir, "the output directory (--out)")
+    from pipeline import scratch
+
     with execution.session(executor, scheduler), stages.session(progress), \
             run_dir_lock(out_dir):
-        return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
-                               report=report, identifiers=identifiers, progress=progress,
-                               previous_run_dir=previous_run_dir)
+        scratch.clean_stale(out_dir)
+        with scratch.session(out_dir):
+            return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
+                                   report=report, identifiers=identifiers,
+                                   progress=progress, previous_run_dir=previous_run_dir)
 
 
 def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
@@ -57,7 +61,8 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
                     previous_run_dir: Path | None) -> dict:
     with stages.stage("load the toolkit's libraries"):
         from pipeline.dataset_config import load_dataset_config
-        from pipeline.features import build_panel
+        from pipeline import scratch
+        from pipeline.features.panel import build_panel_from_store
         from pipeline.ingest import ingest_dataset, write_ingest_outputs
         from pipeline.models import fit_models, write_model_outputs
         from pipeline.redflags import load_rules, write_flag_outputs
@@ -108,12 +113,11 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
         messages.append("Injuries: the injuries table is empty, read as no injuries logged "
                         "(recent_injury is 'no' on every day).")
     with stages.stage("panel"):
-        panel = build_panel(
-            store.read("daily"),
-            store.read("episodes"),
-            store.read("injuries") if injuries_logged else None,
-            custom_factors=config.custom_factors,
-        )
+        # One subject bucket of the store at a time, each part kept in the run's scratch space
+        # (memory holds one bucket; a store of one bucket gives the panel in memory).
+        panel = build_panel_from_store(store, injuries=injuries_logged,
+                                       custom_factors=config.custom_factors,
+                                       directory=scratch.new_directory("panel"))
     summary["panel"] = panel.summary
     summary["data_dir"] = str(data_dir)
     summary["store_dir"] = str(store_dir)

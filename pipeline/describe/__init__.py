@@ -22,7 +22,7 @@ def cohort_for_run(store, panel, flags) -> pl.DataFrame:
         frequent = flags.subject_flags.lazy().filter(pl.col(column) > 0).select("subject_id")
     features = [f for f in panel.features.values() if f.role == "core"]
     # One bucket holding every subject; an executor may pass buckets and `combine` the parts.
-    parts = summarise_bucket(store.read("subjects"), panel.frame.lazy(), store.read("episodes"),
+    parts = summarise_bucket(store.read("subjects"), panel.whole().lazy(), store.read("episodes"),
                              features, frequent)
     return cohort_table(parts, features)
 

@@ -31,16 +31,63 @@ ENGINE = "in-memory"
 
 @dataclass(frozen=True)
 class Panel:
-    """The subject-day panel and what went into it."""
+    """The subject-day panel and what went into it.
+
+    Held either whole in memory (``frame``) or as one part per subject bucket of the store
+    (``parts``: each a frame or the path of an Arrow file in the run's scratch space, each holding
+    whole subjects sorted by subject_id and date). Per-bucket work reads ``bucket(b)`` one part at
+    a time, so its memory is bounded by a bucket; ``whole()`` is the union, sorted."""
 
     #: subject_id, date, episodes (Int64), then one Float64 column per available feature,
-    #: sorted by subject_id and date.
-    frame: pl.DataFrame
+    #: sorted by subject_id and date; None when the panel is held in ``parts``.
+    frame: pl.DataFrame | None
     summary: dict[str, Any]
     #: Available features by name, in dictionary order (core, custom, secondary).
     features: dict[str, fd.Feature] = field(default_factory=dict)
     #: Features that could not be built, with the reason (e.g. the column is not in the dataset).
     absent: dict[str, str] = field(default_factory=dict)
+    #: Per subject bucket: a frame, or the path of its Arrow IPC file (``frame`` is then None).
+    parts: tuple = ()
+
+    @property
+    def n_buckets(self) -> int:
+        return 1 if self.frame is not None or not self.parts else len(self.parts)
+
+    def bucket(self, b: int, columns: list[str] | None = None) -> pl.DataFrame:
+        """Bucket ``b``'s rows (whole subjects, sorted by subject_id and date)."""
+        if self.frame is not None:
+            if b != 0:
+                raise IndexError(f"an in-memory panel has one bucket, not {b + 1}")
+            return self.frame if columns is None else self.frame.select(columns)
+        return read_part(self.parts[b], columns)
+
+    def buckets(self, columns: list[str] | None = None):
+        """Every bucket in turn (one in memory at a time for a panel held on disk)."""
+        for b in range(self.n_buckets):
+            yield self.bucket(b, columns)
+
+    def whole(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """The whole panel in one frame, sorted by subject_id and date (as ``frame``). For the
+        analyses that need every subject at once; bucketed work should use ``bucket``."""
+        if self.frame is not None:
+            frame = self.frame.collect() if isinstance(self.frame, pl.LazyFrame) else self.frame
+            return frame if columns is None else frame.select(columns)
+        parts = [self.bucket(b, columns) for b in range(self.n_buckets)]
+        return _sorted(pl.concat(parts, rechunk=False)) if len(parts) > 1 else parts[0]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.summary.get("n_subject_days", 0))
+
+
+def read_part(part, columns: list[str] | None = None) -> pl.DataFrame:
+    """One panel part: an in-memory frame, or an Arrow IPC file of the scratch space."""
+    if isinstance(part, pl.DataFrame):
+        return part if columns is None else part.select(columns)
+    from pipeline.atomic import user_errors_for
+
+    with user_errors_for(part):
+        return pl.read_ipc(part, columns=columns)
 
 
 def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFrame | None = None,
@@ -50,6 +97,60 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
     ``injuries=None`` means the dataset has no injuries table: ``recent_injury`` is then absent
     (unknown), not "no injury". ``custom_factors`` are ``schema.CustomFactor`` declarations.
     """
+    daily_cols, available, absent = _plan(daily, injuries is not None, custom_factors)
+    frame = _panel_query(daily, episodes, injuries, daily_cols, available)
+    totals = [
+        frame,
+        episodes.select(pl.len().alias("n")),
+        (injuries.select(pl.len().alias("n")) if injuries is not None
+         else pl.LazyFrame({"n": [0]}, schema={"n": pl.UInt32})),
+    ]
+    panel_df, n_episodes_df, n_injuries_df = pl.collect_all(totals, engine=ENGINE)
+    summary = _summarise(panel_df, int(n_episodes_df["n"][0]), int(n_injuries_df["n"][0]),
+                         available, absent, injuries is not None)
+    return Panel(frame=panel_df, summary=summary,
+                 features={f.name: f for f in available}, absent=absent)
+
+
+def build_panel_from_store(store, *, injuries: bool, custom_factors=(),
+                           directory=None) -> Panel:
+    """The panel of a store, built one subject bucket of the store at a time: every feature is a
+    function of one subject's own days (windows, lags and the subject's usual fluid intake never
+    cross subjects), so each bucket's part is exactly the whole panel's rows of its subjects.
+    With ``directory`` (the run's scratch space), each part is written there as an Arrow file
+    and released, so memory holds one bucket; without, the parts stay in memory. ``injuries``:
+    whether an injuries table was ever ingested (else recent_injury is unknown)."""
+    n_buckets = max(1, store.manifest.n_buckets)
+    if n_buckets == 1 or directory is None:
+        return build_panel(store.read("daily"), store.read("episodes"),
+                           store.read("injuries") if injuries else None,
+                           custom_factors=custom_factors)
+    from pathlib import Path
+
+    from pipeline.atomic import user_errors_for
+
+    daily_cols, available, absent = _plan(store.read("daily"), injuries, custom_factors)
+    names = [f.name for f in available]
+    parts, partial = [], []
+    for b in range(n_buckets):
+        frame = _panel_query(store.read_bucket("daily", b), store.read_bucket("episodes", b),
+                             store.read_bucket("injuries", b) if injuries else None,
+                             daily_cols, available).collect(engine=ENGINE)
+        partial.append(_bucket_summary(frame, names))
+        path = Path(directory) / f"panel-b{b:04d}.arrow"
+        with user_errors_for(path):
+            frame.write_ipc(path, compression="lz4")
+        parts.append(path)
+        del frame
+    n_episodes = int(store.read("episodes").select(pl.len()).collect().item())
+    n_injuries = int(store.read("injuries").select(pl.len()).collect().item()) if injuries else 0
+    summary = _combine_summaries(partial, n_episodes, n_injuries, available, absent, injuries)
+    return Panel(frame=None, summary=summary, features={f.name: f for f in available},
+                 absent=absent, parts=tuple(parts))
+
+
+def _plan(daily: pl.LazyFrame, has_injuries: bool, custom_factors):
+    """The daily columns with values, the features that can be built and why others cannot."""
     custom_factors = tuple(custom_factors)
     daily_cols = set(daily.collect_schema().names())
     for required in KEY_COLUMNS:
@@ -62,7 +163,7 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
     available: list[fd.Feature] = []
     for f in fd.CORE_FEATURES:
         if f.name == "recent_injury":
-            if injuries is None:
+            if not has_injuries:
                 absent[f.name] = "no injuries table in this dataset"
                 continue
         elif f.name not in daily_cols:
@@ -83,7 +184,12 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
                               + " or ".join(repr(c) for c in missing) + " values)")
             continue
         available.append(f)
+    return daily_cols, available, absent
 
+
+def _panel_query(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFrame | None,
+                 daily_cols: set[str], available: list[fd.Feature]) -> pl.LazyFrame:
+    """The panel of the subjects in ``daily`` (all of them, or one bucket's), as a query."""
     raw_cols = sorted({c for f in available for c in f.source_columns if c in daily_cols})
     # Integer subject code and a per-subject day key (subjects 2^20 days apart): joins and
     # windows on one Int64 column instead of (string, date), and windows need no group-by.
@@ -106,21 +212,9 @@ def build_panel(daily: pl.LazyFrame, episodes: pl.LazyFrame, injuries: pl.LazyFr
                            maintain_order="left")
     frame = frame.with_columns(pl.col(OUTCOME).fill_null(0), *_raw_exprs(daily_cols))
     frame = frame.with_columns(_secondary_exprs([f for f in available if f.role == "secondary"]))
-    frame = frame.select(
+    return frame.select(
         *KEY_COLUMNS, OUTCOME, *[_model_units(f) for f in available]
     )
-
-    totals = [
-        frame,
-        episodes.select(pl.len().alias("n")),
-        (injuries.select(pl.len().alias("n")) if injuries is not None
-         else pl.LazyFrame({"n": [0]}, schema={"n": pl.UInt32})),
-    ]
-    panel_df, n_episodes_df, n_injuries_df = pl.collect_all(totals, engine=ENGINE)
-    summary = _summarise(panel_df, int(n_episodes_df["n"][0]), int(n_injuries_df["n"][0]),
-                         available, absent, injuries is not None)
-    return Panel(frame=panel_df, summary=summary,
-                 features={f.name: f for f in available}, absent=absent)
 
 
 def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
@@ -273,6 +367,47 @@ def _summarise(df: pl.DataFrame, n_episodes: int, n_injuries: int, available, ab
         "features": feature_names,
         "features_absent": dict(absent),
         "missing_values": {k: int(v) for k, v in nulls.items()},
+    }
+
+
+def _bucket_summary(df: pl.DataFrame, feature_names: list[str]) -> dict[str, Any]:
+    """The reducible part of ``_summarise`` for one bucket of whole subjects."""
+    nulls = df.select(pl.col(feature_names).null_count()).row(0, named=True) if feature_names \
+        else {}
+    return {
+        "n_subjects": int(df["subject_id"].n_unique()) if df.height else 0,
+        "n_subject_days": df.height,
+        "n_subjects_with_episodes": int(
+            df.filter(pl.col(OUTCOME) > 0)["subject_id"].n_unique()) if df.height else 0,
+        "n_episodes_on_logged_days": int(df[OUTCOME].sum()) if df.height else 0,
+        "first_date": df["date"].min() if df.height else None,
+        "last_date": df["date"].max() if df.height else None,
+        "missing_values": {k: int(v) for k, v in nulls.items()},
+    }
+
+
+def _combine_summaries(parts: list[dict[str, Any]], n_episodes: int, n_injuries: int, available,
+                       absent, has_injuries: bool) -> dict[str, Any]:
+    """``_summarise`` of the whole panel from its buckets' summaries (subjects never cross
+    buckets, so subject counts add up)."""
+    total = lambda key: sum(p[key] for p in parts)  # noqa: E731
+    firsts = [p["first_date"] for p in parts if p["first_date"] is not None]
+    lasts = [p["last_date"] for p in parts if p["last_date"] is not None]
+    on_logged = total("n_episodes_on_logged_days")
+    feature_names = [f.name for f in available]
+    return {
+        "n_subjects": total("n_subjects"),
+        "n_subject_days": total("n_subject_days"),
+        "n_subjects_with_episodes": total("n_subjects_with_episodes"),
+        "n_episodes": n_episodes,
+        "n_episodes_on_logged_days": on_logged,
+        "episodes_outside_logged_days": n_episodes - on_logged,
+        "n_injuries": n_injuries if has_injuries else None,
+        "first_date": str(min(firsts)) if firsts else None,
+        "last_date": str(max(lasts)) if lasts else None,
+        "features": feature_names,
+        "features_absent": dict(absent),
+        "missing_values": {k: sum(p["missing_values"][k] for p in parts) for k in feature_names},
     }
 
 

@@ -88,9 +88,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
     from pipeline.models.time_strata import frame_for_analysis
 
     custom_factors = tuple(custom_factors)
-    frame = panel.frame
-    if isinstance(frame, pl.LazyFrame):
-        frame = frame.collect()
+    frame = panel.whole()
     _check_fittable(frame, panel)
     frame = with_subject_codes(frame)
     analysis = analysis or AnalysisConfig()

@@ -91,7 +91,7 @@ def fit_lags(panel: Panel, *, custom_factors=(), analysis: AnalysisConfig | None
     from pipeline.models.time_strata import STRATUM_CODE, frame_for_analysis
 
     analysis = analysis or AnalysisConfig()
-    frame = panel.frame.collect() if isinstance(panel.frame, pl.LazyFrame) else panel.frame
+    frame = panel.whole()
     frame, subset = subject_subset(frame, max_subject_days)
     frame, adjusters = frame_for_analysis(frame, analysis)
     reported = [f for f in fd.model_features(fd.WITHIN_SUBJECT, custom_factors)[1]]

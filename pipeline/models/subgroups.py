@@ -171,7 +171,7 @@ def subgroup_frame(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame,
                    episodes: pl.LazyFrame) -> pl.DataFrame:
     """The panel with subject codes, each subject's age band and sex, and the outcome split by
     muscle group (calf or foot; others)."""
-    frame = with_subject_codes(panel.frame)
+    frame = with_subject_codes(panel.whole())
     attrs = subjects.lazy().select("subject_id", "age_band", "sex").collect()
     calf_foot = episode_counts_where(frame, episodes, pl.col("muscle_group").is_in(CALF_FOOT),
                                      _OUTCOME_BY_TYPE[0])
@@ -229,7 +229,7 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     features, reported = fd.model_features(MODEL, custom_factors)
     # The subset first, so that the subgroup frame (subject codes, attributes, outcome by muscle
     # group) is built on its subject-days only; the codes stay in subject_id order.
-    rows_in, subset = subject_subset(_collected(panel.frame), MAX_SUBJECT_DAYS,
+    rows_in, subset = subject_subset(panel.whole(), MAX_SUBJECT_DAYS,
                                      what="each subgroup model")
     frame = subgroup_frame(dataclasses.replace(panel, frame=rows_in), subjects, episodes)
     groups = define_subgroups(frame)
@@ -584,9 +584,6 @@ def _fit_all(fn: Callable[[Any], Any], items: Sequence[Any], *,
         out[i] = result
     return out
 
-
-def _collected(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
 
 
 def _stacked(frame: pl.DataFrame) -> pl.DataFrame:

@@ -132,7 +132,7 @@ def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(
     on the run's executor (``pipeline.execution.current()``), or on ``workers`` threads when
     given. The result does not depend on either."""
     features, start = within_features(effects, custom_factors)
-    frame = panel.frame.collect() if isinstance(panel.frame, pl.LazyFrame) else panel.frame
+    frame = panel.whole()
     keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
     frame = frame.select(keep)
     parts = []
