@@ -8,7 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.describe.cohort import COHORT, FREQUENT_RULE, cohort_table, summarise_bucket
+from pipeline.describe.cohort import (COHORT, FREQUENT_RULE, cohort_table, combine,
+                                      summarise_bucket)
 
 __all__ = ["COHORT", "cohort_for_run", "write_describe_outputs"]
 
@@ -21,9 +22,15 @@ def cohort_for_run(store, panel, flags) -> pl.DataFrame:
     if column in flags.subject_flags.columns:
         frequent = flags.subject_flags.lazy().filter(pl.col(column) > 0).select("subject_id")
     features = [f for f in panel.features.values() if f.role == "core"]
-    # One bucket holding every subject; an executor may pass buckets and `combine` the parts.
-    parts = summarise_bucket(store.read("subjects"), panel.whole().lazy(), store.read("episodes"),
-                             features, frequent)
+    if panel.n_buckets == 1:
+        parts = summarise_bucket(store.read("subjects"), panel.whole().lazy(),
+                                 store.read("episodes"), features, frequent)
+    else:
+        # The panel's parts are the store's subject buckets: one bucket in memory at a time.
+        parts = combine([summarise_bucket(store.read_bucket("subjects", b),
+                                          panel.bucket(b).lazy(),
+                                          store.read_bucket("episodes", b), features, frequent)
+                         for b in range(panel.n_buckets)])
     return cohort_table(parts, features)
 
 

@@ -44,7 +44,11 @@ from pipeline.models.lag_design import (  # noqa: F401 - re-exported for callers
     lag_design_bucket,
     lag_terms,
 )
-from pipeline.models.subsets import SUBSET_SEED, subject_subset  # noqa: F401 - re-exported
+from pipeline.models.subsets import (  # noqa: F401 - SUBSET_SEED, subject_subset re-exported
+    SUBSET_SEED,
+    panel_subset,
+    subject_subset,
+)
 from pipeline.outputs import OutputColumn, OutputTable, declare
 
 LAG_MODEL = "within_subject_lags"
@@ -91,8 +95,7 @@ def fit_lags(panel: Panel, *, custom_factors=(), analysis: AnalysisConfig | None
     from pipeline.models.time_strata import STRATUM_CODE, frame_for_analysis
 
     analysis = analysis or AnalysisConfig()
-    frame = panel.whole()
-    frame, subset = subject_subset(frame, max_subject_days)
+    frame, subset = panel_subset(panel, max_subject_days)
     frame, adjusters = frame_for_analysis(frame, analysis)
     reported = [f for f in fd.model_features(fd.WITHIN_SUBJECT, custom_factors)[1]]
     excluded: dict[str, str] = {}

@@ -224,12 +224,12 @@ def fit_subgroups(panel: Panel, subjects: pl.LazyFrame | pl.DataFrame, episodes:
     """
     from statsmodels.stats.multitest import multipletests
 
-    from pipeline.models.subsets import subject_subset
+    from pipeline.models.subsets import panel_subset
 
     features, reported = fd.model_features(MODEL, custom_factors)
     # The subset first, so that the subgroup frame (subject codes, attributes, outcome by muscle
     # group) is built on its subject-days only; the codes stay in subject_id order.
-    rows_in, subset = subject_subset(panel.whole(), MAX_SUBJECT_DAYS,
+    rows_in, subset = panel_subset(panel, MAX_SUBJECT_DAYS,
                                      what="each subgroup model")
     frame = subgroup_frame(dataclasses.replace(panel, frame=rows_in), subjects, episodes)
     groups = define_subgroups(frame)

@@ -132,24 +132,27 @@ def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(
     on the run's executor (``pipeline.execution.current()``), or on ``workers`` threads when
     given. The result does not depend on either."""
     features, start = within_features(effects, custom_factors)
-    frame = panel.whole()
     keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
-    frame = frame.select(keep)
     parts = []
-    if features and workers is None:
-        # The run's executor (pipeline/execution.py: local threads or Dask workers) maps the
-        # buckets; results come back in bucket order.
-        from pipeline import execution
+    # One part of the panel at a time (a store bucket; the whole panel when it is in memory),
+    # cut into buckets of ``bucket_subjects`` whole subjects that run side by side.
+    for frame in (panel.buckets(keep) if features else ()):
+        if workers is None:
+            # The run's executor (pipeline/execution.py: local threads or Dask workers) maps
+            # the buckets; results come back in bucket order.
+            from pipeline import execution
 
-        ex = execution.current()
-        parts = ex.map(fit_subject_bucket,
-                       ex.scatter(list(subject_buckets(frame, bucket_subjects))), features, start)
-    elif features:
-        # An explicit thread count: buckets on a small thread pool of that size (numpy and
-        # polars release the GIL in the heavy parts).
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(lambda b: fit_subject_bucket(b, features, start),
-                                  subject_buckets(frame, bucket_subjects)))
+            ex = execution.current()
+            parts += ex.map(fit_subject_bucket,
+                            ex.scatter(list(subject_buckets(frame, bucket_subjects))),
+                            features, start)
+        else:
+            # An explicit thread count: buckets on a small thread pool of that size (numpy
+            # and polars release the GIL in the heavy parts).
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts += list(pool.map(lambda b: fit_subject_bucket(b, features, start),
+                                       subject_buckets(frame, bucket_subjects)))
+        del frame
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
     return pool_subject_rows(rows, features, effects)
 

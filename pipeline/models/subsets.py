@@ -23,6 +23,28 @@ def subject_subset(frame: pl.DataFrame, max_subject_days: int | None,
     if max_subject_days is None or frame.height <= max_subject_days:
         return frame, None
     fraction = max_subject_days / frame.height
+    sub = _chosen(frame, fraction)
+    return sub, _note(sub, frame.height, int(frame["subject_id"].n_unique()), max_subject_days,
+                      what)
+
+
+def panel_subset(panel, max_subject_days: int | None, what: str = "the lag model",
+                 columns: list[str] | None = None) -> tuple[pl.DataFrame, dict | None]:
+    """``subject_subset`` of a ``Panel`` read one bucket at a time: only the chosen subjects'
+    rows are ever in memory together (the same subjects and rows, in subject_id and date order,
+    as ``subject_subset(panel.whole())``)."""
+    n_rows = panel.n_rows
+    if max_subject_days is None or n_rows <= max_subject_days or panel.n_buckets == 1:
+        return subject_subset(panel.whole(columns), max_subject_days, what)
+    from pipeline.features.panel import _sorted
+
+    fraction = max_subject_days / n_rows
+    sub = _sorted(pl.concat([_chosen(part, fraction) for part in panel.buckets(columns)]))
+    return sub, _note(sub, n_rows, int(panel.summary["n_subjects"]), max_subject_days, what)
+
+
+def _chosen(frame: pl.DataFrame, fraction: float) -> pl.DataFrame:
+    """The rows of the subjects whose hash falls below ``fraction``."""
     ids = frame["subject_id"].unique().to_list()
     # sha256 of the seed and the id: stable across platforms and library versions (one hash per
     # subject, not per row).
@@ -30,10 +52,13 @@ def subject_subset(frame: pl.DataFrame, max_subject_days: int | None,
          / 2.0**64 for s in ids]
     keep = pl.Series("subject_id", [s for s, v in zip(ids, u) if v < fraction],
                      dtype=frame.schema["subject_id"])
-    sub = frame.filter(pl.col("subject_id").is_in(keep.implode()))
-    note = {"n_subject_days": sub.height, "of_subject_days": frame.height,
+    return frame.filter(pl.col("subject_id").is_in(keep.implode()))
+
+
+def _note(sub: pl.DataFrame, of_rows: int, of_subjects: int, max_subject_days: int,
+          what: str) -> dict:
+    return {"n_subject_days": sub.height, "of_subject_days": of_rows,
             "n_subjects": int(sub["subject_id"].n_unique()),
-            "of_subjects": int(frame["subject_id"].n_unique()), "seed": SUBSET_SEED,
+            "of_subjects": of_subjects, "seed": SUBSET_SEED,
             "why": f"{what} is fitted on the subjects of a hash-based subset of about "
                    f"{max_subject_days:,} subject-days to bound run time; CIs are the subset's"}
-    return sub, note
