@@ -411,7 +411,7 @@ def fit_conditional_buckets(
     pearson = sum(f["pearson_pos"] for f in finals) - 2 * y_sum + mu_sum
     deviance = 2 * (sum_ylogy - y_sum - ll)
     loglik = ll - s["sum_lgamma"]
-    fitted = np.concatenate([f["fitted"] for f in finals])
+    fitted = estimation.gathered_fitted([f["fitted"] for f in finals])
     fe = np.concatenate([f["fixed_effects"] for f in finals])
     return ConditionalPoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,

@@ -44,6 +44,16 @@ class GroupedBucket:
         return slice(int(self.starts[g0]), stop)
 
 
+def resolve(bucket) -> GroupedBucket:
+    """The bucket itself, or the ``GroupedBucket`` a ``design_buckets.DesignFile`` handle names,
+    memory-mapped here (where this pass runs)."""
+    if isinstance(bucket, GroupedBucket):
+        return bucket
+    from pipeline.models.design_buckets import load
+
+    return load(bucket)
+
+
 def grouped_bucket(X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    clusters: np.ndarray | None = None) -> GroupedBucket:
     """A bucket from arrays whose rows of one group are contiguous (``groups`` any labels;
@@ -74,6 +84,7 @@ def grouped_bucket(X: np.ndarray, y: np.ndarray, groups: np.ndarray,
 def subsample(bucket: GroupedBucket, stride: int) -> GroupedBucket:
     """Every ``stride``-th day of each group (its 1st, (stride+1)-th, ...): the warm start's
     subsample, the same whatever the bucketing (it depends only on each subject's own rows)."""
+    bucket = resolve(bucket)
     n = bucket.y.shape[0]
     position = np.arange(n) - np.repeat(bucket.starts, bucket.counts)
     keep = np.flatnonzero(position % stride == 0)
@@ -86,6 +97,7 @@ def summarize(bucket: GroupedBucket) -> dict:
     column minima/maxima over all rows; over groups with events, whether each column varies within
     some group, whether every group's event days sit at its minimum (maximum), and the largest
     within-group range; counts and the constant parts of the log-likelihood."""
+    bucket = resolve(bucket)
     X, y = bucket.X, bucket.y
     p = X.shape[1]
     used = bucket.Yg > 0
@@ -154,6 +166,7 @@ def newton_pass(bucket: GroupedBucket, beta: np.ndarray, step: np.ndarray, centr
     """One Newton pass over the bucket at ``beta``: (profile log-likelihood kernel sum y log mu,
     gradient, total and between-subject parts of the Hessian around ``centre`` or None, the
     largest |x'step| = change of any linear predictor since the previous pass at beta - step)."""
+    bucket = resolve(bucket)
     p = beta.shape[0]
     grad = np.zeros(p)
     total = np.zeros((p, p)) if hessian else None
@@ -196,7 +209,11 @@ def final_pass(bucket: GroupedBucket, beta: np.ndarray, exact_hessian: bool,
     A group's score sum_i (x_i - xbar_g) r_i equals sum_i (x_i - centre) r_i because the
     residuals r = y - mu of a group sum to zero (the profiled rates add up to the group's count;
     both are 0 in a group without events), so no per-row demeaning is needed; ``centre`` (the
-    Newton passes' mid-range centre) only keeps the sums well conditioned."""
+    Newton passes' mid-range centre) only keeps the sums well conditioned.
+
+    A bucket on disk (a ``DesignFile``) keeps its fitted rates beside it (``fitted`` is then
+    None: the driver never gathers a value per row)."""
+    handle, bucket = bucket, resolve(bucket)
     p = beta.shape[0]
     n = bucket.y.shape[0]
     fitted = np.zeros(n)
@@ -237,7 +254,16 @@ def final_pass(bucket: GroupedBucket, beta: np.ndarray, exact_hessian: bool,
         "mu_sum": float(fitted.sum()),
         "n_mu_pos": int(np.count_nonzero(fitted)),
         "min_mu_zero_y": float(fitted[zero].min()) if zero.any() else np.inf,
-        "fitted": fitted,
+        "fitted": _keep_fitted(handle, fitted),
         "fixed_effects": fe,
         "exact_hessian": H,
     }
+
+
+def _keep_fitted(handle, fitted: np.ndarray) -> np.ndarray | None:
+    if isinstance(handle, GroupedBucket):
+        return fitted
+    from pipeline.models.design_buckets import write_fitted
+
+    write_fitted(handle, fitted)
+    return None

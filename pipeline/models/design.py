@@ -79,12 +79,22 @@ class Design:
     n_dropped_incomplete: int = 0
     n_subjects_without_episodes: int = 0
     n_days_without_episodes_subject: int = 0
+    #: A design held in subject buckets on disk (``design_buckets``): one ``DesignFile`` per
+    #: bucket, and ``X``, ``y``, ``groups`` and ``strata`` are None.
+    buckets: list | None = None
+    #: With ``buckets``: subject-days, subjects and episodes of the design.
+    totals: dict[str, int] | None = None
 
     def drop(self, features, reason: str) -> None:
         """Remove features from the design (a rare path: copies X once)."""
         names = {f.name for f in features}
         keep = [j for j, f in enumerate(self.kept) if f.name not in names]
-        self.X = np.asfortranarray(self.X[:, keep])
+        if self.buckets is not None:
+            from pipeline.models.design_buckets import drop_columns
+
+            self.buckets = [drop_columns(h, keep) for h in self.buckets]
+        else:
+            self.X = np.asfortranarray(self.X[:, keep])
         self.kept = [self.kept[j] for j in keep]
         for name in names:
             self.excluded[name] = reason
@@ -101,10 +111,14 @@ class Design:
 
     @property
     def n_subject_days(self) -> int:
+        if self.totals is not None:
+            return self.totals["n_subject_days"]
         return 0 if self.y is None else int(self.y.shape[0])
 
     @property
     def n_subjects(self) -> int:
+        if self.totals is not None:
+            return self.totals["n_subjects"]
         # groups are sorted (the panel is sorted by subject), so counting changes suffices
         if self.groups is None or self.groups.size == 0:
             return 0
@@ -112,6 +126,8 @@ class Design:
 
     @property
     def n_episodes(self) -> int:
+        if self.totals is not None:
+            return self.totals["n_episodes"]
         return 0 if self.y is None else int(round(float(self.y.sum())))
 
 
@@ -238,30 +254,56 @@ def _check_sufficiency(X: np.ndarray, groups: np.ndarray, features, conditional:
                        d: Design) -> list:
     if not features:
         return []
-    n_rows = X.shape[0]
-    starts = None
+    return judge_sufficiency(sufficiency_stats(X, groups, conditional), features, conditional, d)
+
+
+def sufficiency_stats(X: np.ndarray, groups: np.ndarray, conditional: bool) -> dict[str, Any]:
+    """What the sufficiency policy reads from a design (all of it or one bucket of whole
+    subjects), as sums, minima and maxima that add up over buckets (``add_sufficiency_stats``):
+    rows, column totals (binary features: the days at 1), minima, maxima and, within-subject,
+    the subjects in whom each column varies."""
+    n_rows, p = X.shape
+    out = {"n_rows": n_rows, "total": X.sum(axis=0) if n_rows else np.zeros(p),
+           "lo": X.min(axis=0) if n_rows else np.full(p, np.inf),
+           "hi": X.max(axis=0) if n_rows else np.full(p, -np.inf),
+           "n_vary": np.zeros(p, dtype=np.int64)}
     if conditional and n_rows:
         # groups are sorted (the panel is sorted by subject): one run per subject
         starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        out["n_vary"] = np.count_nonzero(np.maximum.reduceat(X, starts, axis=0)
+                                         > np.minimum.reduceat(X, starts, axis=0), axis=0)
+    return out
+
+
+def add_sufficiency_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"n_rows": sum(q["n_rows"] for q in parts),
+            "total": sum(q["total"] for q in parts),
+            "lo": np.minimum.reduce([q["lo"] for q in parts]),
+            "hi": np.maximum.reduce([q["hi"] for q in parts]),
+            "n_vary": sum(q["n_vary"] for q in parts)}
+
+
+def judge_sufficiency(stats: dict[str, Any], features, conditional: bool, d: Design) -> list:
+    """Apply the data sufficiency policy to ``sufficiency_stats`` (of the whole design or added
+    up over its buckets); records each feature's figures and reason in ``d``; returns the
+    features that fail. "No variation" is a column whose maximum equals its minimum."""
+    n_rows = stats["n_rows"]
     failures = []
     for j, f in enumerate(features):
-        column = X[:, j]
         info: dict[str, Any] = {"n_subject_days": n_rows}
         reason = None
-        sd = pl.Series(f.name, column).std() if n_rows else None
         if f.kind == "binary":
-            yes = int(column.sum())
+            yes = int(round(float(stats["total"][j])))
             no = n_rows - yes
             info.update(n_days_yes=yes, n_days_no=no)
             if min(yes, no) < MIN_DAYS_PER_LEVEL:
                 level = "yes" if yes < no else "no"
                 reason = (f"only {min(yes, no):,} subject-days with {f.name} = {level} "
                           f"(need at least {MIN_DAYS_PER_LEVEL} at each level)")
-        if reason is None and (sd is None or not sd > 0):
+        if reason is None and not (n_rows >= 2 and stats["hi"][j] > stats["lo"][j]):
             reason = "no variation in the model's subject-days"
-        if starts is not None:
-            n_vary = int(np.count_nonzero(np.maximum.reduceat(column, starts)
-                                          > np.minimum.reduceat(column, starts)))
+        if conditional and n_rows:
+            n_vary = int(stats["n_vary"][j])
             info["n_subjects_with_variation"] = n_vary
             if reason is None and n_vary < MIN_SUBJECTS_WITH_VARIATION:
                 reason = (f"varies within only {n_vary} subject(s) with episodes (need at least "
@@ -282,20 +324,46 @@ def _drop_collinear(d: Design) -> None:
     X = d.X
     if X is None or X.shape[1] < 2 or X.shape[0] == 0:
         return
+    dropped = collinear_features(centred_cross(add_cross([cross_part(X, d.groups,
+                                                                     d.conditional)])), d.kept)
+    if dropped:
+        d.drop(dropped, FEATURE_REASONS["collinear"])
+
+
+def cross_part(X: np.ndarray, groups: np.ndarray, conditional: bool) -> dict[str, Any]:
+    """One bucket's share of the collinearity check's cross-product: within-subject, already
+    centred on the bucket's own subject means (a subject never crosses buckets); population, the
+    raw cross-product and column totals (centred once all buckets are added)."""
     cross = X.T @ X
-    if d.conditional:
-        starts = np.flatnonzero(np.r_[True, d.groups[1:] != d.groups[:-1]])
+    if conditional:
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
         sums = np.add.reduceat(X, starts, axis=0)
         counts = np.diff(np.r_[starts, X.shape[0]])
         cross -= (sums / counts[:, None]).T @ sums
-    else:
-        total = X.sum(axis=0)
-        cross -= np.outer(total, total) / X.shape[0]
+        return {"cross": cross, "total": None, "n": X.shape[0]}
+    return {"cross": cross, "total": X.sum(axis=0), "n": X.shape[0]}
+
+
+def add_cross(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"cross": sum(q["cross"] for q in parts),
+            "total": None if parts[0]["total"] is None else sum(q["total"] for q in parts),
+            "n": sum(q["n"] for q in parts)}
+
+
+def centred_cross(c: dict[str, Any]) -> np.ndarray:
+    if c["total"] is None:
+        return c["cross"]
+    return c["cross"] - np.outer(c["total"], c["total"]) / c["n"]
+
+
+def collinear_features(cross: np.ndarray, kept) -> list:
+    """The features (later ones first) that the earlier ones span, from the centred
+    cross-product."""
     scale = np.sqrt(np.clip(np.diag(cross), 1e-300, None))
     corr = cross / np.outer(scale, scale)
     kept_idx: list[int] = []
     dropped = []
-    for j, f in enumerate(d.kept):
+    for j, f in enumerate(kept):
         residual = 1.0
         if kept_idx:
             sub = corr[np.ix_(kept_idx, kept_idx)]
@@ -305,5 +373,4 @@ def _drop_collinear(d: Design) -> None:
             dropped.append(f)
         else:
             kept_idx.append(j)
-    if dropped:
-        d.drop(dropped, FEATURE_REASONS["collinear"])
+    return dropped

@@ -59,12 +59,28 @@ def model_diagnostics(design, fit, failure: str | None) -> dict[str, Any]:
         df_resid=df_resid,
         pearson_dispersion=float(fit.pearson_chi2) / df_resid if df_resid > 0 else None,
     )
+    if design.buckets is not None:
+        # The fitted rates stayed with their buckets: the calibration reads them bucket by bucket.
+        out.update(bucketed_calibration(design.buckets))
+        return out
     fitted = np.asarray(fit.fitted, dtype=float)
     if fitted.shape == design.y.shape:
         out["calibration"] = calibration(design.y, fitted)
         out["fitted_total"] = float(fitted.sum())
         out["observed_total"] = float(design.y.sum())
     return out
+
+
+def bucketed_calibration(handles) -> dict[str, Any]:
+    """The calibration table and totals of a fit whose buckets kept their fitted rates on disk
+    (``design_buckets.outcome_and_fitted``)."""
+    from pipeline.models.design_buckets import outcome_and_fitted
+
+    pairs = [outcome_and_fitted(h) for h in handles]
+    y = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0)
+    mu = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0)
+    return {"calibration": calibration(y, mu), "fitted_total": float(mu.sum()),
+            "observed_total": float(y.sum())}
 
 
 def calibration(y: np.ndarray, fitted: np.ndarray, bins: int = N_CALIBRATION_BINS) -> list[dict]:

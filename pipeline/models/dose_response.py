@@ -59,7 +59,7 @@ def fit_dose_response(design, start: dict[str, float] | None = None
     feature, a note (knots used, or why no curve)."""
     frames: list[pl.DataFrame] = []
     notes: dict[str, Any] = {}
-    if design.X is None or not design.kept:
+    if (design.X is None and design.buckets is None) or not design.kept:
         return pl.DataFrame(schema=DOSE_SCHEMA), notes
     design, subset = _subset(design, MAX_SUBJECT_DAYS)
     if subset:
@@ -102,6 +102,8 @@ def fit_dose_response(design, start: dict[str, float] | None = None
 def _subset(design, max_rows: int):
     """A copy of the design restricted to a seeded random subset of subjects with at most
     ``max_rows`` subject-days, or the design itself when it is small enough."""
+    if design.buckets is not None:
+        return _subset_of_buckets(design, max_rows)
     n = design.X.shape[0]
     if n <= max_rows:
         return design, None
@@ -123,6 +125,35 @@ def _subset(design, max_rows: int):
             "seed": SUBSET_SEED,
             "why": f"curves use a random subset of whole subjects with at most {max_rows:,} "
                    "subject-days to bound run time; bands are those of the subset"}
+    return sub, note
+
+
+def _subset_of_buckets(design, max_rows: int):
+    """``_subset`` of a design held in buckets on disk: the same subjects (chosen by position in
+    subject order, from each subject's row count), their rows gathered into memory."""
+    from copy import copy
+
+    from pipeline.models.design_buckets import gather_rows, subjects
+
+    pairs = [subjects(h) for h in design.buckets]
+    codes = np.concatenate([c for c, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    rows = np.concatenate([r for _, r in pairs]) if pairs else np.zeros(0, np.int64)
+    by_code = np.argsort(codes, kind="stable")
+    codes, counts = codes[by_code], rows[by_code]
+    n = int(counts.sum())
+    note = None
+    if n > max_rows:
+        order = np.random.default_rng(SUBSET_SEED).permutation(codes.size)
+        take = np.sort(order[np.cumsum(counts[order]) <= max_rows])
+        note = {"n_subjects": int(take.size), "of_subjects": int(codes.size),
+                "n_subject_days": int(counts[take].sum()), "of_subject_days": n,
+                "seed": SUBSET_SEED,
+                "why": f"curves use a random subset of whole subjects with at most {max_rows:,} "
+                       "subject-days to bound run time; bands are those of the subset"}
+        codes = codes[take]
+    sub = copy(design)
+    sub.X, sub.y, sub.groups, sub.strata = gather_rows(design, codes)
+    sub.buckets, sub.totals = None, None
     return sub, note
 
 

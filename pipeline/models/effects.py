@@ -87,12 +87,27 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
     from pipeline.models.dose_response import DOSE_SCHEMA, fit_dose_response
     from pipeline.models.time_strata import frame_for_analysis
 
+    from pipeline import scratch
+
     custom_factors = tuple(custom_factors)
-    frame = panel.whole()
-    _check_fittable(frame, panel)
-    frame = with_subject_codes(frame)
     analysis = analysis or AnalysisConfig()
-    frame, adjusters = frame_for_analysis(frame, analysis)
+    _check_fittable(panel)
+    # A panel held in buckets (a run's scratch space) gets its designs built bucket by bucket
+    # and kept on disk (``design_buckets``): memory holds a bucket at a time. Otherwise the
+    # whole panel is in memory and so is each design.
+    bucketed = panel.n_buckets > 1 and scratch.current() is not None
+    if bucketed:
+        from pipeline.models import design_buckets as db
+
+        frame = None
+        ranks = db.subject_ranks(panel)
+        knots = db.days_in_study_knots(panel) if "days_in_study" in analysis.adjust else None
+        first = next(b for b in range(panel.n_buckets) if panel.bucket(b, ["date"]).height)
+        _, adjusters = frame_for_analysis(
+            db.bucket_frame(panel, first, ranks, AnalysisConfig(), None).head(1), analysis, knots)
+    else:
+        frame = with_subject_codes(panel.whole())
+        frame, adjusters = frame_for_analysis(frame, analysis)
     if adjusters:
         from dataclasses import replace
 
@@ -107,9 +122,15 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
     for model, conditional, features, reported in model_specs(custom_factors):
         # One model's design in memory at a time: each is released before the next is built.
         timer = progress.begin(f"fit model {model}")
-        design = prepare_design(frame, panel, model, conditional,
-                                tuple(features) + (tuple(adjusters) if conditional else ()),
-                                reported)
+        terms = tuple(features) + (tuple(adjusters) if conditional else ())
+        directory = None
+        if bucketed:
+            directory = scratch.new_directory(f"design-{model}")
+            design = db.prepare_design_buckets(panel, model, conditional, terms, reported,
+                                               ranks=ranks, analysis=analysis, knots=knots,
+                                               directory=directory)
+        else:
+            design = prepare_design(frame, panel, model, conditional, terms, reported)
         if conditional and not analysis.is_default:
             design.analysis_note = analysis.describe()
         if model not in PRIMARY_MODELS and not set(design.names) & {f.name for f in reported}:
@@ -129,6 +150,7 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
         if model == fd.WITHIN_SUBJECT and dose_response:
             dose, dose_notes = fit_dose_response(design, within)
         del design, fit
+        scratch.remove(directory)
         timer.end()
 
     effects = sort_effects(add_q_values(pl.DataFrame(rows, schema=EFFECTS_SCHEMA,
@@ -138,15 +160,22 @@ def fit_models(panel: Panel, *, custom_factors=(), dose_response: bool = True,
     return ModelResults(effects=effects, dose_response=dose, diagnostics=diagnostics)
 
 
-def _check_fittable(frame: pl.DataFrame, panel: Panel) -> None:
-    if frame.height == 0:
+def _check_fittable(panel: Panel) -> None:
+    """Refuse a panel too small to model (from its summary: no pass over the rows)."""
+    summary = panel.summary
+    if not {"n_subject_days", "n_subjects", "n_episodes_on_logged_days"} <= summary.keys():
+        frame = panel.whole()  # a panel made by hand, without build_panel's summary
+        summary = {"n_subject_days": frame.height,
+                   "n_subjects": frame["subject_id"].n_unique() if frame.height else 0,
+                   "n_episodes_on_logged_days": int(frame[OUTCOME].sum()) if frame.height else 0}
+    if summary["n_subject_days"] == 0:
         raise UserError("the dataset has no accepted daily rows: nothing to model")
-    n_subjects = frame["subject_id"].n_unique()
+    n_subjects = summary["n_subjects"]
     if n_subjects < 2:
         raise UserError(
             f"the dataset has {n_subjects} subject: the models need at least 2 subjects "
             "(robust errors are clustered by subject)")
-    n_episodes = int(frame[OUTCOME].sum())
+    n_episodes = int(summary["n_episodes_on_logged_days"])
     if n_episodes == 0:
         outside = panel.summary.get("episodes_outside_logged_days", 0)
         extra = (f" ({outside:,} episode(s) fell on days without a daily row)" if outside else "")
@@ -181,7 +210,9 @@ def _fit(design: Design, start: dict[str, float] | None = None,
         if not design.kept:
             return None, "no feature has enough data for this model"
         try:
-            if design.conditional:
+            if design.buckets is not None:
+                fit = _fit_buckets(design, start)
+            elif design.conditional:
                 beta0 = None if not start else np.array(
                     [start.get(name, 0.0) for name in design.names])
                 fit = fit_conditional_poisson(design.X, design.y, groups=design.fit_groups,
@@ -202,6 +233,20 @@ def _fit(design: Design, start: dict[str, float] | None = None,
         if not fit.converged:
             return None, "the solver did not converge"
         return fit, None
+
+
+def _fit_buckets(design: Design, start: dict[str, float] | None):
+    """Fit a design held in buckets on disk: the estimators map their passes over the bucket
+    handles on the run's executor (each pass opens its bucket where it runs)."""
+    from pipeline import execution
+    from pipeline.models.conditional import fit_conditional_buckets
+    from pipeline.models.poisson import fit_poisson_buckets
+
+    ex = execution.current()
+    if design.conditional:
+        beta0 = None if not start else np.array([start.get(name, 0.0) for name in design.names])
+        return fit_conditional_buckets(design.buckets, design.names, executor=ex, start=beta0)
+    return fit_poisson_buckets(design.buckets, design.names, executor=ex)
 
 
 def _effect_rows(design: Design, fit, failure: str | None) -> list[dict[str, Any]]:

@@ -124,6 +124,14 @@ def count_constants(y: np.ndarray) -> tuple[float, float]:
     return float((yp * np.log(yp)).sum()), float(special.gammaln(yp + 1).sum())
 
 
+def gathered_fitted(parts: list) -> np.ndarray | None:
+    """The fitted rates of every bucket in bucket order, or None when the buckets kept theirs on
+    disk (``design_buckets``: a fit whose buckets are files never gathers a value per row)."""
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
     """Row slices of CHUNK_ROWS (cache-sized blocks of a bucket)."""
     size = size or CHUNK_ROWS

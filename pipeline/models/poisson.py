@@ -313,7 +313,8 @@ def fit_poisson_buckets(
     pearson = sum(f["pearson_pos"] for f in finals) - 2 * y_sum + sum(f["mu_sum"] for f in finals)
     return PoissonFit(
         names=names, coef=beta, cov_cluster=cov, cov_model=cov_model,
-        **inference(beta, cov), fitted=np.concatenate([f["fitted"] for f in finals]), n_obs=n,
+        **inference(beta, cov), fitted=estimation.gathered_fitted([f["fitted"] for f in finals]),
+        n_obs=n,
         n_clusters=n_clusters, converged=converged, n_iter=n_iter, deviance=float(deviance),
         pearson_chi2=float(pearson), df_resid=n - k, loglik=float(ll - s["sum_lgamma"]),
         has_intercept=add_intercept, small_sample_factor=factor)

@@ -27,6 +27,16 @@ class ClusterBucket:
     n_clusters: int
 
 
+def resolve(bucket) -> ClusterBucket:
+    """The bucket itself, or the ``ClusterBucket`` a ``design_buckets.DesignFile`` handle names,
+    memory-mapped here (where this pass runs)."""
+    if isinstance(bucket, ClusterBucket):
+        return bucket
+    from pipeline.models.design_buckets import load
+
+    return load(bucket)
+
+
 def cluster_bucket(X: np.ndarray, y: np.ndarray, clusters: np.ndarray,
                    offset: np.ndarray | None = None) -> ClusterBucket:
     codes, k = encode_labels(clusters, y.shape[0], "clusters")
@@ -36,6 +46,7 @@ def cluster_bucket(X: np.ndarray, y: np.ndarray, clusters: np.ndarray,
 def subsample(bucket: ClusterBucket, stride: int) -> ClusterBucket:
     """Every ``stride``-th row of each cluster (its 1st, (stride+1)-th, ...), whatever the
     bucketing: the warm start's subsample."""
+    bucket = resolve(bucket)
     c = bucket.clusters
     order = np.argsort(c, kind="stable")
     first = np.searchsorted(c[order], np.arange(bucket.n_clusters))
@@ -50,6 +61,7 @@ def subsample(bucket: ClusterBucket, stride: int) -> ClusterBucket:
 def summarize(bucket: ClusterBucket) -> dict:
     """Column minima/maxima over all rows and over rows with events, counts, the constant parts
     of the log-likelihood and the exposure total (for the null start)."""
+    bucket = resolve(bucket)
     X, y = bucket.X, bucket.y
     p = X.shape[1]
     lo, hi = np.full(p, np.inf), np.full(p, -np.inf)
@@ -83,6 +95,7 @@ def newton_pass(bucket: ClusterBucket, beta: np.ndarray, step: np.ndarray, inter
                 hessian: bool):
     """(sum y eta - sum mu, gradient, negative Hessian or None, largest |change of eta| since
     the pass at beta - step) over the bucket; ``beta`` starts with the intercept if fitted."""
+    bucket = resolve(bucket)
     ic = 1 if intercept else 0
     k = beta.shape[0]
     grad = np.zeros(k)
@@ -117,6 +130,7 @@ def newton_pass(bucket: ClusterBucket, beta: np.ndarray, step: np.ndarray, inter
 def final_pass(bucket: ClusterBucket, beta: np.ndarray, intercept: bool) -> dict:
     """At the solution: the bucket's cluster-score outer products (meat), Pearson pieces, the
     fitted rates, and the separation check's statistics."""
+    handle, bucket = bucket, resolve(bucket)
     ic = 1 if intercept else 0
     k = beta.shape[0]
     n = bucket.y.shape[0]
@@ -142,4 +156,14 @@ def final_pass(bucket: ClusterBucket, beta: np.ndarray, intercept: bool) -> dict
     return {"meat": S.T @ S, "pearson_pos": float((yp * yp / fitted[pos]).sum()),
             "mu_sum": float(fitted.sum()), "n_mu_pos": int(np.count_nonzero(fitted)),
             "min_mu_zero_y": float(fitted[zero].min()) if zero.any() else np.inf,
-            "fitted": fitted}
+            "fitted": _keep_fitted(handle, fitted)}
+
+
+def _keep_fitted(handle, fitted: np.ndarray) -> np.ndarray | None:
+    """A bucket on disk keeps its fitted rates beside it (the driver gathers none)."""
+    if isinstance(handle, ClusterBucket):
+        return fitted
+    from pipeline.models.design_buckets import write_fitted
+
+    write_fitted(handle, fitted)
+    return None
