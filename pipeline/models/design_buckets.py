@@ -207,8 +207,9 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
                 d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
                                          "n_missing": n_missing}
 
+    # Panel columns; the [analysis] adjustments ("_" names) are computed per bucket.
     panel_columns = ["subject_id", "date", OUTCOME,
-                     *[f.name for f in candidates if f.name in panel.features]]
+                     *[f.name for f in candidates if not f.name.startswith("_")]]
     kind = "grouped" if conditional else "cluster"
     while True:
         handles, stats, crosses = [], [], []
