@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -134,8 +135,19 @@ def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(
     features, start = within_features(effects, custom_factors)
     keep = ["subject_id", "date", "episodes", *(f.name for f in features)]
     parts = []
-    # One part of the panel at a time (a store bucket; the whole panel when it is in memory),
-    # cut into buckets of ``bucket_subjects`` whole subjects that run side by side.
+    if features and workers is None and panel.frame is None and panel.parts and all(
+            isinstance(part, Path) for part in panel.parts):
+        # A panel on disk: each worker reads its own part where it runs (a thread here, a Dask
+        # worker on the shared file system) and fits that part's subjects; the driver sends
+        # nothing but a path and receives the per-subject rows.
+        from pipeline import execution
+
+        parts = execution.current().map(fit_subject_part, [str(p) for p in panel.parts], keep,
+                                        features, start, bucket_subjects)
+        return pool_subject_rows(pl.concat(parts) if parts else
+                                 pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA), features, effects)
+    # One part of the panel at a time (the whole panel when it is in memory), cut into buckets
+    # of ``bucket_subjects`` whole subjects that run side by side.
     for frame in (panel.buckets(keep) if features else ()):
         if workers is None:
             # The run's executor (pipeline/execution.py: local threads or Dask workers) maps
@@ -155,6 +167,18 @@ def fit_subject_effects(panel: Panel, effects: pl.DataFrame, *, custom_factors=(
         del frame
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
     return pool_subject_rows(rows, features, effects)
+
+
+def fit_subject_part(path: str, columns: list[str], features, start: dict[str, float],
+                     bucket_subjects: int = BUCKET_SUBJECTS) -> pl.DataFrame:
+    """Every person's own fit in one panel part on disk (read here), in buckets of
+    ``bucket_subjects`` whole subjects: a pure function of the part."""
+    from pipeline.features.panel import read_part
+
+    frame = read_part(Path(path), columns)
+    rows = [fit_subject_bucket(b, features, start) for b in subject_buckets(frame,
+                                                                           bucket_subjects)]
+    return pl.concat(rows) if rows else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
 
 
 def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> SubjectEffects:
