@@ -96,3 +96,27 @@ def test_bucketed_designs_give_the_in_memory_results(store, tmp_path, monkeypatc
     for model in ("population", "within_subject"):
         calibration = bucketed.diagnostics["models"][model]["calibration"]
         assert [row["decile"] for row in calibration] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("where", ["panel", "design"])
+def test_a_full_disk_in_the_scratch_space_is_one_message_and_leaves_nothing(tmp_path,
+                                                                            monkeypatch, where):
+    import errno
+
+    from pipeline.errors import UserError
+    from pipeline.run import run_job
+
+    write_dataset(generate(60, 60, 3), tmp_path / "data")
+    monkeypatch.setenv("CRAMP_ROWS_PER_BUCKET", "900")  # several buckets: the scratch path
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "panel":
+        monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
+    else:
+        monkeypatch.setattr("pipeline.models.design_buckets.np.save", full)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="no space left on the device"):
+        run_job(tmp_path / "data", out, report=False)
+    assert not list(out.glob(".scratch-*")), "the scratch space is removed on failure too"
