@@ -29,15 +29,59 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 BENCH_START = date(2025, 1, 6)  # a Monday, as synth's default
 
 
+#: Subjects generated at a time for the largest datasets (synth builds a dataset in memory:
+#: 100,000 x 365 takes several GiB, 300,000 x 365 at once would not fit on this machine).
+CHUNK_SUBJECTS = 100_000
+
+
 def dataset(n_subjects: int, n_days: int, fmt: str) -> Path:
     from pipeline import synth
 
     path = CACHE / f"synth-{n_subjects}x{n_days}-{fmt}-{BENCH_START:%Y}"
+    if n_subjects > CHUNK_SUBJECTS and fmt == "parquet":
+        return chunked_dataset(path, n_subjects, n_days)
     if not (path / f"subjects.{fmt}").exists():
         started = time.perf_counter()
         ds = synth.generate(n_subjects, n_days, seed=7, start_date=BENCH_START)
         synth.write_dataset(ds, path, fmt=fmt)
         print(f"  generated {path.name} in {time.perf_counter() - started:.1f} s")
+    return path
+
+
+def chunked_dataset(path: Path, n_subjects: int, n_days: int) -> Path:
+    """A Parquet dataset of ``n_subjects`` generated ``CHUNK_SUBJECTS`` at a time, each chunk one
+    file per table in the table's directory (``daily/part-1.parquet``, ...: how cramp reads a
+    table exported in pieces), with ids prefixed by the chunk so that they stay unique."""
+    import shutil
+
+    import polars as pl
+
+    from pipeline import synth
+
+    done = path / ".complete"
+    if done.exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    started = time.perf_counter()
+    n_chunks = -(-n_subjects // CHUNK_SUBJECTS)
+    for c in range(n_chunks):
+        size = min(CHUNK_SUBJECTS, n_subjects - c * CHUNK_SUBJECTS)
+        ds = synth.generate(size, n_days, seed=7 + c, start_date=BENCH_START)
+        custom = ds.custom_factors
+        for name, frame in ds.tables().items():
+            frame = frame.with_columns(pl.col("subject_id").str.replace("^S", f"S{c + 1}-"))
+            if "episode_id" in frame.columns:
+                frame = frame.with_columns(pl.col("episode_id").str.replace("^", f"c{c + 1}-"))
+            (path / name).mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path / name / f"part-{c + 1}.parquet", statistics=True)
+        del ds
+    if custom:
+        from pipeline.synth.write import dataset_toml
+
+        (path / "dataset.toml").write_text(dataset_toml(custom))
+    done.write_text("")
+    print(f"  generated {path.name} in {time.perf_counter() - started:.1f} s "
+          f"({n_chunks} chunks of up to {CHUNK_SUBJECTS:,} subjects)")
     return path
 
 
