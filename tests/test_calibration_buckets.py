@@ -5,9 +5,11 @@ relative (summation order only; identical with one bucket). Rows tied with an ed
 placed by their row order in the concatenation, buckets in order.
 
 Each case is split into 1, 7 and 64 buckets at random cut points (so some buckets are empty),
-and run with the default bound on returned values and with bounds that force the other paths:
-``max_values=3`` (histograms refined until a bin holds three rows) and ``max_values=0``
-(histograms all the way down to single keys, never values).
+and run with the default bounds on what a bucket returns and with bounds that force the other
+paths: ``max_values=3`` (histograms refined until a bin holds three rows), ``max_values=0``
+(never values: a bin's distinct keys, or histograms down to single keys), ``max_distinct=0``
+(never distinct keys) and ``max_distinct=2`` (some buckets return distinct keys, others a
+histogram).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 
 from pipeline.execution import LocalExecutor
 from pipeline.models.calibration import (
+    MAX_DISTINCT,
     MAX_VALUES,
     bucket_assign,
     bucket_refine,
@@ -100,17 +103,20 @@ def assert_same_table(expected: list[dict], got: list[dict], exact_sums: bool = 
                 assert g[key] == pytest.approx(e[key], rel=1e-12, abs=0), (key, e, g)
 
 
-@pytest.mark.parametrize("max_values", [MAX_VALUES, 3, 0])
+@pytest.mark.parametrize("max_values, max_distinct", [
+    (MAX_VALUES, MAX_DISTINCT), (3, MAX_DISTINCT), (0, MAX_DISTINCT), (0, 0), (3, 2)])
 @pytest.mark.parametrize("n_buckets", [1, 7, 64])
 @pytest.mark.parametrize("row", spec_table(CASES), ids=lambda r: r["case"])
-def test_bucketed_calibration_equals_calibration_of_the_concatenation(row, n_buckets, max_values):
+def test_bucketed_calibration_equals_calibration_of_the_concatenation(row, n_buckets, max_values,
+                                                                      max_distinct):
     rng = np.random.default_rng(zlib.crc32(row["case"].encode()))
     n = int(row["rows"])
     mu = rates(row["case"], n, rng)
     y = rng.poisson(np.clip(np.abs(np.nan_to_num(mu, posinf=1, neginf=1)), 0, 3)).astype(float)
     buckets = split(y, mu, n_buckets, rng)
     expected = calibration(y, mu)
-    got = calibration_by_buckets(buckets, in_memory, max_values=max_values)
+    got = calibration_by_buckets(buckets, in_memory, max_values=max_values,
+                                 max_distinct=max_distinct)
     assert_same_table(expected, got, exact_sums=n_buckets == 1)
     if n:
         assert sum(r["n_subject_days"] for r in got) == n
@@ -163,10 +169,14 @@ def test_keys_order_as_the_floats():
 
 
 def test_passes_and_what_a_bucket_returns_are_small():
-    """Distinct rates: a summary, a histogram, the values of a few bins, the assignment. One
+    """Distinct rates: a summary, a histogram, the values of a few bins, the assignment; the
+    same with one rate in eight tied among them (the tie's bin returned as distinct keys). One
     rate: a summary and the assignment. No bucket returns more than a 2**16-bin histogram."""
     rng = np.random.default_rng(7)
-    for mu, passes in [(rng.gamma(2.0, 0.01, 200_000), 4), (np.full(200_000, 0.02), 2)]:
+    tie_among_spread = rng.gamma(2.0, 0.01, 200_000)
+    tie_among_spread[::8] = 0.02
+    for mu, passes in [(rng.gamma(2.0, 0.01, 200_000), 4), (tie_among_spread, 4),
+                       (np.full(200_000, 0.02), 2)]:
         y = rng.poisson(mu).astype(float)
         calls = []
 
@@ -247,12 +257,14 @@ values_pool = st.sampled_from([0.0, 1e-3, 0.01, 0.01 + 1e-17, 0.02, 0.5, 1.0, 1.
     cuts=st.lists(st.integers(0, 120), max_size=8),
     bins=st.integers(1, 12),
     max_values=st.sampled_from([0, 1, 2, 5, MAX_VALUES]),
+    max_distinct=st.sampled_from([0, 1, 3, MAX_DISTINCT]),
 )
-def test_property_equals_calibration(mu, cuts, bins, max_values):
+def test_property_equals_calibration(mu, cuts, bins, max_values, max_distinct):
     mu = np.array(mu, dtype=float)
     y = (np.arange(mu.size) % 3).astype(float)
     cuts = sorted(min(c, mu.size) for c in cuts)
     buckets = list(zip(np.split(y, cuts), np.split(mu, cuts)))
     expected = calibration(y, mu, bins)
     assert_same_table(expected, calibration_by_buckets(buckets, in_memory, bins=bins,
-                                                       max_values=max_values))
+                                                       max_values=max_values,
+                                                       max_distinct=max_distinct))

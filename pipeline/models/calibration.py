@@ -27,6 +27,10 @@ How the order statistics are found without a sort (a distributed radix select on
    each bucket's count of rows equal to them. A bin whose smallest and largest keys are equal
    (heavy ties, e.g. three distinct rates) is resolved from its per-bucket counts, without values:
    a bucket also returns the smallest and largest key of a bin when the driver does not know them.
+   A bin too big for values (after the first histogram) is first asked for its distinct keys
+   with their counts (at most ``max_distinct`` per bucket, else a histogram): a heavy tie with
+   a few other values nearby resolves in that one pass, where histograms would need a pass per
+   8 bits of the gap between the tied value and its nearest neighbour.
    The bins holding some k are identical or disjoint (positions in one bin share its fate), so a
    bucket finds each row's bin with one gather from a table of 2**16 slots. Typically two
    refinement passes (a histogram, then values); with the 36.5M rows of 100,000 x 365 too (the
@@ -36,10 +40,11 @@ How the order statistics are found without a sort (a distributed radix select on
    rows take their positions in concatenation order; the per-bin counts and sums.
 
 What a bucket returns is bounded whatever the data: three numbers in pass 1; per open bin at most
-2**16 (first histogram) or 2**8 (digit, count) pairs, or the values of a bin of at most
-``max_values`` rows all buckets together (under 10 MiB at the driver in all for 10 bins); 3 x bins
-numbers in the last pass. Work per pass is O(rows of the bucket), vectorised; the Python loops are
-over the edges, the open bins and the buckets' small results. One difference from
+2**16 (first histogram) or 2**8 (digit, count) pairs, or at most ``max_distinct`` (key, count)
+pairs, or the values of a bin of at most ``max_values`` rows all buckets together (under 10 MiB
+at the driver in all for 10 bins); 3 x bins numbers in the last pass. Work per pass is O(rows of
+the bucket), vectorised (one sort of a big bin's rows where its distinct keys are asked for); the
+Python loops are over the edges, the open bins and the buckets' small results. One difference from
 ``calibration``: where rows equal -0.0 and 0.0 at an edge, ``predicted_rate_min``/``max`` may be
 either zero (``np.partition`` returns whichever it meets); fitted rates are positive.
 
@@ -65,6 +70,10 @@ STEP_BITS = 8
 #: A bin holding an order statistic is returned as values once it holds at most this many rows
 #: (all buckets together): at most 2 * bins such bins, so under 10 MiB at the driver for 10 bins.
 MAX_VALUES = 1 << 16
+#: A bin with more rows is first asked for its distinct keys with their counts (at most this many
+#: per bucket, 64 KiB): a heavy tie among a few other values resolves in one pass, where
+#: histograms would take a pass per 8 bits of the gap to the nearest other value.
+MAX_DISTINCT = 4096
 
 _SIGN = np.uint64(1 << 63)
 _MAX_KEY = np.uint64((1 << 64) - 1)
@@ -125,11 +134,15 @@ def bucket_summary(handle: Any, load: Callable) -> tuple[int, int | None, int | 
 
 def bucket_refine(handle: Any, load: Callable, frame: tuple[int, int, int], lo: np.ndarray,
                   hi: np.ndarray, base: np.ndarray, shift: np.ndarray, width: np.ndarray,
-                  as_values: np.ndarray, want_range: np.ndarray) -> list:
+                  as_values: np.ndarray, want_range: np.ndarray, distinct: np.ndarray,
+                  max_distinct: int) -> list:
     """A refinement pass of one bucket over disjoint key bins ``[lo, hi]`` (sorted). Per bin,
     either its rows' values (``as_values``; unsorted), or the nonzero (digits, counts) of
     ``(key - base) >> (shift - width)`` (``width`` bits; ``base`` aligned to ``2**shift``)
     and, where ``want_range``, the smallest and largest key of its rows (None: no rows).
+    Where ``distinct`` (a bin too big to return as values, perhaps a heavy tie), the distinct
+    keys of its rows with their counts instead, as a dict, if there are at most
+    ``max_distinct`` of them in this bucket.
 
     ``frame`` = (origin, coarse shift, slots) cuts the keys of all rows into at most 2**16
     slots: a table of the bin (or "none", or "two bins share the slot") of each slot finds each
@@ -165,7 +178,7 @@ def bucket_refine(handle: Any, load: Callable, frame: tuple[int, int, int], lo: 
     digit = (kh - base[jh]) >> (shift - width).astype(np.uint64)[jh]
     stride = 1 << int(width.max())
     H = np.bincount(jh * stride + digit.astype(np.intp), minlength=r * stride).reshape(r, stride)
-    ranged = want_range[jh]
+    ranged = (want_range & ~distinct)[jh]
     kmin = np.full(r, _MAX_KEY, dtype=np.uint64)
     kmax = np.zeros(r, dtype=np.uint64)
     if ranged.any():
@@ -181,6 +194,12 @@ def bucket_refine(handle: Any, load: Callable, frame: tuple[int, int, int], lo: 
             continue
         digits, counts = _sparse(H[i][: 1 << int(width[i])])
         bounds = (int(kmin[i]), int(kmax[i])) if want_range[i] and counts.size else None
+        if distinct[i]:
+            keys_i, counts_i = np.unique(kh[jh == i], return_counts=True)
+            if keys_i.size <= max_distinct:
+                out.append({"keys": keys_i, "counts": counts_i})
+                continue
+            bounds = (int(keys_i[0]), int(keys_i[-1]))
         out.append((digits, counts, bounds))
     return out
 
@@ -225,6 +244,16 @@ def _locate(ks: list[int], below: int, H: np.ndarray) -> dict[int, tuple[int, in
     return out
 
 
+def _as_histogram(part: dict, base: int, shift: int, width: int) -> tuple:
+    """A bucket's distinct keys of a bin (sorted) as its histogram response."""
+    keys, counts = part["keys"], part["counts"]
+    if keys.size == 0:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int64), None
+    digits = ((keys - np.uint64(base)) >> np.uint64(shift - width)).astype(np.intp)
+    return (*_sparse(np.bincount(digits, weights=counts, minlength=1 << width).astype(np.int64)),
+            (int(keys[0]), int(keys[-1])))
+
+
 def _count_at(part: tuple, digit: int) -> int:
     digits, counts = part[0], part[1]
     return int(counts[digits == digit].sum())
@@ -251,7 +280,8 @@ class _Bin:
 def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
                            mapper: Callable[..., list] | None = None,
                            bins: int = N_CALIBRATION_BINS, *,
-                           max_values: int = MAX_VALUES) -> list[dict]:
+                           max_values: int = MAX_VALUES,
+                           max_distinct: int = MAX_DISTINCT) -> list[dict]:
     """``diagnostics.calibration(np.concatenate(ys), np.concatenate(mus), bins)`` over buckets
     whose ``(y, fitted)`` = ``load(handle)`` are never gathered (see the module docstring).
 
@@ -260,7 +290,8 @@ def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
     in order). ``load`` runs inside those functions, so it must be module-level too for Dask.
     Bucket order is row order: rows tied with an edge value are placed as in the concatenation.
     ``max_values`` bounds the values returned per bin holding an order statistic (all buckets
-    together); smaller means more refinement passes, 0 refines every such bin to a single key."""
+    together); smaller means more refinement passes, 0 refines every such bin to a single key.
+    ``max_distinct`` bounds the distinct keys a bucket returns for a larger bin (0: never)."""
     handles = list(buckets)
     mapper = mapper or _map_in_order
     summaries = list(mapper(bucket_summary, handles, load))
@@ -291,6 +322,19 @@ def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
             if k in edge_positions:
                 ties[k] = (node.below, tied)
 
+    def resolve_distinct(node: _Bin, parts: list[dict]) -> None:
+        keys, where = np.unique(np.concatenate([p["keys"] for p in parts]), return_inverse=True)
+        total = np.zeros(keys.size, dtype=np.int64)
+        np.add.at(total, where, np.concatenate([p["counts"] for p in parts]))
+        cum = np.cumsum(total)
+        for k in node.ks:
+            u = int(np.searchsorted(cum, k - node.below, side="right"))
+            key = int(keys[u])
+            value_at[k] = key_value(key)
+            if k in edge_positions:
+                tied = np.array([int(p["counts"][p["keys"] == key].sum()) for p in parts])
+                ties[k] = (node.below + (int(cum[u - 1]) if u else 0), tied)
+
     while open_bins:
         requests = []
         for node in sorted(open_bins, key=lambda b: b.lo):
@@ -312,7 +356,9 @@ def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
             np.array([r[3] for r in requests], dtype=np.int64),
             np.array([r[4] for r in requests], dtype=np.int64),
             np.array([r[1] for r in requests], dtype=bool),
-            np.array([not r[0].exact for r in requests], dtype=bool)))
+            np.array([not r[0].exact for r in requests], dtype=bool),
+            np.array([not r[1] and r[0] is not root for r in requests], dtype=bool),
+            max_distinct))
         open_bins = []
         for i, (node, values, base, shift, w) in enumerate(requests):
             parts = [r[i] for r in results]
@@ -325,6 +371,11 @@ def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
                         ties[k] = (node.below + int(np.count_nonzero(allv < v)),
                                    np.array([np.count_nonzero(x == v) for x in parts], np.int64))
                 continue
+            if all(isinstance(p, dict) for p in parts):  # every bucket's distinct keys
+                resolve_distinct(node, parts)
+                continue
+            parts = [_as_histogram(p, base, shift, w) if isinstance(p, dict) else p
+                     for p in parts]
             lo, hi = node.lo, node.hi
             if not node.exact:
                 bounds = [p[2] for p in parts if p[2] is not None]
