@@ -3,7 +3,8 @@
 Per model: Pearson dispersion (Pearson χ² / residual df; well above 1 means overdispersion, which
 the subject-clustered sandwich errors allow for but which a reader should know about), observed
 versus predicted episodes by decile of the predicted rate, the complete-case accounting, and
-per-feature data sufficiency with reasons.
+per-feature data sufficiency with reasons. ``calibration`` takes arrays in memory;
+``calibration_by_buckets`` (``calibration.py``) gives the same table from per-bucket statistics.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-N_CALIBRATION_BINS = 10
+# The same table over subject buckets whose fitted values are never gathered (re-exported here).
+from pipeline.models.calibration import N_CALIBRATION_BINS, calibration_by_buckets  # noqa: F401
 
 
 def policy() -> dict[str, Any]:
