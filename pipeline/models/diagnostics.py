@@ -75,14 +75,23 @@ def model_diagnostics(design, fit, failure: str | None) -> dict[str, Any]:
 
 def bucketed_calibration(handles) -> dict[str, Any]:
     """The calibration table and totals of a fit whose buckets kept their fitted rates on disk
-    (``design_buckets.outcome_and_fitted``)."""
+    (``design_buckets.outcome_and_fitted``): per-bucket passes on the run's executor
+    (``calibration_by_buckets``: exact deciles without gathering a value per row)."""
+    from pipeline import execution
     from pipeline.models.design_buckets import outcome_and_fitted
 
-    pairs = [outcome_and_fitted(h) for h in handles]
-    y = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0)
-    mu = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0)
-    return {"calibration": calibration(y, mu), "fitted_total": float(mu.sum()),
-            "observed_total": float(y.sum())}
+    ex = execution.current()
+    totals = ex.map(_bucket_totals, list(handles))
+    return {"calibration": calibration_by_buckets(list(handles), outcome_and_fitted, ex.map),
+            "fitted_total": float(sum(t[1] for t in totals)),
+            "observed_total": float(sum(t[0] for t in totals))}
+
+
+def _bucket_totals(handle) -> tuple[float, float]:
+    from pipeline.models.design_buckets import outcome_and_fitted
+
+    y, mu = outcome_and_fitted(handle)
+    return float(y.sum()), float(mu.sum())
 
 
 def calibration(y: np.ndarray, fitted: np.ndarray, bins: int = N_CALIBRATION_BINS) -> list[dict]:
