@@ -3,7 +3,7 @@
 A run keeps its panel and each model's design one subject bucket at a time in its scratch space
 (``design_buckets``); the sufficiency policy, the collinearity check, the Newton passes, the
 sandwich, the calibration and the dose-response subset are then reductions over buckets. The
-results must equal the in-memory path's beyond floating-point summation order (1e-9 relative),
+results must equal the in-memory path's beyond floating-point summation order (1e-10 relative),
 with identical counts, reasons and notes, under the default and a non-default ``[analysis]``.
 """
 
@@ -21,19 +21,33 @@ from pipeline.models import fit_models
 from pipeline.store import Store
 from pipeline.synth import generate, write_dataset
 
-RTOL = 1e-9
+RTOL = 1e-10
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("model-buckets")
     write_dataset(generate(150, 80, 17), root / "data")
+    return root
+
+
+def bucketed_store(root, n_buckets: int, rows_per_bucket: str) -> Store:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRAMP_ROWS_PER_BUCKET", "1600")  # about 10,500 daily rows -> 7 buckets
-        ingest_dataset(root / "data", root / "store")
-    store = Store(root / "store")
-    assert store.manifest.n_buckets == 7
+        mp.setenv("CRAMP_ROWS_PER_BUCKET", rows_per_bucket)  # about 10,500 daily rows
+        ingest_dataset(root / "data", root / f"store-{n_buckets}")
+    store = Store(root / f"store-{n_buckets}")
+    assert store.manifest.n_buckets == n_buckets
     return store
+
+
+@pytest.fixture(scope="module")
+def store(data):
+    return bucketed_store(data, 7, "1600")
+
+
+@pytest.fixture(scope="module")
+def store64(data):
+    return bucketed_store(data, 64, "162")
 
 
 def fits(store, tmp_path, analysis):
@@ -42,7 +56,7 @@ def fits(store, tmp_path, analysis):
     with scratch.session(tmp_path) as root:
         panel = build_panel_from_store(store, injuries=True,
                                        directory=scratch.new_directory("panel"))
-        assert panel.frame is None and panel.n_buckets == 7
+        assert panel.frame is None and panel.n_buckets == store.manifest.n_buckets
         bucketed = fit_models(panel, analysis=analysis)
         # Each model's design is removed once the model is done: only the panel is left.
         assert [p.name.split("-")[0] for p in root.iterdir()] == ["panel"]
@@ -96,6 +110,13 @@ def test_bucketed_designs_give_the_in_memory_results(store, tmp_path, monkeypatc
     for model in ("population", "within_subject"):
         calibration = bucketed.diagnostics["models"][model]["calibration"]
         assert [row["decile"] for row in calibration] == list(range(1, 11))
+
+
+def test_sixty_four_buckets_give_the_in_memory_results(store64, tmp_path):
+    in_memory, bucketed = fits(store64, tmp_path, AnalysisConfig())
+    assert_same_table(in_memory.effects, bucketed.effects)
+    assert_same_table(in_memory.dose_response, bucketed.dose_response)
+    assert_same_json(in_memory.diagnostics, bucketed.diagnostics)
 
 
 @pytest.mark.parametrize("where", ["panel", "design"])
