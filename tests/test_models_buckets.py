@@ -95,8 +95,11 @@ def assert_same_json(a, b, path="diagnostics"):
     AnalysisConfig(strata="subject_month", adjust=("day_of_week", "days_in_study")),
 ], ids=["default", "subject-month-adjusted"])
 @pytest.mark.parametrize("curve_rows", [None, 3000], ids=["all-rows", "curve-subset"])
+@pytest.mark.parametrize("budget_mb", ["0", "1024"], ids=["designs-on-disk", "designs-held"])
 def test_bucketed_designs_give_the_in_memory_results(store, tmp_path, monkeypatch, analysis,
-                                                     curve_rows):
+                                                     curve_rows, budget_mb):
+    # 0: every design bucket on disk (DesignFile); 1024: held in memory (HeldBucket).
+    monkeypatch.setenv("CRAMP_DESIGN_MEMORY_MB", budget_mb)
     if curve_rows:  # the curves' subject subset, gathered from the buckets
         monkeypatch.setattr("pipeline.models.dose_response.MAX_SUBJECT_DAYS", curve_rows)
     in_memory, bucketed = fits(store, tmp_path, analysis)
@@ -112,7 +115,8 @@ def test_bucketed_designs_give_the_in_memory_results(store, tmp_path, monkeypatc
         assert [row["decile"] for row in calibration] == list(range(1, 11))
 
 
-def test_sixty_four_buckets_give_the_in_memory_results(store64, tmp_path):
+def test_sixty_four_buckets_give_the_in_memory_results(store64, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRAMP_DESIGN_MEMORY_MB", "0")
     in_memory, bucketed = fits(store64, tmp_path, AnalysisConfig())
     assert_same_table(in_memory.effects, bucketed.effects)
     assert_same_table(in_memory.dose_response, bucketed.dose_response)
@@ -133,6 +137,7 @@ def test_a_full_disk_in_the_scratch_space_is_one_message_and_leaves_nothing(tmp_
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setenv("CRAMP_DESIGN_MEMORY_MB", "0")
     if where == "panel":
         monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
     else:

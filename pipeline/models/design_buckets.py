@@ -23,7 +23,7 @@ anything chosen from them by position (the dose-response subset), are the in-mem
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,39 @@ from pipeline.atomic import user_errors_for
 
 #: Arrays of the estimators' bucket objects that are saved (the rest are small scalars).
 _SCALARS = ("n_clusters",)
+#: A design of at most this many bytes is held in memory instead of on disk when its passes run
+#: on this machine's threads (``CRAMP_DESIGN_MEMORY_MB`` overrides; 0: always on disk). Holding
+#: it saves writing it and memory-mapping it on every pass; the budget keeps memory bounded.
+DESIGN_MEMORY_BYTES = 768 * 2**20
+DESIGN_MEMORY_ENV = "CRAMP_DESIGN_MEMORY_MB"
+
+
+def memory_budget() -> int:
+    import os
+
+    wanted = os.environ.get(DESIGN_MEMORY_ENV, "").strip()
+    return int(wanted) * 2**20 if wanted.isdigit() else DESIGN_MEMORY_BYTES
+
+
+@dataclass(frozen=True, eq=False)
+class HeldBucket:
+    """A design bucket held in memory (a design under the memory budget, local executor): the
+    estimator's bucket object, the bucket's subjects, and, after the solution, its fitted rates
+    (``fitted[0]``), so that the calibration and the curves' subset read it as they read a
+    ``DesignFile``."""
+
+    bucket: Any
+    subjects: np.ndarray
+    subject_rows: np.ndarray
+    fitted: list = field(default_factory=lambda: [None])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.bucket.y.shape[0])
+
+    @property
+    def kind(self) -> str:
+        return "grouped" if hasattr(self.bucket, "starts") else "cluster"
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,8 @@ def _array(handle: DesignFile, name: str) -> np.ndarray | None:
 
 def load(handle: DesignFile):
     """The estimator bucket object of ``handle``, its arrays memory-mapped (read-only)."""
+    if isinstance(handle, HeldBucket):
+        return handle.bucket
     from pipeline.models.conditional_buckets import GroupedBucket
     from pipeline.models.poisson_buckets import ClusterBucket
 
@@ -102,12 +137,17 @@ def load(handle: DesignFile):
 
 def subjects(handle: DesignFile) -> tuple[np.ndarray, np.ndarray]:
     """(global subject codes, rows per subject) of the bucket, in row order."""
+    if isinstance(handle, HeldBucket):
+        return handle.subjects, handle.subject_rows
     return np.asarray(_array(handle, "subjects.npy")), np.asarray(_array(handle,
                                                                          "subject_rows.npy"))
 
 
 def write_fitted(handle: DesignFile, fitted: np.ndarray) -> None:
     """The fitted rates of a solution, beside the bucket (read back for the calibration)."""
+    if isinstance(handle, HeldBucket):
+        handle.fitted[0] = fitted
+        return
     path = Path(handle.path) / "fitted.npy"
     with user_errors_for(path):
         np.save(path, fitted)
@@ -115,12 +155,17 @@ def write_fitted(handle: DesignFile, fitted: np.ndarray) -> None:
 
 def outcome_and_fitted(handle: DesignFile) -> tuple[np.ndarray, np.ndarray]:
     """(y, fitted rates) of one bucket after ``write_fitted``."""
+    if isinstance(handle, HeldBucket):
+        return handle.bucket.y, handle.fitted[0]
     return np.asarray(_array(handle, "y.npy")), np.asarray(_array(handle, "fitted.npy"))
 
 
 def drop_columns(handle: DesignFile, keep: list[int]) -> DesignFile:
     """The same bucket with only the columns ``keep`` of X (a rare path: a feature the estimator
     rejected); the other arrays are shared."""
+    if isinstance(handle, HeldBucket):
+        return HeldBucket(replace(handle.bucket, X=np.asfortranarray(handle.bucket.X[:, keep])),
+                          handle.subjects, handle.subject_rows)
     X = _array(handle, handle.x_file)
     name = f"X-{len(keep)}-{abs(hash(tuple(keep))) % 10**8}.npy"
     path = Path(handle.path) / name
@@ -211,6 +256,10 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     panel_columns = ["subject_id", "date", OUTCOME,
                      *[f.name for f in candidates if not f.name.startswith("_")]]
     kind = "grouped" if conditional else "cluster"
+    from pipeline import execution
+
+    hold = (isinstance(execution.current(), execution.LocalExecutor)
+            and n_days * (len(candidates) + 4) * 8 <= memory_budget())
     while True:
         handles, stats, crosses = [], [], []
         n_complete = n_zero = n_rows = n_subjects = 0
@@ -238,9 +287,10 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
             else:
                 bucket = pb.cluster_bucket(X, y, groups)
             starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-            handles.append(save(Path(directory) / f"b{b:04d}", bucket, kind,
-                                subjects=groups[starts],
-                                subject_rows=np.diff(np.r_[starts, groups.size])))
+            subject_rows = np.diff(np.r_[starts, groups.size])
+            handles.append(HeldBucket(bucket, groups[starts], subject_rows) if hold else
+                           save(Path(directory) / f"b{b:04d}", bucket, kind,
+                                subjects=groups[starts], subject_rows=subject_rows))
             n_rows += y.size
             n_subjects += starts.size
             y_sum += float(y.sum())
@@ -292,7 +342,7 @@ def gather_rows(design, subjects_wanted: np.ndarray):
         Xs.append(np.asarray(bucket.X[row_pick]))
         ys.append(np.asarray(bucket.y[row_pick]))
         gs.append(np.repeat(codes[pick], rows[pick]))
-        if h.kind == "grouped" and not np.array_equal(bucket.clusters, bucket.codes):
+        if hasattr(bucket, "starts") and not np.array_equal(bucket.clusters, bucket.codes):
             ss.append(np.asarray(bucket.codes[row_pick]) + sum(s.max() + 1 for s in ss if s.size))
         order.append(codes[pick][0])
     if not Xs:
