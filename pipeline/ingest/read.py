@@ -31,7 +31,7 @@ from pipeline.errors import UserError
 from pipeline.ingest.csv_text import csv_pieces
 from pipeline.ingest.discover import TableFile
 from pipeline.ingest.jsonl_text import read_jsonl
-from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text, check_width
+from pipeline.ingest.rows import LINE, MALFORMED, PASSED_TYPED, RECORD, as_text, check_width
 from pipeline.schema import (
     MAX_DECOMPRESSED_BYTES,
     MAX_DECOMPRESSION_RATIO,
@@ -258,7 +258,11 @@ def _read_parquet(data: bytes, file: TableFile, offset: int = 0,
     names = [f"__c{i}" for i in range(len(header))]
     frame.columns = names
     try:
-        frame = frame.select(as_text(frame, n) for n in names)
+        # Numbers, booleans, dates and date-times that the contract may hold as they are stay
+        # typed (``validate.TYPED_KINDS``: validation casts them to text only for the rows that
+        # fail, or when the column's kind wants text); every other column becomes text here.
+        frame = frame.select(pl.col(n) if frame.schema[n] in PASSED_TYPED else as_text(frame, n)
+                             for n in names)
     except pl.exceptions.PolarsError:
         unreadable = [h for h, n in zip(header, names) if not _castable(frame, n)]
         raise UserError(f"column(s) {', '.join(map(repr, unreadable))} have a Parquet type that "
