@@ -137,9 +137,16 @@ class StoreSink(Sink):
         return path
 
     def discard(self) -> None:
+        """Delete the parts written that no manifest lists (if the failure came after the commit,
+        the parts are the store's now and stay)."""
+        try:
+            listed = {p for parts in self.store.manifest.parts.values() for p in parts}
+        except Exception:  # an unreadable manifest lists nothing this ingest wrote
+            listed = set()
         with self._lock:
             for path in self._written:
-                path.unlink(missing_ok=True)
+                if path.name not in listed:
+                    path.unlink(missing_ok=True)
             self._written.clear()
 
 
