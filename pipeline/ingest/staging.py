@@ -49,25 +49,26 @@ class Staging:
     """
 
     def __init__(self, path: Path, n_buckets: int):
+        """``path``: a new, empty directory (see :meth:`inside`, :meth:`temporary`)."""
         self.path = Path(path)
         self.n_buckets = n_buckets
         self._lock = threading.Lock()
         #: table -> bucket -> [(piece, file)]
         self._files: dict[str, list[list[tuple[int, Path]]]] = {}
-        with atomic.user_errors_for(self.path):
-            self.path.mkdir(parents=True, exist_ok=False)
 
     @classmethod
     def inside(cls, directory: Path, n_buckets: int) -> Staging:
         """A new staging directory inside ``directory`` (a store)."""
-        return cls(Path(directory) / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}", n_buckets)
+        path = Path(directory) / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        with atomic.user_errors_for(path):
+            path.mkdir()
+        return cls(path, n_buckets)
 
     @classmethod
-    def temporary(cls, n_buckets: int, prefix: str = "cramp-staging-") -> Staging:
+    def temporary(cls, n_buckets: int) -> Staging:
         """A new staging directory under the system's temporary directory (``$TMPDIR``)."""
-        root = Path(tempfile.mkdtemp(prefix=prefix))
-        root.rmdir()
-        return cls(root, n_buckets)
+        with atomic.user_errors_for(tempfile.gettempdir()):
+            return cls(Path(tempfile.mkdtemp(prefix="cramp-staging-")), n_buckets)
 
     def put(self, table: str, piece: int, rows: pl.DataFrame) -> None:
         """Route one validated piece (``piece``: its number in the table, in file order) to its
