@@ -262,6 +262,10 @@ def test_disk_full_during_an_ingest_leaves_the_store_exactly_as_it_was(data, tmp
     second = tmp_path / "second"  # another export: new files, new subjects
     synth.write_dataset(synth.generate(6, 20, 2), second, fmt="csv")
     if failing == "staging":
+        from pipeline.ingest import staging
+
+        monkeypatch.setattr(staging, "MEMORY_BYTES", 0)  # stage in files, as a big dataset does
+
         def full(self, *args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -4,7 +4,8 @@ bucket, so that memory holds one piece or one bucket at a time, never the datase
 Each validated piece of a file (``read.read_table_pieces``) is split by subject bucket
 (``execution.split_by_bucket``) and each part written as an Arrow IPC file, ``<table>/
 p<piece>-b<bucket>.arrow``: names made of counters, never of a value or a file name (a data file
-can be named after a person). The cross-row checks then read one bucket of one table at a time
+can be named after a person). The first ``MEMORY_BYTES`` of rows stay in memory instead (writing
+a small dataset out and reading it back would only cost time). The cross-row checks then read one bucket of one table at a time
 (:meth:`Staging.bucket`), and the cross-bucket ``episode_id`` check scans the key column of
 every bucket (:meth:`Staging.scan`).
 
@@ -34,6 +35,10 @@ from pipeline import atomic
 from pipeline.execution import split_by_bucket
 from pipeline.store import STAGING_PREFIX
 
+#: Staged rows are kept in memory up to about this many bytes, and written to files beyond it:
+#: a dataset this small (3M subject-days) is checked as fast as if it had never been staged,
+#: and a big one costs this much memory more than its pieces and buckets, whatever its size.
+MEMORY_BYTES = 512 << 20
 #: A row's place in its validated piece (the table order is added when a bucket is read).
 PIECE_ROW = "__piece_row"
 #: Uncompressed: written and read at memory speed; staging is deleted within the same run (lz4
@@ -53,8 +58,11 @@ class Staging:
         self.path = Path(path)
         self.n_buckets = n_buckets
         self._lock = threading.Lock()
-        #: table -> bucket -> [(piece, file)]
-        self._files: dict[str, list[list[tuple[int, Path]]]] = {}
+        #: table -> bucket -> [(piece, file or rows kept in memory)]
+        self._files: dict[str, list[list[tuple[int, Path | pl.DataFrame]]]] = {}
+        #: table -> bytes of its rows kept in memory; the memory allowed (``MEMORY_BYTES``)
+        self._in_memory: dict[str, int] = {}
+        self._memory_bytes = MEMORY_BYTES
 
     @classmethod
     def inside(cls, directory: Path, n_buckets: int) -> Staging:
@@ -76,19 +84,28 @@ class Staging:
         rows = rows.with_row_index(PIECE_ROW)
         parts = [rows] if self.n_buckets == 1 else split_by_bucket(rows, "subject_id",
                                                                    self.n_buckets)
-        directory = self.path / table
-        written = []
-        with atomic.user_errors_for(self.path):
-            directory.mkdir(parents=True, exist_ok=True)
-            for b, part in enumerate(parts):
-                if part.height:
-                    name = directory / f"p{piece:06d}-b{b:04d}.arrow"
-                    part.write_ipc(name, compression=STAGING_COMPRESSION)
-                    written.append((b, name))
+        size = rows.estimated_size()
+        del rows
+        with self._lock:
+            keep = sum(self._in_memory.values()) + size <= self._memory_bytes
+            if keep:
+                self._in_memory[table] = self._in_memory.get(table, 0) + size
+        staged = []
+        if keep:
+            staged = [(b, part) for b, part in enumerate(parts) if part.height]
+        else:
+            directory = self.path / table
+            with atomic.user_errors_for(self.path):
+                directory.mkdir(parents=True, exist_ok=True)
+                for b, part in enumerate(parts):
+                    if part.height:
+                        name = directory / f"p{piece:06d}-b{b:04d}.arrow"
+                        part.write_ipc(name, compression=STAGING_COMPRESSION)
+                        staged.append((b, name))
         with self._lock:
             files = self._files.setdefault(table, [[] for _ in range(self.n_buckets)])
-            for b, name in written:
-                files[b].append((piece, name))
+            for b, where in staged:
+                files[b].append((piece, where))
 
     def bucket(self, table: str, b: int, offsets: dict[int, int], order: str,
                schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -99,18 +116,19 @@ class Staging:
     def scan(self, table: str, b: int, offsets: dict[int, int], order: str,
              schema: dict[str, pl.DataType]) -> pl.LazyFrame:
         """:meth:`bucket` as a lazy frame (to read a few columns of it)."""
-        files = sorted(self._files.get(table, [[]] * self.n_buckets)[b])
+        files = sorted(self._files.get(table, [[]] * self.n_buckets)[b], key=lambda f: f[0])
         if not files:
             return pl.LazyFrame(schema=schema)
-        frames = [pl.scan_ipc(name).with_columns(
+        frames = [(pl.scan_ipc(where) if isinstance(where, Path) else where.lazy()).with_columns(
             (pl.col(PIECE_ROW).cast(pl.Int64) + offsets[piece]).alias(order)).drop(PIECE_ROW)
-            for piece, name in files]
+            for piece, where in files]
         return pl.concat(frames, how="vertical_relaxed").select(list(schema))
 
     def drop(self, table: str) -> None:
         """Delete a table's staged rows (its checks are done)."""
         with self._lock:
             self._files.pop(table, None)
+            self._in_memory.pop(table, None)
         shutil.rmtree(self.path / table, ignore_errors=True)
 
     def remove(self) -> None:
