@@ -112,7 +112,7 @@ def validate(
 
     if out_dir is not None:
         check_writable(out_dir)  # before the long part: fail now, not after validating
-    result = validate_dataset(data, progress=_progress())
+    result = validate_dataset(data, progress=_progress(), keep_accepted=False)
     _print_ingest_summary(result.summary, f"Validation of {data}")
     if out_dir is not None:
         write_ingest_outputs(result, out_dir)

@@ -50,6 +50,8 @@ TABLES_DIR = "tables"
 LOCK = ".lock"
 QUARANTINE_DIR = "quarantine"
 HELD_DIR = "held"
+#: Prefix of an ingest's staging directory (``pipeline.ingest.staging``): not part of the store.
+STAGING_PREFIX = ".staging-"
 #: Marker file of a directory made by cramp (the only kind cramp will rebuild or remove).
 MARKER = ".cramp-store"
 _MARKER_TEXT = ("This directory is a cramp store: cramp may append to, rebuild or remove it.\n"
@@ -277,23 +279,44 @@ class Store:
         (``held``: table -> every row now held, replacing the old set), then the manifest, which
         commits all of them at once. Call under :meth:`lock`."""
         manifest = self.manifest
-        self._remove_orphans(manifest)
-        parts = {t: list(p) for t, p in manifest.parts.items()}
+        self.remove_orphans(manifest)
         from pipeline.execution import cores
 
         n_buckets = manifest.n_buckets or store_bucket_count(rows)
         writes = [(table, bucket, part) for table, frame in rows.items()
                   for bucket, part in split_into_buckets(frame, n_buckets)]
         # Parquet encoding and compression release the GIL: write the parts on every core,
-        # listed in the manifest in the order of ``writes`` whichever finishes first. A part is
-        # made contiguous first, so its row groups (and bytes) do not depend on how the rows
-        # arrived (a bucket gathers pieces of several files).
+        # listed in the manifest in the order of ``writes`` whichever finishes first.
         with ThreadPoolExecutor(min(len(writes), cores()) or 1) as pool:
-            names = list(pool.map(
-                lambda w: self._write_part(self._table_dir(w[0]), w[2].rechunk(), w[1]),
-                writes))
+            names = list(pool.map(lambda w: self.write_part(w[0], w[2], w[1]), writes))
+        parts: dict[str, list[str]] = {}
         for (table, _, _), name in zip(writes, names):
             parts.setdefault(table, []).append(name)
+        return self.commit(parts, n_buckets, files, custom_columns, quarantine=quarantine,
+                           held=held, admissions=admissions)
+
+    def write_part(self, table: str, frame: pl.DataFrame, bucket: int | None = None) -> str:
+        """Write one part of ``table`` (not yet listed: :meth:`commit` lists it); its name.
+        The part is made contiguous first, so its row groups (and bytes) do not depend on how
+        the rows arrived (a bucket gathers pieces of several files)."""
+        return self._write_part(self._table_dir(table), frame.rechunk(), bucket)
+
+    def part_path(self, table: str, name: str) -> Path:
+        return self._table_dir(table) / name
+
+    def commit(self, parts: dict[str, list[str]], n_buckets: int, files: list[ManifestFile],
+               custom_columns: dict[str, str], *, quarantine: pl.DataFrame | None = None,
+               held: dict[str, pl.DataFrame] | None = None,
+               admissions: tuple[Admission, ...] = ()) -> Manifest:
+        """List the parts written by :meth:`write_part` (table -> names, in bucket order) with
+        this ingest's quarantine part and held sets, in a new manifest: the one write that
+        commits the ingest. ``n_buckets``: the buckets the parts were routed to (a store that
+        has a count keeps it). Call under :meth:`lock`."""
+        manifest = self.manifest
+        assert not manifest.n_buckets or n_buckets == manifest.n_buckets
+        listed = {t: list(p) for t, p in manifest.parts.items()}
+        for table, names in parts.items():
+            listed.setdefault(table, []).extend(names)
         quarantine_parts = list(manifest.quarantine_parts)
         if quarantine is not None and quarantine.height:
             quarantine_parts.append(self._write_part(self.path / QUARANTINE_DIR, quarantine))
@@ -305,12 +328,12 @@ class Store:
         for column, kind in custom_columns.items():
             custom.setdefault(column, kind)
         new = Manifest(files=manifest.files + tuple(files),
-                       parts={t: tuple(p) for t, p in parts.items()},
+                       parts={t: tuple(p) for t, p in listed.items()},
                        custom_columns=custom,
                        quarantine_parts=tuple(quarantine_parts),
                        held_parts={t: p for t, p in held_parts.items() if p},
                        admissions=manifest.admissions + tuple(admissions),
-                       n_buckets=n_buckets)
+                       n_buckets=manifest.n_buckets or n_buckets)
         atomic.write_json(self.path / MANIFEST, new.to_json())
         return new
 
@@ -326,10 +349,14 @@ class Store:
     def _table_dir(self, table: str) -> Path:
         return self.path / TABLES_DIR / table
 
-    def _remove_orphans(self, manifest: Manifest) -> None:
-        """Delete leftovers of a killed ingest: temp files and parts no manifest lists."""
+    def remove_orphans(self, manifest: Manifest | None = None) -> None:
+        """Delete leftovers of a killed ingest: temp files, staging directories and parts no
+        manifest lists. Call under :meth:`lock`, before an ingest writes anything."""
+        manifest = manifest or self.manifest
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+        for staging in self.path.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(staging, ignore_errors=True)
         _remove_unlisted(self.path / QUARANTINE_DIR, set(manifest.quarantine_parts))
         for root, listing in ((self.path / TABLES_DIR, manifest.parts),
                               (self.path / HELD_DIR, manifest.held_parts)):

@@ -1,7 +1,7 @@
 """The cross-row checks of ingest run per subject bucket, and their results do not depend on the
 number of buckets: an ingest into a store of 1, about 7 or about 64 buckets accepts, quarantines,
 counts and stores exactly the same rows (summary, quarantine with its messages, held rows,
-admissions).
+admissions), whether the validated rows are staged in memory (1) or in files (7, 64).
 
 The exports are the hard case: a second export into a store that holds rows of a subject not yet
 accepted; it brings that subject (held rows admitted), copies of stored rows (duplicates), rows
@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from pipeline import execution
-from pipeline.ingest import ingest_dataset
+from pipeline.ingest import ingest_dataset, staging
 from pipeline.ingest.stored import stored_quarantine
 from pipeline.store import Store
 from pipeline.synth import generate, write_dataset
@@ -74,6 +74,9 @@ def _ingest(exports, tmp_path, monkeypatch, n_buckets: int) -> dict:
     store_dir = tmp_path / f"store-{n_buckets}"
     daily_rows = sum(1 for _ in open(exports[0] / "daily.csv")) - 1
     monkeypatch.setenv(execution.ROWS_PER_BUCKET_ENV, str(-(-daily_rows // n_buckets)))
+    # One bucket keeps the staged rows in memory; the others stage them in files (both must
+    # decide alike).
+    monkeypatch.setattr(staging, "MEMORY_BYTES", 1 << 30 if n_buckets == 1 else 0)
     results = [ingest_dataset(data, store_dir) for data in exports]
     store = Store(store_dir)
     # The count follows the accepted rows (about n_buckets: some rows are quarantined or held).

@@ -256,3 +256,56 @@ def test_unquoted_csv_read_in_pieces_gives_the_same_rows_and_lines(tmp_path, chu
     assert whole["__line"].to_list()[:4] == [3, 5, 6, 7]
     assert whole["__malformed"].to_list()[1:3] == ["expected 3 fields, found 2",
                                                     "expected 3 fields, found 4"]
+
+
+def test_typed_parquet_columns_are_decided_as_their_text_would_be(tmp_path):
+    """Parquet numbers, booleans, dates and date-times are checked as they are (no text round
+    trip for the rows that pass); every decision, message and accepted value must equal those
+    for the same file with every column stored as text, the reference path."""
+    import datetime as dt
+
+    nan, inf = float("nan"), float("inf")
+    n = 14
+    daily = pl.DataFrame({
+        "subject_id": ["S1"] * n,
+        "date": pl.Series([dt.date(2025, 1, 1) + dt.timedelta(days=i) for i in range(n - 3)]
+                          + [dt.date(1800, 1, 1), dt.date(2999, 1, 1), None], dtype=pl.Date),
+        "sleep_h": [7.5, -0.0, nan, inf, -1.0, 30.0, None, 1e-300, 0.1, 8.0, 6.0, 7.0, 7.0, 7.0],
+        "exercise_min": pl.Series([30.0] * n).cast(pl.Float32),  # read as text
+        "electrolytes": [True, False, None] * 4 + [True, False],
+        "caffeine_mg": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],  # Int64 for a float kind
+        "notes_extra": [1.5] * n,  # an unknown column, typed
+    })
+    started = [dt.datetime(2025, 1, 1, 10, 0, 0, 123456), dt.datetime(2025, 2, 1, 23, 59, 59),
+               dt.datetime(1700, 1, 1), None]
+    episodes = pl.DataFrame({
+        "episode_id": ["E1", "E2", "E3", "E4"],
+        "subject_id": ["S1", "S1", "S1", "S1"],
+        "started_at": pl.Series(started, dtype=pl.Datetime("us")),
+        "muscle_group": ["calf"] * 4,
+        "pain": [3, 2**53 + 1, -1, None],
+        "swelling": [True, None, False, True],
+    })
+
+    def validated(as_text: bool):
+        files = {}
+        for name, frame in (("daily", daily), ("episodes", episodes)):
+            if as_text:
+                frame = frame.select(pl.col(c).cast(pl.String) for c in frame.columns)
+            buffer = io.BytesIO()
+            frame.write_parquet(buffer)
+            files[f"{name}.csv"] = None
+            files[f"{name}.parquet"] = buffer.getvalue()
+        result = validate_dataset(write_dataset(tmp_path / str(as_text), files))
+        for f in result.summary["files"]:
+            f.pop("sha256")
+        return result
+
+    typed, text = validated(False), validated(True)
+    assert typed.summary == text.summary
+    assert typed.quarantine.equals(text.quarantine)
+    # The edge values are refused, not waved through (NaN, inf, ranges, a null date, a whole
+    # number past 2**53, a date-time before 1900).
+    assert typed.quarantine.height == 10
+    for table in ("daily", "episodes"):
+        assert typed.accepted[table].equals(text.accepted[table]), table

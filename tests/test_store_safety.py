@@ -243,6 +243,55 @@ def test_permission_denied_is_a_user_error_naming_the_path(tmp_path, monkeypatch
     assert Store(store).manifest.files == ()
 
 
+@pytest.mark.parametrize("failing", ["staging", "parts"])
+def test_disk_full_during_an_ingest_leaves_the_store_exactly_as_it_was(data, tmp_path,
+                                                                       monkeypatch, capsys,
+                                                                       failing):
+    """The disk fills while the validated rows are staged (``.staging-*`` inside the store), or
+    while the checked buckets are written as parts: one message, exit 2, and the store's files
+    are byte for byte what they were (no staging directory, no unlisted part)."""
+    import polars as pl
+
+    from pipeline import cli
+
+    from pipeline import synth
+
+    store = tmp_path / "store"
+    ingest_dataset(data, store)
+    before = _files(store)
+    second = tmp_path / "second"  # another export: new files, new subjects
+    synth.write_dataset(synth.generate(6, 20, 2), second, fmt="csv")
+    if failing == "staging":
+        from pipeline.ingest import staging
+
+        monkeypatch.setattr(staging, "MEMORY_BYTES", 0)  # stage in files, as a big dataset does
+
+        def full(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
+    else:
+        real = atomic.write_with
+        calls = [0]
+
+        def write_with(path, write):  # the second part written finds the disk full
+            if "tables" in Path(path).parts:
+                calls[0] += 1
+                if calls[0] == 2:
+                    raise UserError(atomic.ENVIRONMENT_ERRORS[errno.ENOSPC], path=str(path))
+            return real(path, write)
+
+        monkeypatch.setattr(atomic, "write_with", write_with)
+    monkeypatch.setattr(sys, "argv", ["cramp", "ingest", str(second), "--store", str(store)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "no space left on the device" in stderr and "bug in cramp" not in stderr, stderr
+    assert _files(store) == before
+    assert not any(p.name.startswith(".staging-") for p in store.iterdir())
+
+
 def test_an_output_path_under_a_file_is_a_user_error(tmp_path):
     data = write_dataset(tmp_path, {})
     (tmp_path / "afile").write_text("")

@@ -4,7 +4,7 @@ quarantine key conflicts and unknown subjects, and append accepted rows to the s
 
 Public API::
 
-    validate_dataset(data_dir, *, progress=False) -> IngestResult       # stores nothing
+    validate_dataset(data_dir, *, progress=False, keep_accepted=True) -> IngestResult  # stores nothing
     ingest_dataset(data_dir, store_dir, *, progress=False) -> IngestResult
     write_ingest_outputs(result, out_dir)                                # summary.json, quarantine.csv
 """

@@ -2,12 +2,19 @@
 
 Order matters: ``subjects`` first (the other tables' ``unknown_subject`` check needs the accepted
 subjects), then ``daily``, ``injuries`` and ``episodes``. Every file is read and validated row by
-row (``validate``) in pieces, on every core (a piece's rows do not depend on another's); then
-each table is checked across rows and against the store (``dedupe``, ``stored``) one subject
-bucket at a time, so that memory for the checks is bounded by a bucket; the accepted rows go to
-the store in those buckets.
-Nothing is written until every file has been read and accepted as a whole, so a refused file
-(identifier column, missing required column) leaves the store exactly as it was.
+row (``validate``) in pieces, on every core (a piece's rows do not depend on another's); each
+validated piece is split by subject bucket and spilled to a staging directory
+(``staging.Staging``) at once, so memory holds a few pieces, not the dataset. Then each table is
+checked across rows and against the store (``dedupe``, ``stored``) one subject bucket at a time,
+and each bucket's accepted rows are written as soon as they are known (``accepted``): peak memory
+is bounded by a piece and a bucket. The bucket count must be known before the first piece is
+routed: a store keeps its own; a new store's is chosen from the rows the files hold
+(``read.estimate_rows``: a Parquet footer's row count, a text file's lines).
+Nothing is written to the store until every file has been read and accepted as a whole, so a
+refused file (identifier column, missing required column) leaves the store exactly as it was:
+the staging directory is not part of the store and is removed whether the ingest succeeds or
+fails, and parts written after the reading are listed only by the manifest that commits them
+(and deleted if the ingest fails before it).
 """
 
 from __future__ import annotations
@@ -24,16 +31,18 @@ import polars as pl
 from pipeline.errors import UserError
 from pipeline import progress as stages
 from pipeline.dataset_config import DatasetConfig, load_dataset_config
+from pipeline.ingest.accepted import (AcceptedRows, CountingSink, Sink, StoreSink,
+                                      TemporarySink)
 from pipeline.ingest.discover import TableFile, discover_tables, ignored_files
 from pipeline.ingest.identifiers import find_identifier, mask_text
-from pipeline.ingest.read import read_bytes, read_table_pieces
+from pipeline.ingest.read import estimate_rows, read_bytes, read_table_pieces
+from pipeline.ingest.staging import Staging
 from pipeline.ingest.stored import (UNKNOWN_SUBJECT, resolve_with_held, store_totals,
                                     stored_quarantine)
-from pipeline.ingest.validate import (QUARANTINE_COLUMNS, ValidatedFile, empty_quarantine,
-                                      validate_file)
+from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine, validate_file
 from pipeline.schema import CONTRACT_VERSION, PROVENANCE_SCHEMA, REASONS, SOURCE_FILE, TABLES, Column
 from pipeline.execution import bucket_count, cores
-from pipeline.store import Admission, Bucketed, Manifest, ManifestFile, Store, now_utc
+from pipeline.store import Admission, Manifest, ManifestFile, Store, now_utc
 
 #: Processing order: subjects first, so the others can be checked against them.
 TABLE_ORDER = ("subjects", "daily", "injuries", "episodes")
@@ -47,11 +56,14 @@ class IngestResult:
     #: ``table, source_file, line, column, value, reason, message``; values already masked.
     quarantine: pl.DataFrame
     #: New accepted rows per table, as stored (or as they would be, for ``validate``), in input
-    #: order (an ``AcceptedRows``; ``.bucketed`` holds them by subject bucket).
+    #: order: an ``accepted.AcceptedRows``, which reads them from the parts written when asked
+    #: (``.tables`` has them by subject bucket).
     accepted: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     config: DatasetConfig = field(default_factory=DatasetConfig)
     #: Whether the rows were written to a store (False for ``validate_dataset``).
     stored: bool = False
+    #: The subject buckets the rows were checked and written in (the store's, for an ingest).
+    n_buckets: int = 1
     #: What the ingest commits besides ``accepted``: its quarantine (rows held as
     #: ``unknown_subject`` are in ``held`` instead), table -> every row now held, and the
     #: admissions of rows held earlier.
@@ -74,9 +86,20 @@ def table_columns(table: str, config: DatasetConfig) -> tuple[Column, ...]:
     return columns
 
 
-def validate_dataset(data_dir: Path, *, progress: bool = False) -> IngestResult:
-    """Read and validate every table of ``data_dir``; store nothing."""
-    return _run(Path(data_dir), store=None, progress=progress)
+def validate_dataset(data_dir: Path, *, progress: bool = False,
+                     keep_accepted: bool = True) -> IngestResult:
+    """Read and validate every table of ``data_dir``; store nothing.
+
+    The rows are staged in the system's temporary directory while they are checked. With
+    ``keep_accepted`` the accepted rows are kept there (as Parquet) for ``result.accepted``
+    until the result is dropped; without it (``cramp validate``) only their counts are.
+    """
+    sink = TemporarySink() if keep_accepted else CountingSink()
+    try:
+        return _run(Path(data_dir), store=None, progress=progress, sink=sink)
+    except BaseException:
+        sink.discard()
+        raise
 
 
 def ingest_dataset(data_dir: Path, store_dir: Path, *, progress: bool = False) -> IngestResult:
@@ -114,18 +137,27 @@ def check_not_inside(data_dir: Path, directory: Path, what: str) -> None:
 
 
 def _ingest_locked(data_dir: Path, store: Store, progress: bool) -> IngestResult:
-    result = _run(data_dir, store=store, progress=progress)
-    files = [
-        ManifestFile(path=f["path"], table=f["table"], format=f["format"], sha256=f["sha256"],
-                     rows=f["rows"], accepted=f["accepted"], quarantined=f["quarantined"],
-                     duplicates=f["duplicates"], ingested_at=now_utc())
-        for f in result.summary["files"] if f["status"] == "ingested"
-    ]
-    if files or result.admissions:
-        custom = {f.column: f.kind for f in result.config.custom_factors}
-        with stages.stage("store accepted rows"):
-            store.append(result.accepted.bucketed, files, custom, quarantine=result.new_quarantine,
-                         held=result.held, admissions=result.admissions)
+    store.remove_orphans()  # what a killed ingest left: before this one writes anything
+    sink = StoreSink(store)
+    try:
+        result = _run(data_dir, store=store, progress=progress, sink=sink)
+        files = [
+            ManifestFile(path=f["path"], table=f["table"], format=f["format"],
+                         sha256=f["sha256"], rows=f["rows"], accepted=f["accepted"],
+                         quarantined=f["quarantined"], duplicates=f["duplicates"],
+                         ingested_at=now_utc())
+            for f in result.summary["files"] if f["status"] == "ingested"
+        ]
+        if files or result.admissions:
+            custom = {f.column: f.kind for f in result.config.custom_factors}
+            parts = {t: a.names() for t, a in result.accepted.tables.items() if a.names()}
+            with stages.stage("store accepted rows"):
+                store.commit(parts, result.n_buckets, files, custom,
+                             quarantine=result.new_quarantine, held=result.held,
+                             admissions=result.admissions)
+    except BaseException:
+        sink.discard()
+        raise
     result.stored = True
     result.store_quarantine = stored_quarantine(store)
     result.summary["store_totals"] = store_totals(store, result.store_quarantine)
@@ -139,46 +171,77 @@ class _FileRead:
     """One file read and validated (on a reader thread)."""
 
     entry: dict
-    valid: list[pl.DataFrame] = field(default_factory=list)
+    #: (piece number in the table, valid rows) of each piece, whose rows are in the staging.
+    pieces: list[tuple[int, int]] = field(default_factory=list)
     quarantine: list[pl.DataFrame] = field(default_factory=list)
     unknown: set[str] = field(default_factory=set)
     columns: set[str] = field(default_factory=set)
 
 
-def _run(data_dir: Path, *, store: Store | None, progress: bool) -> IngestResult:
+@dataclass(frozen=True)
+class _Piece:
+    """One piece read and validated; its valid rows are in the staging."""
+
+    number: int
+    valid: int
+    quarantine: pl.DataFrame
+    unknown_columns: tuple[str, ...]
+    rows: int
+    columns: set[str]
+
+
+def _run(data_dir: Path, *, store: Store | None, progress: bool, sink: Sink) -> IngestResult:
     with stages.session(progress):
-        return _run_checks(data_dir, store=store)
+        config = load_dataset_config(data_dir)
+        found = discover_tables(data_dir)
+        manifest = store.manifest if store is not None else None
+        files = [f for name in TABLE_ORDER for f in found.get(name, [])]
+        n_buckets = (manifest.n_buckets if manifest is not None and manifest.n_buckets else
+                     bucket_count(_largest_table(files)))
+        staging = (Staging.inside(store.path, n_buckets) if store is not None
+                   else Staging.temporary(n_buckets))
+        with staging:
+            reads = _read_files(files, config, manifest, staging)
+            result = _run_checks(reads, config, data_dir, store, staging, sink)
+        result.n_buckets = n_buckets
+        return result
 
 
-def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
-    config = load_dataset_config(data_dir)
-    found = discover_tables(data_dir)
-    manifest = store.manifest if store is not None else None
-    files = [f for name in TABLE_ORDER for f in found.get(name, [])]
-    reads = _read_files(files, config, manifest)
+def _largest_table(files: list[TableFile]) -> int:
+    """The rows of the largest table, about (``read.estimate_rows``): what the bucket count of a
+    new store is chosen from."""
+    rows: dict[str, int] = {}
+    for f in files:
+        rows[f.table] = rows.get(f.table, 0) + estimate_rows(f)
+    return max(rows.values(), default=0)
+
+
+def _run_checks(reads: dict[str, list[_FileRead]], config: DatasetConfig, data_dir: Path,
+                store: Store | None, staging: Staging, sink: Sink) -> IngestResult:
 
     file_reports: list[dict] = []
     table_reports: dict[str, dict] = {}
     quarantines: list[pl.DataFrame] = []
-    accepted: dict[str, Bucketed] = {}
+    accepted: dict = {}
     to_store_quarantine: list[pl.DataFrame] = []
     held: dict[str, pl.DataFrame] = {}
     admissions: list[Admission] = []
     known_subjects: list[pl.Series] | None = None
     columns_found: dict[str, set[str]] = {}
-    # The checks run per subject bucket: the store's buckets, or, for a new store, as many as
-    # it will get (chosen from the largest table; Store.append re-routes in the rare case that
-    # duplicates and conflicts move the accepted rows below a bucket boundary).
-    n_buckets = (manifest.n_buckets if manifest is not None and manifest.n_buckets else
-                 bucket_count(max((sum(p.height for r in reads[n] for p in r.valid)
-                                   for n in TABLE_ORDER), default=0)))
+    n_buckets = staging.n_buckets
     for name in TABLE_ORDER:
         table = TABLES[name]
         columns = table_columns(name, config)
-        valid_parts = [p for r in reads[name] for p in r.valid]
+        pieces = sorted(p for r in reads[name] for p in r.pieces)
+        offsets, before = {}, 0
+        for piece, rows in pieces:
+            offsets[piece] = before
+            before += rows
         table_quarantine = [q for r in reads[name] for q in r.quarantine]
         unknown = set().union(*(r.unknown for r in reads[name]))
         per_file = [r.entry for r in reads[name]]
+        read_files = tuple(r.entry["path"] for r in reads[name]
+                           if r.entry["status"] == "ingested")
         for r in reads[name]:
             if r.entry["status"] == "ingested":
                 columns_found.setdefault(name, set()).update(r.columns)
@@ -187,9 +250,9 @@ def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
                                 + (", unknown subjects" if name != "subjects" else ""))
         schema = {**{c.name: c.dtype for c in columns}, **PROVENANCE_SCHEMA}
         subjects = known_subjects if name != "subjects" else None
-        outcome = resolve_with_held(table, valid_parts, store, subjects,
-                                    [c.name for c in columns], n_buckets, schema)
-        del valid_parts
+        outcome = resolve_with_held(table, staging, offsets, store, subjects,
+                                    [c.name for c in columns], schema, read_files, sink)
+        staging.drop(name)
         table_quarantine.extend(outcome.quarantine)
         to_store_quarantine.append(outcome.admitted.quarantine)
         admissions.extend(outcome.admitted.admissions)
@@ -199,8 +262,8 @@ def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
         accepted[name] = outcome.accepted
         run_accepted = outcome.accepted.height - outcome.admitted.accepted
         if name == "subjects":
-            known_subjects = [_known_in_bucket(store, part, b, n_buckets)
-                              for b, part in enumerate(outcome.accepted.parts)]
+            known_subjects = [_known_in_bucket(store, ids, b, n_buckets)
+                              for b, ids in enumerate(outcome.subject_ids)]
         quarantine = pl.concat([empty_quarantine(), *table_quarantine],
                                how="vertical_relaxed")
         quarantines.append(quarantine)
@@ -227,46 +290,27 @@ def _run_checks(data_dir: Path, *, store: Store | None) -> IngestResult:
         "admissions": [asdict(a) for a in admissions],
     }
     return IngestResult(summary=summary, quarantine=quarantine,
-                        accepted=AcceptedRows(accepted), config=config,
+                        accepted=AcceptedRows(accepted, keep_alive=sink), config=config,
                         new_quarantine=pl.concat(to_store_quarantine, how="vertical_relaxed"),
                         held=held, admissions=tuple(admissions), columns_found=columns_found)
 
 
-def _known_in_bucket(store: Store | None, accepted: pl.DataFrame, bucket: int,
+def _known_in_bucket(store: Store | None, accepted: pl.Series, bucket: int,
                      n_buckets: int) -> pl.Series:
     """The accepted subjects of one bucket: stored and new."""
-    parts = [accepted.get_column("subject_id")]
+    parts = [accepted]
     if store is not None:
         parts.insert(0, store.read_bucket("subjects", bucket, n_buckets).select("subject_id")
                      .collect().get_column("subject_id"))
     return pl.concat(parts).unique()
 
 
-class AcceptedRows(Mapping):
-    """Table -> the accepted rows in input order (``Bucketed.whole``, built when first asked
-    for: the store takes the buckets as they are, ``bucketed``)."""
-
-    def __init__(self, bucketed: dict[str, Bucketed]):
-        self.bucketed = bucketed
-        self._whole: dict[str, pl.DataFrame] = {}
-
-    def __getitem__(self, table: str) -> pl.DataFrame:
-        if table not in self._whole:
-            self._whole[table] = self.bucketed[table].whole()
-        return self._whole[table]
-
-    def __iter__(self):
-        return iter(self.bucketed)
-
-    def __len__(self) -> int:
-        return len(self.bucketed)
-
-
-def _read_files(files: list[TableFile], config: DatasetConfig,
-                manifest: Manifest | None) -> dict[str, list[_FileRead]]:
+def _read_files(files: list[TableFile], config: DatasetConfig, manifest: Manifest | None,
+                staging: Staging) -> dict[str, list[_FileRead]]:
     """Read and validate every file, piece by piece (``read.read_table_pieces``), the pieces on
     as many threads as there are cores: polars parses and casts without the GIL, so the pieces
-    of a big daily file and the episodes file keep both cores busy.
+    of a big daily file and the episodes file keep both cores busy. Each piece's valid rows go
+    to ``staging`` on the thread that validated them; only its quarantine stays in memory.
 
     This thread reads each file's bytes and cuts them, in ``TABLE_ORDER``, and hands a piece to
     the pool only when a thread is free, so no more pieces are held as text than there are
@@ -310,12 +354,16 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
             if self.timer is not None and not (self.cut and self.remaining == 0):
                 self.timer.cancel()
 
-    def validate_piece(piece, table, columns,
-                       shown: _Progress) -> tuple[ValidatedFile, set[str]]:
+    def validate_piece(piece, table, columns, number: int, shown: _Progress) -> _Piece:
         try:
             shown.start()
             raw = piece()
-            out = validate_file(raw, table, columns), set(raw.columns)
+            found = set(raw.columns)
+            checked = validate_file(raw, table, columns)
+            del raw
+            staging.put(table.name, number, checked.valid)
+            out = _Piece(number, checked.valid.height, checked.quarantine,
+                         checked.unknown_columns, checked.rows, found)
             shown.piece_done()
             return out
         except BaseException:
@@ -325,6 +373,7 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
             slots.release()
 
     pending: list[tuple[_FileRead, TableFile, list, object, _Progress]] = []
+    numbers: dict[str, int] = {}  # the last piece number given, per table
 
     def finish(upto: int) -> None:
         """Collect the files before ``upto`` (of ``pending``), in order."""
@@ -332,12 +381,12 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
             out, file, futures, hashing, timer = pending[0]
             rows = 0
             for future in futures:
-                checked, columns = future.result()
-                out.columns.update(columns)
-                out.valid.append(checked.valid)
-                out.quarantine.append(checked.quarantine)
-                out.unknown.update(checked.unknown_columns)
-                rows += checked.rows
+                piece = future.result()
+                out.columns.update(piece.columns)
+                out.pieces.append((piece.number, piece.valid))
+                out.quarantine.append(piece.quarantine)
+                out.unknown.update(piece.unknown_columns)
+                rows += piece.rows
             out.entry = {**_entry(file, hashing.result()), "rows": rows, "status": "ingested"}
             pending.pop(0)
 
@@ -375,7 +424,9 @@ def _read_files(files: list[TableFile], config: DatasetConfig,
                         break
                     with lock:
                         shown.remaining += 1
-                    futures.append(pool.submit(validate_piece, piece, table, columns, shown))
+                    number = numbers[file.table] = numbers.get(file.table, -1) + 1
+                    futures.append(pool.submit(validate_piece, piece, table, columns, number,
+                                               shown))
                     del piece
                 shown.piece_done(0, cut=True)
                 finish(upto=1)

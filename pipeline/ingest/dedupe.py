@@ -151,15 +151,16 @@ def resolve_bucket(table: Table, new: pl.DataFrame, stored: pl.LazyFrame | None,
     return _decide(table, group, key_names)
 
 
-def resolve_across(table: Table, new: list[pl.DataFrame], stored: pl.LazyFrame | None,
+def resolve_across(table: Table, new: list[pl.LazyFrame], stored: pl.LazyFrame | None,
                    content: list[str]) -> Decisions:
-    """The rows of ``new`` (every bucket's; an ``ORDER`` column) whose primary key can be shared
-    by two subjects (``episode_id``), checked across buckets: repeated keys are found on the
-    narrow key column of the new and the stored rows alone; only the rows holding one of them
-    (usually none) are then compared whole."""
-    schema = new[0].schema
+    """The rows of ``new`` (every bucket's, lazily, e.g. scans of the staged buckets; an
+    ``ORDER`` column) whose primary key can be shared by two subjects (``episode_id``), checked
+    across buckets: repeated keys are found on the narrow key column of the new and the stored
+    rows alone; only the rows holding one of them (usually none) are then compared whole."""
+    new = [f.lazy() for f in new]
+    schema = dict(new[0].collect_schema())
     present = primary_present(table)
-    ids = [f.lazy().filter(present).select(table.key) for f in new]
+    ids = [f.filter(present).select(table.key) for f in new]
     if stored is not None:
         ids.insert(0, stored.filter(present).select(table.key))
     repeated = (pl.concat(ids).filter(pl.struct(table.key).is_duplicated()).unique()

@@ -12,8 +12,12 @@ each row carries:
 A ``.csv.gz`` is decompressed in steps under the limits of ``schema`` (size and ratio), and every
 reader refuses a file wider than ``MAX_COLUMNS_PER_FILE`` as soon as its header is known.
 
-The format readers live in ``csv_text`` and ``jsonl_text``; Parquet is read here (its values are
-typed already, and cast to text so that validation treats every format alike).
+The format readers live in ``csv_text`` and ``jsonl_text``; Parquet is read here, in row ranges
+(``PARQUET_PIECE_ROWS``). Its values are typed already: a column of a type a contract kind
+stores as it is (``rows.PASSED_TYPED``: Float64, Int64, Boolean, Date, Datetime in microseconds)
+stays typed, for validation to check as it is (casting 36M numbers to text to parse them back
+cost a third of a big ingest); every other column is cast to text, so that validation treats it
+as any format's text.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pipeline.errors import UserError
 from pipeline.ingest.csv_text import csv_pieces
 from pipeline.ingest.discover import TableFile
 from pipeline.ingest.jsonl_text import read_jsonl
-from pipeline.ingest.rows import LINE, MALFORMED, RECORD, as_text, check_width
+from pipeline.ingest.rows import LINE, MALFORMED, PASSED_TYPED, RECORD, as_text, check_width
 from pipeline.schema import (
     MAX_DECOMPRESSED_BYTES,
     MAX_DECOMPRESSION_RATIO,
@@ -39,11 +43,14 @@ from pipeline.schema import (
     TABLES,
 )
 
-__all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "read_bytes", "read_table_chunks",
-           "read_table_file", "read_table_pieces"]
+__all__ = ["LINE", "MALFORMED", "RECORD", "RawTable", "estimate_rows", "read_bytes",
+           "read_table_chunks", "read_table_file", "read_table_pieces"]
 
 #: A big CSV is read and validated in pieces of about this size (bounds peak memory).
 CHUNK_BYTES = 48 << 20
+#: A big Parquet file is read and validated in pieces of this many rows (about 150 MB as text
+#: for a daily table): its bytes are held once, its rows as text one piece per thread.
+PARQUET_PIECE_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def read_table_pieces(file: TableFile, data: bytes | None = None,
     elif file.format == "jsonl":
         pieces = iter([partial(read_jsonl, data, file)])
     elif file.format == "parquet":
-        pieces = iter([partial(_read_parquet, data, file)])
+        pieces = _parquet_pieces(data, file, PARQUET_PIECE_ROWS if chunk_bytes else None)
     else:  # pragma: no cover - discover only yields known formats
         raise AssertionError(file.format)
     del data
@@ -139,8 +146,12 @@ def decompress_gzip(data: bytes, file: TableFile) -> bytes:
     bytes read so far. Concatenated members (``cat a.gz b.gz``) and trailing zero padding are read
     as ``gzip`` reads them.
     """
-    out = bytearray()
-    offset, n = 0, len(data)
+    return b"".join(_gunzip_steps(data, file))
+
+
+def _gunzip_steps(data: bytes, file: TableFile) -> Iterator[bytes]:
+    """The decompressed bytes of ``data`` in steps, under :func:`decompress_gzip`'s limits."""
+    offset, n, produced = 0, len(data), 0
     try:
         while offset < n:
             member = zlib.decompressobj(wbits=31)  # expects the gzip header and trailer
@@ -150,8 +161,10 @@ def decompress_gzip(data: bytes, file: TableFile) -> bytes:
                 pending = data[offset: offset + _GZIP_STEP_IN]
                 offset += len(pending)
                 while pending and not member.eof:
-                    out += member.decompress(pending, _GZIP_STEP_OUT)
-                    _check_bomb(len(out), offset, file)
+                    out = member.decompress(pending, _GZIP_STEP_OUT)
+                    produced += len(out)
+                    _check_bomb(produced, offset, file)
+                    yield out
                     pending = member.unconsumed_tail
             offset -= len(member.unused_data)
             if offset < n and data[offset] == 0 and data.count(0, offset) == n - offset:
@@ -159,7 +172,36 @@ def decompress_gzip(data: bytes, file: TableFile) -> bytes:
     except (zlib.error, EOFError) as error:
         raise UserError(f"is not a readable gzip file ({error})",
                         path=file.relative_path) from None
-    return bytes(out)
+
+
+def estimate_rows(file: TableFile) -> int:
+    """About how many rows ``file`` holds, before it is read (never fewer): the row count in a
+    Parquet file's footer; the lines of a text file (less the header of a CSV). Ingest chooses
+    the number of subject buckets from it, since every piece is routed to its bucket as soon as
+    it is validated. A file that cannot be read counts 0 here: reading it refuses it, with the
+    reason."""
+    try:
+        if file.format == "parquet":
+            return int(pl.scan_parquet(file.path).select(pl.len()).collect().item())
+        if file.format == "csv.gz":
+            steps = _gunzip_steps(file.path.read_bytes(), file)
+        else:
+            steps = _file_steps(file.path)
+        lines, last = 0, b"\n"
+        for step in steps:
+            if step:
+                lines += step.count(b"\n")
+                last = step[-1:]
+        lines += last != b"\n"
+    except (UserError, OSError, pl.exceptions.PolarsError):
+        return 0
+    return max(0, lines - 1) if file.format in ("csv", "csv.gz") else lines
+
+
+def _file_steps(path, step: int = 16 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(step):
+            yield chunk
 
 
 _GZIP_STEP_IN = 1 << 16
@@ -191,11 +233,28 @@ def _check_unique(header, columns, file: TableFile) -> None:
 
 
 
-def _read_parquet(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame]:
+def _parquet_pieces(data: bytes, file: TableFile,
+                    piece_rows: int | None) -> Iterator[Callable[[], tuple[list[str], pl.DataFrame]]]:
+    """The row ranges of a Parquet file, ``piece_rows`` each (None: one), as readers; the
+    footer is checked here (width, readability) so that a refused file starts no piece."""
     try:
         check_width(len(pl.read_parquet_schema(io.BytesIO(data))), file,
                     hint="store one column per contract column")
-        frame = pl.read_parquet(io.BytesIO(data))
+        rows = int(pl.scan_parquet(data).select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise UserError(f"is not a readable Parquet file ({error})",
+                        path=file.relative_path) from None
+    step = max(rows, 1) if piece_rows is None else piece_rows
+    for offset in range(0, max(rows, 1), step):
+        yield partial(_read_parquet, data, file, offset, step)
+
+
+def _read_parquet(data: bytes, file: TableFile, offset: int = 0,
+                  length: int | None = None) -> tuple[list[str], pl.DataFrame]:
+    """Rows ``offset .. offset + length`` of a Parquet file, every value as text (``LINE``: the
+    row index in the file). Polars reads only the row groups that hold them."""
+    try:
+        frame = pl.scan_parquet(data).slice(offset, length).collect()
     except (pl.exceptions.PolarsError, OSError) as error:
         raise UserError(f"is not a readable Parquet file ({error})",
                         path=file.relative_path) from None
@@ -203,14 +262,18 @@ def _read_parquet(data: bytes, file: TableFile) -> tuple[list[str], pl.DataFrame
     names = [f"__c{i}" for i in range(len(header))]
     frame.columns = names
     try:
-        frame = frame.select(as_text(frame, n) for n in names)
+        # Numbers, booleans, dates and date-times that the contract may hold as they are stay
+        # typed (``validate.TYPED_KINDS``: validation casts them to text only for the rows that
+        # fail, or when the column's kind wants text); every other column becomes text here.
+        frame = frame.select(pl.col(n) if frame.schema[n] in PASSED_TYPED else as_text(frame, n)
+                             for n in names)
     except pl.exceptions.PolarsError:
         unreadable = [h for h, n in zip(header, names) if not _castable(frame, n)]
         raise UserError(f"column(s) {', '.join(map(repr, unreadable))} have a Parquet type that "
                         "cannot be read as text (e.g. a duration); store them as text or numbers",
                         path=file.relative_path) from None
     frame = frame.with_columns(
-        pl.int_range(0, pl.len(), dtype=pl.Int64).alias(LINE),
+        pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(LINE),
         pl.lit(None, dtype=pl.String).alias(MALFORMED),
         pl.lit(None, dtype=pl.String).alias(RECORD),
     )

@@ -19,6 +19,14 @@ RECORD_PREVIEW_CHARS = 200
 RECORD_SCAN_CHARS = RECORD_PREVIEW_CHARS + 400
 
 
+#: Parquet column types a reader hands to validation as they are, not as text: each is exactly
+#: what a contract kind stores (``validate.TYPED_KINDS``), and its text form parses back to the
+#: same value, so validating the typed value decides a row as the text would. Other integer
+#: widths, ``Float32`` (whose text is its shortest 32-bit spelling) and time-zone-aware or non-
+#: microsecond date-times are read as text.
+PASSED_TYPED = frozenset({pl.Float64, pl.Int64, pl.Boolean, pl.Date, pl.Datetime("us")})
+
+
 def as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     """A decoded JSON field or Parquet column as text: scalars via cast, nested values as JSON."""
     dtype = frame.schema[name]

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.execution import cores, split_by_bucket
+from pipeline.ingest.accepted import AcceptedTable, Sink, WrittenPart
 from pipeline.ingest.dedupe import (ORDER, Decisions, combine, crosses_subjects, primary_present,
                                     resolve_across, resolve_bucket)
 from pipeline.ingest.validate import QUARANTINE_COLUMNS, empty_quarantine
 from pipeline.schema import SOURCE_FILE, SOURCE_LINE, TABLES, Table
-from pipeline.store import Admission, Bucketed, Store, now_utc
+from pipeline.ingest.staging import Staging
+from pipeline.store import Admission, Store, now_utc
 
 UNKNOWN_SUBJECT = "unknown_subject"
 _UNKNOWN_MESSAGE = "this subject_id does not appear in the subjects table"
@@ -97,8 +99,8 @@ def admission_outcome(table: str, candidates: pl.DataFrame, duplicate_index: pl.
 class TableOutcome:
     """One table's new rows resolved against the store, with the held rows now admissible."""
 
-    #: Every row to store (admitted held rows first), by subject bucket, with ``ORDER``.
-    accepted: Bucketed
+    #: Every row accepted (admitted held rows first), as written by the sink, by bucket.
+    accepted: AcceptedTable
     #: This run's quarantine rows (unknown subjects, conflicts among the new rows).
     quarantine: list[pl.DataFrame]
     #: This run's duplicates as (source_file, count); admitted held rows are not counted here.
@@ -106,23 +108,30 @@ class TableOutcome:
     admitted: Admitted
     #: Every row now held (None: unchanged).
     held: pl.DataFrame | None
+    #: For the subjects table: the accepted subject ids of each bucket.
+    subject_ids: list[pl.Series] | None = None
 
 
-def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None,
+def resolve_with_held(table: Table, staging: Staging, offsets: dict[int, int], store: Store | None,
                       known_subjects: list[pl.Series] | None, content: list[str],
-                      n_buckets: int, schema: dict[str, pl.DataType]) -> TableOutcome:
+                      schema: dict[str, pl.DataType], files: tuple[str, ...],
+                      sink: Sink) -> TableOutcome:
     """Split off the rows of unknown subjects (held), add the held rows whose subject is now
-    accepted (before the new rows), and resolve duplicates and conflicts against the store.
+    accepted (before the new rows), resolve duplicates and conflicts against the store, and
+    hand each bucket's accepted rows to ``sink``.
 
-    Every check on subject keys runs per subject bucket: a bucket's new rows are compared with
-    the bucket's accepted subjects (``known_subjects[b]``; None for the subjects table itself)
-    and with the bucket's stored rows (``Store.read_bucket``), so the memory a check needs is
-    bounded by a bucket. A key two subjects can share (``episode_id``) is checked across buckets
-    on the narrow key column (``dedupe.resolve_across``). ``new`` are the validated pieces of the
-    table's files, in file order, with ``schema`` (the list is emptied as they are routed). The
-    result equals one check of the whole table: a key group never spans two buckets, and
+    The new rows are the table's validated pieces in ``staging``, by subject bucket
+    (``offsets``: piece -> the number of new rows before it, in file order; ``files``: the
+    files they came from, in order). Every check on subject keys runs per subject bucket: a
+    bucket's new rows are compared with the bucket's accepted subjects (``known_subjects[b]``;
+    None for the subjects table itself) and with the bucket's stored rows
+    (``Store.read_bucket``), so the memory a check needs is bounded by a bucket. A key two
+    subjects can share (``episode_id``) is checked across buckets on the narrow key column
+    (``dedupe.resolve_across``); the table's buckets are then read a second time to write them.
+    The result equals one check of the whole table: a key group never spans two buckets, and
     ``ORDER`` keeps "earlier" as in file order.
     """
+    n_buckets = staging.n_buckets
     schema = {**schema, ORDER: pl.Int64}
     candidates, still_held, held = pl.DataFrame(schema=schema), None, None
     if known_subjects is not None and store is not None:
@@ -132,65 +141,81 @@ def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None
             candidates = align(candidates, schema).with_columns(
                 pl.int_range(0, pl.len(), dtype=pl.Int64).alias(ORDER))
     n = candidates.height
-    # Number the new rows after the admitted held rows, in file order; route them to buckets.
-    by_bucket: list[list[pl.DataFrame]] = [[] for _ in range(n_buckets)]
-
-    def route(rows: pl.DataFrame) -> list[pl.DataFrame]:
-        return [rows] if n_buckets == 1 else split_by_bucket(rows, "subject_id", n_buckets)
-
-    def numbered():
-        offset = n
-        while new:  # consumed piece by piece: a piece is freed once routed
-            piece = new.pop(0)
-            yield piece.with_columns(
-                pl.int_range(offset, offset + pl.len(), dtype=pl.Int64).alias(ORDER))
-            offset += piece.height
-
+    # Number the new rows after the admitted held rows, in file order.
+    offsets = {piece: n + offset for piece, offset in offsets.items()}
+    admissible = ([candidates] if n_buckets == 1 else
+                  split_by_bucket(candidates, "subject_id", n_buckets))
     crosses = crosses_subjects(table)
     within = ~primary_present(table) if crosses else None
 
-    def check(b: int) -> tuple[pl.DataFrame, pl.DataFrame | None, Decisions | None]:
-        """One bucket: (its rows of accepted subjects, its rows of unknown ones, decisions)."""
-        rows = pl.concat(by_bucket[b], how="vertical_relaxed") if by_bucket[b] \
-            else pl.DataFrame(schema=schema)
-        by_bucket[b] = []
+    def is_known(b: int) -> pl.Expr:
+        return pl.col("subject_id").is_in(known_subjects[b].implode())
+
+    def rows_of(b: int) -> pl.DataFrame:
+        new = staging.bucket(table.name, b, offsets, ORDER, schema)
+        return pl.concat([admissible[b], new], how="vertical_relaxed") if admissible[b].height \
+            else new
+
+    def known_rows(b: int) -> pl.LazyFrame:
+        """The bucket's rows of accepted subjects, lazily (for the key column alone)."""
+        rows = pl.concat([admissible[b].lazy(),
+                          staging.scan(table.name, b, offsets, ORDER, schema)],
+                         how="vertical_relaxed")
+        return rows.filter(is_known(b)) if known_subjects is not None else rows
+
+    def write(b: int, rows: pl.DataFrame, dropped: pl.Series) -> WrittenPart:
+        if dropped.len():
+            mask = rows.get_column(ORDER).is_in(dropped.implode())
+            if mask.any():
+                rows = rows.filter(~mask)
+        return sink.write(table.name, b, rows, ORDER, n)
+
+    def check(b: int) -> tuple[pl.DataFrame | None, Decisions | None, WrittenPart | None,
+                               pl.Series | None]:
+        """One bucket: its rows of unknown subjects, its decisions and (for a table whose keys
+        hold ``subject_id``) its accepted rows, written."""
+        rows = rows_of(b)
         unknown = None
         if known_subjects is not None and rows.height:
-            is_known = rows.get_column("subject_id").is_in(known_subjects[b].implode())
-            if not is_known.all():
-                unknown = rows.filter(~is_known)
-                rows = rows.filter(is_known)
+            known = rows.select(is_known(b)).to_series()
+            if not known.all():
+                unknown = rows.filter(~known)
+                rows = rows.filter(known)
         decided = None
         if not crosses or table.fallback_key:
             stored = _stored_bucket(store, table.name, b, n_buckets) if rows.height else None
             decided = resolve_bucket(table, rows, stored, content, rows=within)
-        return rows, unknown, decided
+        part = ids = None
+        if not crosses:
+            part = write(b, rows, decided.dropped)
+            if known_subjects is None:  # the subjects table: its accepted ids, for the others
+                kept = rows.get_column(ORDER).is_in(decided.dropped.implode()).not_()
+                ids = rows.get_column("subject_id").filter(kept)
+        return unknown, decided, part, ids
 
     # Buckets on every core (polars releases the GIL); results in bucket order.
     with ThreadPoolExecutor(max(1, min(cores(), n_buckets))) as pool:
-        for parts in [route(candidates), *pool.map(route, numbered())]:
-            for b, part in enumerate(parts):
-                if part.height:
-                    by_bucket[b].append(part)
         checked = list(pool.map(check, range(n_buckets)))
-    combined = [rows for rows, _, _ in checked]
-    unknown = [u for _, u, _ in checked if u is not None]
-    decisions = [d for _, _, d in checked if d is not None]
-    del checked
-    if crosses and any(f.height for f in combined):
-        stored = store.read(table.name) if store is not None else None
-        decisions.append(resolve_across(table, combined, stored, content))
-    decided = combine(decisions)
-    dropped = decided.dropped.implode()
+        unknown = [u for u, _, _, _ in checked if u is not None]
+        decisions = [d for _, d, _, _ in checked if d is not None]
+        parts = [p for _, _, p, _ in checked if p is not None]
+        subject_ids = [i for _, _, _, i in checked] if known_subjects is None else None
+        del checked
+        if crosses:
+            stored = store.read(table.name) if store is not None else None
+            decisions.append(resolve_across(table, [known_rows(b) for b in range(n_buckets)],
+                                            stored, content))
+        decided = combine(decisions)
+        if crosses:  # read each bucket again, now that the decisions across buckets are known
+            def accept(b: int) -> WrittenPart:
+                rows = rows_of(b)
+                if known_subjects is not None:
+                    rows = rows.filter(is_known(b))
+                return write(b, rows, decided.dropped)
 
-    def keep(rows: pl.DataFrame) -> pl.DataFrame:
-        if not decided.dropped.len():
-            return rows
-        mask = rows.get_column(ORDER).is_in(dropped)
-        return rows.filter(~mask) if mask.any() else rows
-
-    accepted = Bucketed(n_buckets, tuple(keep(f) for f in combined), order=ORDER)
-    del combined
+            parts = list(pool.map(accept, range(n_buckets)))
+    accepted = AcceptedTable(table.name, {c: d for c, d in schema.items() if c != ORDER}, files,
+                             [p for p in parts if p.rows])
     quarantine = []
     if known_subjects is not None:
         unknown_rows = (pl.concat(unknown).sort(ORDER).drop(ORDER) if unknown
@@ -205,7 +230,7 @@ def resolve_with_held(table: Table, new: list[pl.DataFrame], store: Store | None
         quarantine.append(conflicts.filter(pl.col(ORDER) >= n).select(QUARANTINE_COLUMNS))
     duplicates = (decided.duplicates.filter(pl.col(ORDER) >= n)
                   .group_by(SOURCE_FILE).len("duplicates"))
-    return TableOutcome(accepted, quarantine, duplicates, admitted, held)
+    return TableOutcome(accepted, quarantine, duplicates, admitted, held, subject_ids)
 
 
 def _stored_bucket(store: Store | None, table: str, bucket: int,

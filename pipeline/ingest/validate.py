@@ -33,7 +33,7 @@ from pipeline.ingest.identifiers import (
     mask_text,
 )
 from pipeline.ingest.read import LINE, MALFORMED, RECORD, RawTable
-from pipeline.ingest.rows import RECORD_PREVIEW_CHARS
+from pipeline.ingest.rows import RECORD_PREVIEW_CHARS, as_text
 from pipeline.schema import (
     FALSE_SPELLINGS,
     MIN_DATE,
@@ -123,14 +123,28 @@ def _enum_key_py(value: str) -> str:
     return re.sub(r"[\s\-]+", "_", value.strip().lower())
 
 
-def parse(column: Column, text: pl.Expr, *, forgiving: bool = True) -> pl.Expr:
+#: Contract kinds a Parquet column may hold typed, and the type (``rows.PASSED_TYPED``): the
+#: quick pass checks such a value as it is; a row that fails is cast to text and re-checked by
+#: the forgiving pass, as if it had been text all along.
+TYPED_KINDS: dict[str, pl.DataType] = {"float": pl.Float64(), "int": pl.Int64(),
+                                       "bool": pl.Boolean(), "date": pl.Date(),
+                                       "datetime": pl.Datetime("us")}
+
+
+def parse(column: Column, text: pl.Expr, *, forgiving: bool = True,
+          typed: bool = False) -> pl.Expr:
     """Parse cleaned text into the column's dtype; null where it cannot be read.
 
     ``forgiving=False`` is the quick first pass: enums and booleans must be spelled exactly
     as declared (or in lower/upper/title case); anything else is left to the forgiving pass,
     which accepts the same values and more, so the two passes never disagree on a value.
+    ``typed``: ``text`` is a value of ``TYPED_KINDS[column.kind]`` already (quick pass only);
+    it is what the text of it would parse to, and a whole number is held to the same limit.
     """
     kind = column.kind
+    if typed:
+        assert not forgiving
+        return pl.when(text.abs() <= _MAX_EXACT_INT).then(text) if kind == "int" else text
     if kind in ("token", "string"):
         return text
     if kind == "enum" and not forgiving:
@@ -221,6 +235,15 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
     unknown = check_header(raw, table, columns)
     frame = raw.frame
     present = [c for c in columns if c.name in raw.columns]
+    # A typed (Parquet) column is checked as it is when its kind stores that type; otherwise,
+    # and for unknown columns, as text.
+    kinds = {c.name: TYPED_KINDS.get(c.kind) for c in present}
+    to_text = [n for n, dtype in frame.schema.items()
+               if n not in (LINE, MALFORMED, RECORD) and dtype != pl.String
+               and kinds.get(n) != dtype]
+    if to_text:
+        frame = frame.with_columns(as_text(frame, n) for n in to_text)
+    typed_columns = [c.name for c in present if frame.schema[c.name] != pl.String]
     absent_required = [c for c in columns if c.name not in raw.columns and c.required]
     # Text columns can hold an identifier even when they parse: test them on every row (once per
     # distinct value). Other columns are tested in _quarantine_rows, on failing rows only.
@@ -248,7 +271,9 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
 
     def evaluate(rows: pl.DataFrame, forgiving: bool) -> tuple[pl.DataFrame, list[_Check]]:
         text = {c.name: clean(pl.col(c.name)) if forgiving else pl.col(c.name) for c in present}
-        rows = rows.with_columns(parse(c, text[c.name], forgiving=forgiving).alias(_parsed(c.name))
+        typed = () if forgiving else typed_columns
+        rows = rows.with_columns(parse(c, text[c.name], forgiving=forgiving,
+                                       typed=c.name in typed).alias(_parsed(c.name))
                                  for c in present)
         checks = _checks(present, text, identifier_values, bad_tokens, forgiving)
         checks += [_Check("missing_required", c.name, "a value is required here", pl.lit(True))
@@ -258,7 +283,10 @@ def validate_file(raw: RawTable, table: Table, columns: tuple[Column, ...]) -> V
 
     fast, checks = evaluate(frame, forgiving=False)
     any_failure = fast.select(pl.any_horizontal([k.condition for k in checks])).to_series()
-    retry, checks = evaluate(frame.filter(any_failure), forgiving=True)
+    retry = frame.filter(any_failure)
+    if typed_columns:
+        retry = retry.with_columns(as_text(retry, n) for n in typed_columns)
+    retry, checks = evaluate(retry, forgiving=True)
     if retry.height:
         first_failure = pl.min_horizontal(
             [pl.when(k.condition).then(pl.lit(i, dtype=pl.Int32)) for i, k in enumerate(checks)])
