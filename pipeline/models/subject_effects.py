@@ -232,14 +232,16 @@ def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> Su
         ).otherwise(pl.concat_str(
             pl.lit(pooled_note or None, dtype=pl.String), adjusted_note, separator="; ",
             ignore_nulls=True).fill_null(""))
+        # A person's own interval can be so wide that its upper limit overflows: it is then
+        # infinite (unbounded), which is what it says; no warning on the terminal.
+        with np.errstate(over="ignore"):
+            rates = dict(irr=np.exp(theta), ci_low=np.exp(theta - Z95 * se),
+                         ci_high=np.exp(theta + Z95 * se), own_irr=np.exp(y),
+                         own_ci_low=np.exp(own_lo), own_ci_high=np.exp(own_hi))
         subject_parts.append(part.select(
             "subject_id", pl.lit(f.factor).alias("factor"), pl.lit(f.name).alias("feature"),
             pl.lit(f.unit).alias("unit"), "n_days", "n_episodes", note.alias("note"),
-        ).with_columns(
-            irr=np.exp(theta), ci_low=np.exp(theta - Z95 * se), ci_high=np.exp(theta + Z95 * se),
-            own_irr=np.exp(y), own_ci_low=np.exp(own_lo), own_ci_high=np.exp(own_hi),
-            weight_own=weight,
-        ))
+        ).with_columns(**rates, weight_own=weight))
         het_rows.append(het)
     if subject_parts:
         subjects = pl.concat(subject_parts).with_columns(pl.col(pl.Float64).fill_nan(None))
