@@ -270,8 +270,10 @@ def sufficiency_stats(X: np.ndarray, groups: np.ndarray, conditional: bool) -> d
     if conditional and n_rows:
         # groups are sorted (the panel is sorted by subject): one run per subject
         starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-        out["n_vary"] = np.count_nonzero(np.maximum.reduceat(X, starts, axis=0)
-                                         > np.minimum.reduceat(X, starts, axis=0), axis=0)
+        # Reductions along contiguous memory: X is column-major, so X.T's rows are its columns.
+        XT = X.T if X.flags.f_contiguous else np.ascontiguousarray(X.T)
+        out["n_vary"] = np.count_nonzero(np.maximum.reduceat(XT, starts, axis=1)
+                                         > np.minimum.reduceat(XT, starts, axis=1), axis=1)
     return out
 
 
@@ -337,7 +339,8 @@ def cross_part(X: np.ndarray, groups: np.ndarray, conditional: bool) -> dict[str
     cross = X.T @ X
     if conditional:
         starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-        sums = np.add.reduceat(X, starts, axis=0)
+        XT = X.T if X.flags.f_contiguous else np.ascontiguousarray(X.T)
+        sums = np.add.reduceat(XT, starts, axis=1).T  # contiguous reductions (X column-major)
         counts = np.diff(np.r_[starts, X.shape[0]])
         cross -= (sums / counts[:, None]).T @ sums
         return {"cross": cross, "total": None, "n": X.shape[0]}

@@ -261,25 +261,24 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     hold = (isinstance(execution.current(), execution.LocalExecutor)
             and n_days * (len(candidates) + 4) * 8 <= memory_budget())
     while True:
-        handles, stats, crosses = [], [], []
-        n_complete = n_zero = n_rows = n_subjects = 0
-        y_sum = 0.0
         names = [f.name for f in candidates]
-        for b in range(panel.n_buckets):
+
+        def one(b: int, names=names, candidates=tuple(candidates)):
+            """Bucket ``b``'s design (a handle, or None when no row is left) and statistics."""
             frame = bucket_frame(panel, b, ranks, analysis, knots, panel_columns)
             subject = frame[SUBJECT_CODE].to_numpy()
             local = np.r_[0, np.cumsum(subject[1:] != subject[:-1])] if subject.size else subject
             outcome = frame[OUTCOME].to_numpy()
-            mask, complete, zero = _model_rows(frame, local, outcome, candidates, conditional)
-            n_complete += complete
-            n_zero += zero
+            mask, complete, zero = _model_rows(frame, local, outcome, list(candidates),
+                                               conditional)
             X = _build_X(frame, names, mask)
             groups = subject[mask]
             y = outcome[mask].astype(np.float64)
-            stats.append(_stats(X, groups, conditional))
+            out = {"complete": complete, "zero": zero, "stats": _stats(X, groups, conditional),
+                   "handle": None, "cross": None, "rows": 0, "subjects": 0, "y_sum": 0.0}
             if not y.size:
-                continue
-            crosses.append(cross_part(X, groups, conditional) if X.shape[1] >= 2 else None)
+                return out
+            out["cross"] = cross_part(X, groups, conditional) if X.shape[1] >= 2 else None
             if conditional:
                 strata = strata_codes(frame, mask)
                 bucket = (cb.grouped_bucket(X, y, groups) if strata is None
@@ -288,13 +287,24 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
                 bucket = pb.cluster_bucket(X, y, groups)
             starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
             subject_rows = np.diff(np.r_[starts, groups.size])
-            handles.append(HeldBucket(bucket, groups[starts], subject_rows) if hold else
-                           save(Path(directory) / f"b{b:04d}", bucket, kind,
-                                subjects=groups[starts], subject_rows=subject_rows))
-            n_rows += y.size
-            n_subjects += starts.size
-            y_sum += float(y.sum())
-            del frame, X, bucket
+            out["handle"] = (HeldBucket(bucket, groups[starts], subject_rows) if hold else
+                             save(Path(directory) / f"b{b:04d}", bucket, kind,
+                                  subjects=groups[starts], subject_rows=subject_rows))
+            out.update(rows=int(y.size), subjects=int(starts.size), y_sum=float(y.sum()))
+            return out
+
+        # Buckets side by side on this machine's cores (a bucket's work is polars and numpy,
+        # which release the GIL; memory: one bucket per thread), results in bucket order.
+        parts = _in_order(one, panel.n_buckets)
+        handles = [q["handle"] for q in parts if q["handle"] is not None]
+        stats = [q["stats"] for q in parts]
+        crosses = [q["cross"] for q in parts if q["handle"] is not None]
+        n_complete = sum(q["complete"] for q in parts)
+        n_zero = sum(q["zero"] for q in parts)
+        n_rows = sum(q["rows"] for q in parts)
+        n_subjects = sum(q["subjects"] for q in parts)
+        y_sum = sum(q["y_sum"] for q in parts)
+        del parts
         failures = (judge_sufficiency(add_sufficiency_stats(stats), candidates, conditional, d)
                     if candidates else [])
         if not failures:
@@ -318,6 +328,19 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     for f in d.kept:
         d.sufficiency.setdefault(f.name, {}).update({"status": "estimated", "reason": None})
     return d
+
+
+def _in_order(fn, n: int) -> list:
+    """``[fn(0), ..., fn(n - 1)]`` on this machine's cores (threads), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.execution import cores
+
+    workers = min(cores(), n)
+    if workers <= 1:
+        return [fn(b) for b in range(n)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, range(n)))
 
 
 def _stats(X: np.ndarray, groups: np.ndarray, conditional: bool) -> dict[str, Any]:
