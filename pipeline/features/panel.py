@@ -355,25 +355,9 @@ def _model_units(f: fd.Feature) -> pl.Expr:
 
 def _summarise(df: pl.DataFrame, n_episodes: int, n_injuries: int, available, absent,
                has_injuries: bool) -> dict[str, Any]:
-    on_logged = int(df[OUTCOME].sum()) if df.height else 0
-    feature_names = [f.name for f in available]
-    nulls = df.select(pl.col(feature_names).null_count()).row(0, named=True) if feature_names \
-        else {}
-    return {
-        "n_subjects": int(df["subject_id"].n_unique()) if df.height else 0,
-        "n_subject_days": df.height,
-        "n_subjects_with_episodes": int(
-            df.filter(pl.col(OUTCOME) > 0)["subject_id"].n_unique()) if df.height else 0,
-        "n_episodes": n_episodes,
-        "n_episodes_on_logged_days": on_logged,
-        "episodes_outside_logged_days": n_episodes - on_logged,
-        "n_injuries": n_injuries if has_injuries else None,
-        "first_date": str(df["date"].min()) if df.height else None,
-        "last_date": str(df["date"].max()) if df.height else None,
-        "features": feature_names,
-        "features_absent": dict(absent),
-        "missing_values": {k: int(v) for k, v in nulls.items()},
-    }
+    """summary.json's panel section: the whole panel as one bucket."""
+    return _combine_summaries([_bucket_summary(df, [f.name for f in available])], n_episodes,
+                              n_injuries, available, absent, has_injuries)
 
 
 def _bucket_summary(df: pl.DataFrame, feature_names: list[str]) -> dict[str, Any]:

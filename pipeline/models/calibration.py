@@ -414,7 +414,13 @@ def calibration_by_buckets(buckets: Sequence[Any], load: Callable[[Any], tuple],
         counts += part[0]
         predicted += part[1]
         observed += part[2]
-    sorted_at = value_at
+    return decile_table(counts, predicted, observed, value_at)
+
+
+def decile_table(counts: np.ndarray, predicted: np.ndarray, observed: np.ndarray,
+                 sorted_at: dict[int, float]) -> list[dict]:
+    """The calibration rows of the non-empty bins: counts and sums per bin, and the predicted
+    rates at each bin's first and last position of the sorted order (``sorted_at``)."""
     starts = np.r_[0, np.cumsum(counts)]
     table = []
     for b in np.flatnonzero(counts):

@@ -155,27 +155,12 @@ def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: b
                    features, reported) -> Design:
     """Apply the sufficiency policy and complete-case rule; build X, y and groups."""
     d = Design(model, conditional, tuple(features), tuple(reported))
-    candidates: list[fd.Feature] = []
-    for f in features:
-        if f.name in panel.features:
-            candidates.append(f)
-        else:
-            d.excluded[f.name] = panel.absent.get(f.name, "not in the panel")
-            d.sufficiency[f.name] = {"status": "absent", "reason": d.excluded[f.name]}
-
+    candidates = candidate_features(d, features, panel)
     n_days = frame.height
     d.n_candidate_days = n_days
     if n_days:
         nulls = frame.select(pl.col([f.name for f in candidates]).null_count()).row(0, named=True)
-        for f in list(candidates):
-            fraction = nulls[f.name] / n_days
-            if fraction > MAX_MISSING_FRACTION:
-                candidates.remove(f)
-                d.excluded[f.name] = (
-                    f"missing on {nulls[f.name]:,} of {n_days:,} subject-days "
-                    f"({fraction:.0%}; more than {MAX_MISSING_FRACTION:.0%})")
-                d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
-                                         "n_missing": int(nulls[f.name])}
+        drop_mostly_missing(d, candidates, nulls, n_days)
 
     # The model's rows are a boolean mask over the frame; X is filled column by column straight
     # from the frame's columns (no filtered copy of the frame, one column temporary at a time).
@@ -212,6 +197,33 @@ def prepare_design(frame: pl.DataFrame, panel: Panel, model: str, conditional: b
     for f in d.kept:
         d.sufficiency.setdefault(f.name, {}).update({"status": "estimated", "reason": None})
     return d
+
+
+def candidate_features(d: Design, features, panel: Panel) -> list:
+    """The model's features the panel has; the others are recorded in ``d`` as absent."""
+    candidates: list[fd.Feature] = []
+    for f in features:
+        if f.name in panel.features:
+            candidates.append(f)
+        else:
+            d.excluded[f.name] = panel.absent.get(f.name, "not in the panel")
+            d.sufficiency[f.name] = {"status": "absent", "reason": d.excluded[f.name]}
+    return candidates
+
+
+def drop_mostly_missing(d: Design, candidates: list, nulls: dict[str, int], n_days: int) -> None:
+    """Remove from ``candidates`` (and record in ``d``) the features missing on more than
+    ``MAX_MISSING_FRACTION`` of the ``n_days`` candidate subject-days (``nulls``: by name)."""
+    for f in list(candidates):
+        n_missing = int(nulls.get(f.name, 0))
+        fraction = n_missing / n_days
+        if fraction > MAX_MISSING_FRACTION:
+            candidates.remove(f)
+            d.excluded[f.name] = (
+                f"missing on {n_missing:,} of {n_days:,} subject-days "
+                f"({fraction:.0%}; more than {MAX_MISSING_FRACTION:.0%})")
+            d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
+                                     "n_missing": n_missing}
 
 
 def _model_rows(frame: pl.DataFrame, codes: np.ndarray, outcome: np.ndarray, features,

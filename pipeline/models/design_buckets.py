@@ -223,34 +223,18 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     from pipeline.features.panel import OUTCOME
     from pipeline.models import conditional_buckets as cb
     from pipeline.models import poisson_buckets as pb
-    from pipeline.models.design import (FEATURE_REASONS, MAX_MISSING_FRACTION, SUBJECT_CODE,
-                                        Design, _build_X, _model_rows, add_cross,
-                                        add_sufficiency_stats, centred_cross, collinear_features,
-                                        cross_part, judge_sufficiency)
+    from pipeline.models.design import (FEATURE_REASONS, SUBJECT_CODE, Design, _build_X,
+                                        _model_rows, add_cross, add_sufficiency_stats,
+                                        candidate_features, centred_cross, collinear_features,
+                                        cross_part, drop_mostly_missing, judge_sufficiency)
     from pipeline.models.time_strata import strata_codes
 
     d = Design(model, conditional, tuple(features), tuple(reported))
-    candidates = []
-    for f in features:
-        if f.name in panel.features or f.name.startswith("_"):  # "_": [analysis] adjustments
-            candidates.append(f)
-        else:
-            d.excluded[f.name] = panel.absent.get(f.name, "not in the panel")
-            d.sufficiency[f.name] = {"status": "absent", "reason": d.excluded[f.name]}
+    candidates = candidate_features(d, features, panel)  # the panel lists [analysis] columns
     n_days = panel.n_rows
     d.n_candidate_days = n_days
-    missing = panel.summary.get("missing_values", {})
-    if n_days:
-        for f in list(candidates):
-            n_missing = int(missing.get(f.name, 0))
-            fraction = n_missing / n_days
-            if fraction > MAX_MISSING_FRACTION:
-                candidates.remove(f)
-                d.excluded[f.name] = (
-                    f"missing on {n_missing:,} of {n_days:,} subject-days "
-                    f"({fraction:.0%}; more than {MAX_MISSING_FRACTION:.0%})")
-                d.sufficiency[f.name] = {"status": "not_estimated", "reason": d.excluded[f.name],
-                                         "n_missing": n_missing}
+    if n_days:  # adjustment columns ("_") are never missing
+        drop_mostly_missing(d, candidates, panel.summary.get("missing_values", {}), n_days)
 
     # Panel columns; the [analysis] adjustments ("_" names) are computed per bucket.
     panel_columns = ["subject_id", "date", OUTCOME,

@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 
 # The same table over subject buckets whose fitted values are never gathered (re-exported here).
-from pipeline.models.calibration import N_CALIBRATION_BINS, calibration_by_buckets  # noqa: F401
+from pipeline.models.calibration import (  # noqa: F401 - calibration_by_buckets re-exported
+    N_CALIBRATION_BINS,
+    calibration_by_buckets,
+    decile_table,
+)
 
 
 def policy() -> dict[str, Any]:
@@ -128,15 +132,4 @@ def calibration(y: np.ndarray, fitted: np.ndarray, bins: int = N_CALIBRATION_BIN
     counts = np.bincount(decile, minlength=bins)
     predicted = np.bincount(decile, weights=mu, minlength=bins)
     observed = np.bincount(decile, weights=y, minlength=bins)
-    starts = np.r_[0, np.cumsum(counts)]
-    table = []
-    for b in np.flatnonzero(counts):
-        table.append({
-            "decile": int(b) + 1,
-            "n_subject_days": int(counts[b]),
-            "predicted_episodes": float(predicted[b]),
-            "observed_episodes": float(observed[b]),
-            "predicted_rate_min": sorted_at[int(starts[b])],
-            "predicted_rate_max": sorted_at[int(starts[b + 1]) - 1],
-        })
-    return table
+    return decile_table(counts, predicted, observed, sorted_at)
