@@ -142,10 +142,9 @@ def build_panel_from_store(store, *, injuries: bool, custom_factors=(),
 
     # Two buckets at a time keep both cores busy through each query's serial parts (memory:
     # two buckets); results in bucket order.
-    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.execution import concurrently
 
-    with ThreadPoolExecutor(2) as pool:
-        done = list(pool.map(one, range(n_buckets)))
+    done = concurrently([lambda b=b: one(b) for b in range(n_buckets)], workers=2)
     parts = [path for path, _ in done]
     partial = [summary for _, summary in done]
     n_episodes = int(store.read("episodes").select(pl.len()).collect().item())

@@ -226,7 +226,8 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     from pipeline.models.design import (FEATURE_REASONS, SUBJECT_CODE, Design, _build_X,
                                         _model_rows, add_cross, add_sufficiency_stats,
                                         candidate_features, centred_cross, collinear_features,
-                                        cross_part, drop_mostly_missing, judge_sufficiency)
+                                        cross_part, drop_mostly_missing, judge_sufficiency,
+                                        sufficiency_stats)
     from pipeline.models.time_strata import strata_codes
 
     d = Design(model, conditional, tuple(features), tuple(reported))
@@ -258,7 +259,8 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
             X = _build_X(frame, names, mask)
             groups = subject[mask]
             y = outcome[mask].astype(np.float64)
-            out = {"complete": complete, "zero": zero, "stats": _stats(X, groups, conditional),
+            out = {"complete": complete, "zero": zero,
+                   "stats": sufficiency_stats(X, groups, conditional),
                    "handle": None, "cross": None, "rows": 0, "subjects": 0, "y_sum": 0.0}
             if not y.size:
                 return out
@@ -279,7 +281,7 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
 
         # Buckets side by side on this machine's cores (a bucket's work is polars and numpy,
         # which release the GIL; memory: one bucket per thread), results in bucket order.
-        parts = _in_order(one, panel.n_buckets)
+        parts = execution.concurrently([lambda b=b: one(b) for b in range(panel.n_buckets)])
         handles = [q["handle"] for q in parts if q["handle"] is not None]
         stats = [q["stats"] for q in parts]
         crosses = [q["cross"] for q in parts if q["handle"] is not None]
@@ -314,31 +316,12 @@ def prepare_design_buckets(panel, model: str, conditional: bool, features, repor
     return d
 
 
-def _in_order(fn, n: int) -> list:
-    """``[fn(0), ..., fn(n - 1)]`` on this machine's cores (threads), in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pipeline.execution import cores
-
-    workers = min(cores(), n)
-    if workers <= 1:
-        return [fn(b) for b in range(n)]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, range(n)))
-
-
-def _stats(X: np.ndarray, groups: np.ndarray, conditional: bool) -> dict[str, Any]:
-    from pipeline.models.design import sufficiency_stats
-
-    return sufficiency_stats(X, groups, conditional)
-
-
 def gather_rows(design, subjects_wanted: np.ndarray):
     """The rows of the given subjects (global codes, sorted) from a bucketed design, in memory:
     (X, y, groups, strata) in subject order, as the in-memory design would hold them."""
     wanted = np.asarray(subjects_wanted)
     Xs, ys, gs, ss = [], [], [], []
-    order = []
+    offset = 0  # stratum labels of different buckets kept apart
     for h in design.buckets:
         codes, rows = subjects(h)
         pick = np.isin(codes, wanted)
@@ -350,8 +333,8 @@ def gather_rows(design, subjects_wanted: np.ndarray):
         ys.append(np.asarray(bucket.y[row_pick]))
         gs.append(np.repeat(codes[pick], rows[pick]))
         if hasattr(bucket, "starts") and not np.array_equal(bucket.clusters, bucket.codes):
-            ss.append(np.asarray(bucket.codes[row_pick]) + sum(s.max() + 1 for s in ss if s.size))
-        order.append(codes[pick][0])
+            ss.append(np.asarray(bucket.codes[row_pick]) + offset)
+            offset += bucket.n_groups
     if not Xs:
         p = len(design.kept)
         return np.empty((0, p), order="F"), np.zeros(0), np.zeros(0, np.int64), None
