@@ -156,7 +156,7 @@ def write_json(destination: Path, data: Any) -> Path:
     return write_text(destination, text)
 
 
-def write_csv(destination: Path, frame: pl.DataFrame) -> Path:
+def write_csv(destination: Path, frame: pl.DataFrame | pl.LazyFrame) -> Path:
     """Atomically write a CSV for people (ISO dates, LF line endings), formula cells neutralised
     (``pipeline.csvsafe``): every CSV the toolkit writes may be opened in a spreadsheet."""
     from pipeline import csvsafe  # csvsafe builds on this module

@@ -37,19 +37,23 @@ def neutralise(expr: pl.Expr) -> pl.Expr:
     return pl.when(risky.fill_null(False)).then(NEUTRALISING_PREFIX + expr).otherwise(expr)
 
 
-def safe_frame(frame: pl.DataFrame) -> pl.DataFrame:
+def safe_frame(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """``frame`` with every text column (and column name) neutralised; numbers untouched."""
-    text = [n for n, t in frame.schema.items() if t in (pl.String, pl.Categorical)
+    schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    text = [n for n, t in schema.items() if t in (pl.String, pl.Categorical)
             or isinstance(t, pl.Enum)]
     out = frame.with_columns(neutralise(pl.col(n).cast(pl.String)).alias(n) for n in text)
-    return out.rename({n: _neutralise_name(n) for n in out.columns if _neutralise_name(n) != n})
+    return out.rename({n: _neutralise_name(n) for n in schema if _neutralise_name(n) != n})
 
 
 def _neutralise_name(name: str) -> str:
     return pl.select(neutralise(pl.lit(name, dtype=pl.String))).item()
 
 
-def write_csv(destination: Path, frame: pl.DataFrame, **options) -> Path:
-    """Atomically write ``frame`` as CSV for people (``options`` go to ``DataFrame.write_csv``)."""
+def write_csv(destination: Path, frame: pl.DataFrame | pl.LazyFrame, **options) -> Path:
+    """Atomically write ``frame`` as CSV for people (``options`` go to ``DataFrame.write_csv``,
+    or to ``LazyFrame.sink_csv`` for a lazy frame, which is written in streaming morsels)."""
     safe = safe_frame(frame)
+    if isinstance(safe, pl.LazyFrame):
+        return atomic.write_with(Path(destination), lambda tmp: safe.sink_csv(tmp, **options))
     return atomic.write_with(Path(destination), lambda tmp: safe.write_csv(tmp, **options))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from pipeline.ingest.validate import empty_quarantine
@@ -160,11 +161,23 @@ def resolve_across(table: Table, new: list[pl.LazyFrame], stored: pl.LazyFrame |
     new = [f.lazy() for f in new]
     schema = dict(new[0].collect_schema())
     present = primary_present(table)
-    ids = [f.filter(present).select(table.key) for f in new]
-    if stored is not None:
-        ids.insert(0, stored.filter(present).select(table.key))
-    repeated = (pl.concat(ids).filter(pl.struct(table.key).is_duplicated()).unique()
-                .collect())
+    frames = ([stored] if stored is not None else []) + new
+    keys = [pl.col(c).cast(schema[c]) for c in table.key]
+    key_hash = pl.struct(keys).hash(seed=0)
+    # One 8-byte hash per row, one frame at a time (never every key string at once: 18M episode
+    # ids are ~0.5 GB of text and as much again in a hash table). Sorted, equal neighbours are
+    # the hashes that repeat; a collision only adds candidates, and the real keys decide below.
+    hashes = np.concatenate([np.empty(0, np.uint64)] + [
+        f.filter(present).select(key_hash).collect().to_series().to_numpy() for f in frames])
+    hashes.sort()
+    repeats = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    if repeats.size == 0:
+        return no_decisions()
+    candidates = pl.Series("__h", repeats).implode()
+    repeated = (pl.concat([f.filter(present & key_hash.is_in(candidates)).select(keys)
+                           for f in frames])
+                .filter(pl.struct(table.key).is_duplicated()).unique().collect())
     if repeated.height == 0:
         return no_decisions()
     key_names = [k.meta.output_name() for k in key_columns(table)]

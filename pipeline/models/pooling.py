@@ -83,6 +83,8 @@ class Pooled:
 
 #: Points of the grid over tau on which the uncertainty of tau is integrated.
 TAU_GRID_POINTS = 41
+#: Persons per block of :func:`shrink_integrated`.
+SHRINK_BLOCK = 8_192
 
 
 def shrink_integrated(fit: Pooled, y: np.ndarray, v: np.ndarray, centre: float,
@@ -105,10 +107,15 @@ def shrink_integrated(fit: Pooled, y: np.ndarray, v: np.ndarray, centre: float,
     w = np.exp(ll - ll.max())
     w /= w.sum()
     t2 = (taus ** 2)[:, None]
-    B = t2 / (t2 + v[None, :])
-    theta = centre + B * (y[None, :] - centre)
-    var = t2 * (1 - B) + (1 - B) ** 2 * centre_se ** 2
-    mse = (w[:, None] * (var + (theta - point[None, :]) ** 2)).sum(axis=0)
+    mse = np.empty(y.shape)
+    # Persons in blocks: a block's grid × persons temporaries stay small (the whole cohort at
+    # once would be 41 × 300,000 × 8 bytes per temporary).
+    for lo in range(0, y.size, SHRINK_BLOCK):
+        b = slice(lo, lo + SHRINK_BLOCK)
+        B = t2 / (t2 + v[None, b])
+        theta = centre + B * (y[None, b] - centre)
+        var = t2 * (1 - B) + (1 - B) ** 2 * centre_se ** 2
+        mse[b] = (w[:, None] * (var + (theta - point[None, b]) ** 2)).sum(axis=0)
     return point, np.sqrt(mse)
 
 

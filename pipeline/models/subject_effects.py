@@ -20,7 +20,7 @@ says why, and the cohort's mean (``heterogeneity.csv``) is then the best guess f
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +98,48 @@ HETEROGENEITY = declare(OutputTable(
 
 @dataclass(frozen=True)
 class SubjectEffects:
-    subject_effects: pl.DataFrame
+    """The per-person results: ``rows`` (one per person and feature, the numeric results of
+    :func:`pool_subject_rows`), ``heterogeneity`` (one row per feature)."""
+
+    rows: pl.DataFrame
     heterogeneity: pl.DataFrame
+    features: tuple = ()
+    #: The pooled estimate's note by feature (empty: none).
+    pooled_notes: dict = field(default_factory=dict)
+
+    def lazy(self) -> pl.LazyFrame:
+        """``subject_effects.csv`` as a lazy frame over :attr:`rows` (elementwise expressions,
+        so it streams)."""
+        if not self.features:
+            return SUBJECT_EFFECTS.empty().lazy()
+        names = [f.name for f in self.features]
+        by = {"factor": [f.factor for f in self.features], "unit": [f.unit for f in self.features],
+              "pooled": [self.pooled_notes.get(n) for n in names]}
+        look = {k: pl.col("feature").replace_strict(names, v, return_dtype=pl.String)
+                for k, v in by.items()}
+        adjusted_note = pl.when(pl.col("adjusted_for_all")).then(pl.lit(None)).otherwise(
+            pl.lit("adjusted only for the features this person's diary can inform"))
+        note = pl.when(pl.col("log_irr").is_null()).then(
+            pl.lit("not estimated: ") + pl.col("reason").fill_null("no own estimate")
+        ).otherwise(pl.concat_str(look["pooled"], adjusted_note, separator="; ",
+                                  ignore_nulls=True).fill_null(""))
+        theta, se = pl.col("theta").fill_nan(None), pl.col("theta_se").fill_nan(None)
+        half = Z95 * pl.col("variance").sqrt()
+        # A person's own interval can be so wide that its upper limit overflows: it is then
+        # infinite (unbounded), which is what it says.
+        return self.rows.lazy().select(
+            "subject_id", look["factor"].alias("factor"), "feature", look["unit"].alias("unit"),
+            theta.exp().alias("irr"), (theta - Z95 * se).exp().alias("ci_low"),
+            (theta + Z95 * se).exp().alias("ci_high"), pl.col("log_irr").exp().alias("own_irr"),
+            (pl.col("log_irr") - half).exp().alias("own_ci_low"),
+            (pl.col("log_irr") + half).exp().alias("own_ci_high"),
+            pl.col("weight_own").fill_nan(None), "n_days", "n_episodes", note.alias("note"),
+        ).select(pl.col(c.name).cast(c.dtype) for c in SUBJECT_EFFECTS.columns)
+
+    @property
+    def subject_effects(self) -> pl.DataFrame:
+        """``subject_effects.csv`` in memory (the run writes it from :meth:`lazy` instead)."""
+        return self.lazy().collect()
 
 
 def within_features(effects: pl.DataFrame, custom_factors=()) -> tuple[list[fd.Feature],
@@ -182,33 +222,42 @@ def fit_subject_part(path: str, columns: list[str], features, start: dict[str, f
 
 
 def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> SubjectEffects:
-    """The reduction: random-effects pooling per feature over every bucket's per-subject rows."""
+    """The reduction: random-effects pooling per feature over every bucket's per-subject rows.
+
+    Only the numeric results are computed here, one column each on the per-subject rows (sorted
+    by subject, features in dictionary order within a subject); the output table's text columns
+    are expressions over them (:meth:`SubjectEffects.lazy`), so the written file is produced in
+    streaming morsels and the run never holds the table itself (at 300,000 persons × 12 features
+    that table is 3.6M rows of text)."""
     within = effects.filter(pl.col("model") == fd.WITHIN_SUBJECT)
     within_irr = dict(zip(within["feature"].to_list(), within["irr"].to_list()))
-    subject_parts, het_rows = [], []
-    by_feature = rows.sort("feature", "subject_id").partition_by("feature", as_dict=True)
-    empty = pl.DataFrame(schema=rows.schema)
-    for f in features:
-        part = by_feature.get((f.name,), empty)
-        y, v = part["log_irr"].to_numpy(), part["variance"].to_numpy()
-        has = part["log_irr"].is_not_null().to_numpy()
+    names = [f.name for f in features]
+    rows = rows.filter(pl.col("feature").is_in(names)).sort("subject_id", maintain_order=True)
+    feature = rows["feature"].replace_strict(names, range(len(names)),
+                                             return_dtype=pl.Int32).to_numpy()
+    theta = np.full(rows.height, np.nan)
+    se = np.full(rows.height, np.nan)
+    weight = np.full(rows.height, np.nan)
+    all_y, all_v = rows["log_irr"].to_numpy(), rows["variance"].to_numpy()
+    het_rows, pooled_notes = [], {}
+    for i, f in enumerate(features):
+        at = np.flatnonzero(feature == i)  # this feature's rows, in subject order
+        y, v = all_y[at], all_v[at]
+        has = ~np.isnan(y)
         n = int(has.sum())
         het = {"factor": f.factor, "feature": f.name, "unit": f.unit, "n_subjects": n,
                "within_subject_irr": within_irr.get(f.name)}
-        theta = np.full(part.height, np.nan)
-        se = np.full(part.height, np.nan)
-        weight = np.full(part.height, np.nan)
         if n < MIN_SUBJECTS_FOR_POOLING:
             het["note"] = (f"not estimated: only {n} person(s) with an own estimate (need at "
                            f"least {MIN_SUBJECTS_FOR_POOLING} to estimate how much people differ)")
-            pooled_note = ("no pooled estimate: too few people with an own estimate to say how "
-                           "much people differ")
+            pooled_notes[f.name] = ("no pooled estimate: too few people with an own estimate to "
+                                    "say how much people differ")
         else:
             fit = pool(y[has], v[has])
             centre, centre_se = _cohort_estimate(within, f.name, fit)
-            theta[has], se[has] = shrink_integrated(fit, y[has], v[has], centre, centre_se,
-                                                    y[has], v[has])
-            weight[has] = fit.tau2 / (fit.tau2 + v[has])
+            theta[at[has]], se[at[has]] = shrink_integrated(fit, y[has], v[has], centre,
+                                                            centre_se, y[has], v[has])
+            weight[at[has]] = fit.tau2 / (fit.tau2 + v[has])
             mu_lo, mu_hi = fit.mu - Z95 * fit.mu_se, fit.mu + Z95 * fit.mu_se
             spread = Z95 * np.sqrt(fit.tau2 + centre_se ** 2)
             het.update(tau=fit.tau, tau_ci_low=np.sqrt(fit.tau2_low),
@@ -219,39 +268,17 @@ def pool_subject_rows(rows: pl.DataFrame, features, effects: pl.DataFrame) -> Su
             if fit.tau < NO_HETEROGENEITY_TAU:
                 het["note"] = ("no sign that people differ (tau = 0): every person's estimate "
                                "is the cohort's within_subject estimate")
-                pooled_note = ("the data show no sign that people differ: this is the cohort's "
-                               "estimate")
+                pooled_notes[f.name] = ("the data show no sign that people differ: this is the "
+                                        "cohort's estimate")
             else:
                 het["note"] = ""
-                pooled_note = ""
-        own_lo, own_hi = y - Z95 * np.sqrt(v), y + Z95 * np.sqrt(v)
-        adjusted_note = pl.when(pl.col("adjusted_for_all")).then(pl.lit(None)).otherwise(
-            pl.lit("adjusted only for the features this person's diary can inform"))
-        note = pl.when(pl.col("log_irr").is_null()).then(
-            pl.lit("not estimated: ") + pl.col("reason").fill_null("no own estimate")
-        ).otherwise(pl.concat_str(
-            pl.lit(pooled_note or None, dtype=pl.String), adjusted_note, separator="; ",
-            ignore_nulls=True).fill_null(""))
-        # A person's own interval can be so wide that its upper limit overflows: it is then
-        # infinite (unbounded), which is what it says; no warning on the terminal.
-        with np.errstate(over="ignore"):
-            rates = dict(irr=np.exp(theta), ci_low=np.exp(theta - Z95 * se),
-                         ci_high=np.exp(theta + Z95 * se), own_irr=np.exp(y),
-                         own_ci_low=np.exp(own_lo), own_ci_high=np.exp(own_hi))
-        subject_parts.append(part.select(
-            "subject_id", pl.lit(f.factor).alias("factor"), pl.lit(f.name).alias("feature"),
-            pl.lit(f.unit).alias("unit"), "n_days", "n_episodes", note.alias("note"),
-        ).with_columns(**rates, weight_own=weight))
         het_rows.append(het)
-    if subject_parts:
-        subjects = pl.concat(subject_parts).with_columns(pl.col(pl.Float64).fill_nan(None))
-        subjects = subjects.sort("subject_id", maintain_order=True)
-    else:
-        subjects = SUBJECT_EFFECTS.empty()
+    rows = rows.with_columns(pl.Series("theta", theta), pl.Series("theta_se", se),
+                             pl.Series("weight_own", weight))
     het_frame = (pl.DataFrame(het_rows, schema=HETEROGENEITY.schema(), orient="row",
                               strict=False) if het_rows else HETEROGENEITY.empty())
-    return SubjectEffects(subject_effects=SUBJECT_EFFECTS.conform(subjects),
-                          heterogeneity=HETEROGENEITY.conform(het_frame))
+    return SubjectEffects(rows=rows, heterogeneity=HETEROGENEITY.conform(het_frame),
+                          features=tuple(features), pooled_notes=pooled_notes)
 
 
 def _cohort_estimate(within: pl.DataFrame, feature: str, fit) -> tuple[float, float]:
@@ -268,13 +295,14 @@ def _cohort_estimate(within: pl.DataFrame, feature: str, fit) -> tuple[float, fl
 def write_subject_effects(result: SubjectEffects, out_dir) -> None:
     """Write subject_effects.csv and heterogeneity.csv atomically, floats to 6 significant digits
     (rounded by expression: the per-value formatting of effects.csv costs seconds on 10,000
-    persons × a dozen features)."""
+    persons × a dozen features). subject_effects.csv is streamed from :meth:`SubjectEffects.lazy`
+    (a sink, in morsels), never held whole."""
     from pathlib import Path
 
     from pipeline import atomic
 
     out_dir = Path(out_dir)
-    for table, frame in ((SUBJECT_EFFECTS, result.subject_effects),
+    for table, frame in ((SUBJECT_EFFECTS, result.lazy()),
                          (HETEROGENEITY, result.heterogeneity)):
         atomic.write_csv(out_dir / table.file,
                          frame.with_columns(pl.col(pl.Float64).round_sig_figs(6)))
