@@ -50,6 +50,15 @@ ROWS_PER_BUCKET_ENV = "CRAMP_ROWS_PER_BUCKET"
 #: Bounds on the bucket count: at least one; at most this many (manifest and task overheads).
 MAX_BUCKETS = 4096
 EXECUTORS = ("local", "dask")
+#: A fit of a design the driver already holds in memory, of at most this many MiB, runs on the
+#: driver's own cores even on a Dask cluster (:func:`for_design`): the dose-response curves,
+#: the lag model and the subgroup refits are such fits, on subsets gathered from the panel, and
+#: shipping a few hundred MB to the workers for each of them costs more than the fit itself
+#: (measured: the 10,000-subject run on a 2-worker LocalCluster, docs/scaling.md). 0 sends every
+#: fit to the executor. Fits of the bucketed panel's designs never come here: their buckets are
+#: files the workers read themselves.
+DRIVER_FIT_MB = 256
+DRIVER_FIT_ENV = "CRAMP_DRIVER_FIT_MB"
 #: Seconds to wait for a Dask scheduler named by --scheduler before giving up with a message.
 SCHEDULER_TIMEOUT_S = 10
 
@@ -265,6 +274,27 @@ def current() -> Executor:
     estimator call (including models other modules add) runs on the run's executor."""
     ex = _CURRENT.get()
     if ex is not None:
+        return ex
+    if not _DEFAULT or _DEFAULT[0].workers != cores():
+        _DEFAULT[:] = [LocalExecutor()]
+    return _DEFAULT[0]
+
+
+def driver_fit_bytes() -> int:
+    """Bytes up to which an in-memory design is fitted on the driver (``$CRAMP_DRIVER_FIT_MB``,
+    default ``DRIVER_FIT_MB``)."""
+    wanted = os.environ.get(DRIVER_FIT_ENV, "").strip()
+    mb = int(wanted) if wanted.isdigit() else DRIVER_FIT_MB
+    return mb * 2 ** 20
+
+
+def for_design(nbytes: int) -> Executor:
+    """Where to fit a design of ``nbytes`` that the driver holds in memory: the run's executor,
+    except that a small design on a remote executor (Dask) is fitted with the driver's local
+    pool, where the data already are. The results do not depend on it (same sums, bucketed
+    differently: within summation order)."""
+    ex = current()
+    if isinstance(ex, LocalExecutor) or nbytes > driver_fit_bytes():
         return ex
     if not _DEFAULT or _DEFAULT[0].workers != cores():
         _DEFAULT[:] = [LocalExecutor()]

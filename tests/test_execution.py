@@ -243,3 +243,36 @@ def test_concurrent_tasks_keep_their_order_the_callers_executor_and_their_errors
     order = []
     execution.concurrently([lambda: order.append(1), lambda: order.append(2)], workers=1)
     assert order == [1, 2]
+
+
+class _Remote:
+    """Stands for a remote executor (Dask): anything that is not the local pool."""
+
+    workers = 4
+
+    def map(self, fn, handles, *args):  # pragma: no cover - routing only
+        raise AssertionError("not called")
+
+
+@pytest.mark.parametrize("env, nbytes, remote", [
+    # (CRAMP_DRIVER_FIT_MB, design bytes, whether the fit goes to the remote executor)
+    (None, 10 * 2 ** 20, False),          # small in-memory design: the driver fits it
+    (None, 256 * 2 ** 20, False),         # at the limit: still the driver
+    (None, 256 * 2 ** 20 + 1, True),      # above it: the workers
+    ("0", 1, True),                       # 0: every fit on the executor
+    ("1", 2 * 2 ** 20, True),
+    ("junk", 10 * 2 ** 20, False),        # not a number: the default
+])
+def test_small_in_memory_designs_are_fitted_on_the_driver(monkeypatch, env, nbytes, remote):
+    if env is None:
+        monkeypatch.delenv(execution.DRIVER_FIT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(execution.DRIVER_FIT_ENV, env)
+    remote_ex = _Remote()
+    with execution.using(remote_ex):
+        chosen = execution.for_design(nbytes)
+    assert (chosen is remote_ex) is remote
+    if not remote:
+        assert isinstance(chosen, execution.LocalExecutor)
+    with execution.using(execution.LocalExecutor(1)) as local:  # a local run: always its pool
+        assert execution.for_design(nbytes) is local

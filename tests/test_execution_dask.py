@@ -39,6 +39,9 @@ def runs(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             if kind == "dask":
                 mp.setenv("CRAMP_ROWS_PER_BUCKET", "2000")
+                # Every fit on the workers, the small in-memory ones too (by default those
+                # run on the driver: execution.for_design).
+                mp.setenv("CRAMP_DRIVER_FIT_MB", "0")
             run_job(data, out[kind], report=False, executor=kind)
     from pipeline.store import Store
 
@@ -109,7 +112,7 @@ def test_diagnostics_equal_the_local_executors(runs):
             assert b[key] == value, key
 
 
-def test_full_precision_model_results_equal_on_dask(runs):
+def test_full_precision_model_results_equal_on_dask(runs, monkeypatch):
     """The CSVs round to 6 digits; here the models' frames themselves, fitted on the same panel
     with the local executor and on a 2-worker LocalCluster (4 buckets per fit), within 1e-9."""
     from pipeline import execution
@@ -122,6 +125,7 @@ def test_full_precision_model_results_equal_on_dask(runs):
     config = load_dataset_config(runs["data"])
     panel = build_panel(store.read("daily"), store.read("episodes"), store.read("injuries"),
                         custom_factors=config.custom_factors)
+    monkeypatch.setenv("CRAMP_DRIVER_FIT_MB", "0")  # every fit on the workers
     results = {}
     for kind in ("local", "dask"):
         ex = (execution.LocalExecutor(1) if kind == "local"

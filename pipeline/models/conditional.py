@@ -213,7 +213,8 @@ def fit_conditional_poisson(
     (sorted input, as a subject-day panel is, is used in place). Convergence: relative deviance
     change < tol and Newton decrement g'H^-1 g < tol, as in ``fit_poisson``. ``start``
     (optional): starting coefficients, e.g. from a related model (a dose-response refit).
-    ``executor`` (default: the run's, ``execution.current()``) runs the per-bucket passes; the
+    ``executor`` (default: ``execution.for_design``, the run's executor, or the driver's
+    own pool for a small in-memory design when the run's is remote) runs the per-bucket passes; the
     rows are cut into buckets of whole groups and clusters (``fit_conditional_buckets``).
 
     Raises ``EstimationError`` for features with no within-group variation (among groups with
@@ -239,7 +240,7 @@ def fit_conditional_poisson(
         cl_codes, _ = encode_labels(clusters, n, "clusters")
         cl_codes = G.arrange(cl_codes)
     X, y = G.arrange(X), G.arrange(y)
-    ex = executor or execution.current()
+    ex = executor or execution.for_design(X.nbytes + y.nbytes)
     bounds = _bucket_bounds(G, None if same else cl_codes, _bucket_target(ex, len(G.blocks)))
     buckets = []
     for g0, g1 in bounds:

@@ -156,7 +156,8 @@ def fit_poisson(
 
     ``start`` (optional) gives starting coefficients, aligned with the result's ``names``, e.g. a
     related model's estimates; by default a null model, or a subsample fit on large data.
-    ``executor`` (default: the run's, ``execution.current()``) runs the per-bucket passes on
+    ``executor`` (default: ``execution.for_design``, the run's executor, or the driver's
+    own pool for a small in-memory design when the run's is remote) runs the per-bucket passes on
     buckets of whole clusters (``fit_poisson_buckets``).
 
     Raises ``EstimationError`` for constant or all-zero features, single-feature separation (e.g.
@@ -178,7 +179,7 @@ def fit_poisson(
         if offset.shape[0] != n or not np.all(np.isfinite(offset)):
             raise EstimationError("offset must be finite with one value per row",
                                   reason="invalid_input")
-    ex = executor or execution.current()
+    ex = executor or execution.for_design(X.nbytes + y.nbytes)
     n_blocks = -(-n // estimation.CHUNK_ROWS)
     target = (min(estimation.worker_count(n_blocks), max(1, ex.workers))
               if isinstance(ex, execution.LocalExecutor) else max(1, 2 * ex.workers))
