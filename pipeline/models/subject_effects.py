@@ -215,9 +215,13 @@ def fit_subject_part(path: str, columns: list[str], features, start: dict[str, f
     ``bucket_subjects`` whole subjects: a pure function of the part."""
     from pipeline.features.panel import read_part
 
+    from pipeline.execution import raise_if_cancelled
+
     frame = read_part(Path(path), columns)
-    rows = [fit_subject_bucket(b, features, start) for b in subject_buckets(frame,
-                                                                           bucket_subjects)]
+    rows = []
+    for bucket in subject_buckets(frame, bucket_subjects):
+        raise_if_cancelled()  # Ctrl-C: stop within one bucket of subjects
+        rows.append(fit_subject_bucket(bucket, features, start))
     return pl.concat(rows) if rows else pl.DataFrame(schema=SUBJECT_ROWS_SCHEMA)
 
 
