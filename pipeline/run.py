@@ -37,7 +37,7 @@ def run_job(
     """
     from pipeline import execution
     from pipeline.ingest.dataset import check_not_inside
-    from pipeline.run_dir import run_dir_lock
+    from pipeline.run_dir import mark_started, run_dir_lock
 
     # Every path is made absolute once, here: nothing later depends on the working directory.
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
@@ -50,6 +50,7 @@ def run_job(
     with execution.session(executor, scheduler), stages.session(progress), \
             run_dir_lock(out_dir):
         scratch.clean_stale(out_dir)
+        mark_started(out_dir)
         with scratch.session(out_dir):
             return _run_job_locked(data_dir, out_dir, store_dir=store_dir, rules_path=rules_path,
                                    report=report, identifiers=identifiers,
@@ -164,7 +165,9 @@ def _run_job_locked(data_dir: Path, out_dir: Path, *, store_dir: Path | None,
                     "written.")
     messages.append(per_person_message)
     messages += describe_messages
+    from pipeline.run_dir import mark_finished
 
+    mark_finished(out_dir)  # every data output is written; the report reads them
     if report:
         from pipeline.report import render_report
 

@@ -11,6 +11,11 @@ so it must never do that to a directory it did not make, nor let two runs do it 
   overlapping run stops ("another run is writing OUT") instead of rebuilding the store under the
   first one's feet. The lock file is never deleted (deleting a lock file lets two processes hold
   "the" lock on different inodes).
+- **Unfinished runs are marked.** ``OUT/.cramp-run-unfinished`` is written when a run starts and
+  removed once every data output is written (before the report is rendered from them). A run
+  that was interrupted or stopped by an error leaves it, and ``report.load.load_run`` (the
+  report, the notebooks) then says so instead of showing one run's effects beside another's
+  subject effects.
 - **Inputs are never inside.** A dataset directory inside ``OUT`` (or ``OUT/store`` itself) is
   refused before anything is deleted; paths are compared after resolving symbolic links.
 """
@@ -30,6 +35,12 @@ from pipeline.store import holds_foreign_files
 
 MARKER = ".cramp-run"
 LOCK = ".cramp-run.lock"
+#: Present while a run writes ``OUT``, and left by a run that did not finish (interrupted, or
+#: stopped by an error): its outputs are then a mix of that run's and the previous run's, and
+#: the report and notebooks refuse to read them (:func:`check_finished`).
+UNFINISHED = ".cramp-run-unfinished"
+_UNFINISHED_TEXT = ("A `cramp run` started writing this directory and has not finished: its "
+                    "outputs may mix this run's and an earlier run's. Run `cramp run` again.\n")
 _MARKER_TEXT = ("This directory is a cramp run directory: `cramp run` overwrites its outputs "
                 "and rebuilds store/ on every run.\n")
 
@@ -82,3 +93,21 @@ def run_dir_lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def mark_started(out_dir: Path) -> None:
+    """Mark ``out_dir`` as being written by a run that has not finished (under its lock)."""
+    atomic.write_text(Path(out_dir) / UNFINISHED, _UNFINISHED_TEXT)
+
+
+def mark_finished(out_dir: Path) -> None:
+    """Every data output of the run is written: remove the mark."""
+    (Path(out_dir) / UNFINISHED).unlink(missing_ok=True)
+
+
+def check_finished(run_dir: Path) -> None:
+    """Refuse (``UserError``) the outputs of a run that is still writing or did not finish."""
+    if (Path(run_dir) / UNFINISHED).exists():
+        raise UserError("this run directory holds the outputs of a run that has not finished "
+                        "(it is still running, or it was interrupted or stopped by an error), "
+                        "so they may mix two runs; run `cramp run` again", path=str(run_dir))

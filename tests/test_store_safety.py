@@ -168,6 +168,36 @@ def test_a_second_overlapping_run_on_the_same_out_stops(data, tmp_path):
     run_job(data, out, report=False)
 
 
+def test_a_run_that_did_not_finish_is_marked_and_its_outputs_are_not_read(data, tmp_path,
+                                                                           monkeypatch):
+    """A run stopped part-way (an error here; Ctrl-C alike) has replaced some outputs and not
+    others: the report and notebooks (``load_run``) must refuse the mix, and the next complete
+    run must clear the mark."""
+    from pipeline import run as run_module
+    from pipeline.errors import UserError
+    from pipeline.report.load import load_run
+    from pipeline.run_dir import UNFINISHED
+
+    out = tmp_path / "out"
+    run_job(data, out, report=False)
+    assert not (out / UNFINISHED).exists()
+    load_run(out)  # a finished run reads
+
+    def fails(*args, **kwargs):
+        raise UserError("stopped part-way (simulated)")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(run_module, "write_per_patient", fails)
+        with pytest.raises(UserError, match="simulated"):
+            run_job(data, out, report=False)
+    assert (out / UNFINISHED).is_file()
+    with pytest.raises(UserError, match="has not finished.*run `cramp run` again"):
+        load_run(out)
+    run_job(data, out, report=False)
+    assert not (out / UNFINISHED).exists()
+    assert load_run(out).effects.height
+
+
 # --- the environment ---------------------------------------------------------------------------
 
 def test_disk_full_while_writing_is_a_user_error_and_keeps_the_old_file(tmp_path, monkeypatch):

@@ -103,6 +103,9 @@ def load_run(run_dir: Path | str, *, store_dir: Path | str | None = None) -> Run
             raise UserError("the run's store directory was not found", path=str(store_dir))
     if not run_dir.is_dir():
         raise UserError("run directory not found (make one with `cramp run`)", path=str(run_dir))
+    from pipeline.run_dir import check_finished
+
+    check_finished(run_dir)
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise UserError("not a complete run directory; missing " + ", ".join(missing),
