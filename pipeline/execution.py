@@ -333,8 +333,11 @@ def current() -> Executor:
     """The executor of the enclosing ``using`` block, else a shared local thread pool: every
     estimator call (including models other modules add) runs on the run's executor."""
     ex = _CURRENT.get()
-    if ex is not None:
-        return ex
+    return ex if ex is not None else _default_local()
+
+
+def _default_local() -> LocalExecutor:
+    """The shared local thread pool (rebuilt when ``CRAMP_FIT_THREADS`` changed)."""
     if not _DEFAULT or _DEFAULT[0].workers != cores():
         _DEFAULT[:] = [LocalExecutor()]
     return _DEFAULT[0]
@@ -356,9 +359,7 @@ def for_design(nbytes: int) -> Executor:
     ex = current()
     if isinstance(ex, LocalExecutor) or nbytes > driver_fit_bytes():
         return ex
-    if not _DEFAULT or _DEFAULT[0].workers != cores():
-        _DEFAULT[:] = [LocalExecutor()]
-    return _DEFAULT[0]
+    return _default_local()
 
 
 @contextlib.contextmanager
