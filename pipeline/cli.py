@@ -259,6 +259,10 @@ def main() -> None:
 
     try:
         app()
+    except SystemExit as stop:
+        if stop.code == 130:  # typer's exit for Ctrl-C (KeyboardInterrupt), which it prints not
+            err.print("aborted (Ctrl-C); a run's outputs are incomplete until it is run again")
+        raise
     except UserError as error:
         _print_user_error(error)
         sys.exit(error.exit_code)

@@ -14,9 +14,16 @@ must run normally.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
+
+from pipeline import synth
+from pipeline.run_dir import UNFINISHED
 
 SCRIPT = textwrap.dedent("""
     import json, signal, threading, time
@@ -67,3 +74,31 @@ def test_ctrl_c_stops_running_fits_at_their_next_bucket():
     # Each running task (2) may finish the pass it is in (2 buckets each, on 2 threads).
     assert out["buckets_after_signal"] <= 8, out
     assert out["again"] == [[2, 4], [2, 4]]
+
+
+def test_ctrl_c_on_cramp_run_exits_130_with_one_line_and_marks_the_run_unfinished(tmp_path):
+    """SIGINT to ``cramp run`` part-way: exit 130, one "aborted" line and no traceback, the
+    scratch space removed, and the run directory marked unfinished (``run_dir.UNFINISHED``)."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    synth.write_dataset(synth.generate(300, 120, 7), data, fmt="csv")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "CRAMP_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--data", str(data),
+                             "--out", str(out), "--no-report"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    # Wait until the models have started (the stage line of the panel), then interrupt.
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "panel" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, rest = proc.communicate(timeout=60)
+    stopped = time.monotonic() - sent
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 130, stderr
+    assert "aborted (Ctrl-C)" in stderr and "Traceback" not in stderr, stderr
+    assert stopped < 10, stopped
+    assert (out / UNFINISHED).is_file()
+    assert not any(p.name.startswith(".scratch-") for p in out.iterdir())
